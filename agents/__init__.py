@@ -1,0 +1,1 @@
+"""Agents over memory and the LLM boundary: the writer, HiAgent, the document reader."""

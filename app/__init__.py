@@ -1,0 +1,1 @@
+"""Composition root: settings, wiring, services, the CLI and (later) the REST API."""

@@ -1,0 +1,143 @@
+"""The ``mneme`` command line (Typer). Library errors become one-line messages only here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+from app.doctor import run_checks
+from app.errors import EXIT_BROKEN, KNOWN_ERRORS, exit_code
+from app.runtime import open_database
+from app.settings import Settings, load_settings
+from memory.database import Database, describe_url
+
+cli = typer.Typer(
+    name="mneme",
+    help="Mneme: write and read text far longer than any model's context.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_cli = typer.Typer(help="The SQL database: migrations and status.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+
+_state: dict[str, Any] = {"debug": False}
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _emit(data: object, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+@cli.callback()
+def _main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks and debug logs.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@db_cli.command("upgrade")
+def db_upgrade(as_json: JsonOption = False) -> None:
+    """Create the database or apply pending migrations (safe to run again)."""
+    settings = _settings()
+    database = open_database(settings, migrate=True)
+    revision = database.current_revision()
+    _emit(
+        {"database": describe_url(database.url), "revision": revision},
+        as_json,
+        f"{describe_url(database.url)} is at migration {revision}",
+    )
+
+
+@db_cli.command("status")
+def db_status(as_json: JsonOption = False) -> None:
+    """Show the database's migration and the newest one this Mneme ships."""
+    settings = _settings()
+    database = Database(settings.resolved_database_url)
+    database.ping()
+    current, head = database.current_revision(), database.head_revision()
+    _emit(
+        {"database": describe_url(database.url), "current": current, "head": head,
+         "up_to_date": current == head},
+        as_json,
+        f"{describe_url(database.url)}: at {current or 'none'}, newest {head}"
+        + ("" if current == head else " — run `mneme db upgrade`"),
+    )
+
+
+@cli.command()
+def doctor(as_json: JsonOption = False) -> None:
+    """Check the database, the vector store, the embedder and the LLM; exit 1 if one is broken."""
+    checks = run_checks(_settings())
+    if as_json:
+        typer.echo(json.dumps({"ok": all(c.ok for c in checks),
+                               "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        width = max(len(c.component) for c in checks)
+        for check in checks:
+            mark = "ok  " if check.ok else "FAIL"
+            typer.echo(f"{mark}  {check.component:<{width}}  {check.detail}")
+    if not all(c.ok for c in checks):
+        raise typer.Exit(EXIT_BROKEN)
+
+
+@cli.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8501,
+) -> None:
+    """Start the Streamlit web app for writers."""
+    settings = _settings()
+    open_database(settings).close()  # fail here, clearly, not inside the page
+    page = Path(__file__).resolve().parent.parent / "ui" / "home.py"
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(page),
+        "--server.address", host, "--server.port", str(port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]
+    typer.echo(f"Mneme is at http://{host}:{port}")
+    raise typer.Exit(subprocess.call(command))
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning known errors into one line and an exit code."""
+    try:
+        cli(standalone_mode=False)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except KNOWN_ERRORS as err:
+        if _state["debug"]:
+            logging.exception("mneme failed")
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(exit_code(err))
+    except click.ClickException as err:  # usage errors: bad option, missing argument
+        err.show()
+        sys.exit(err.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as err:  # the process edge: log the traceback, never show it raw
+        logging.getLogger("mneme").debug("unexpected error", exc_info=True)
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: unexpected {type(err).__name__}: {err} (rerun with --debug)",
+                   err=True)
+        sys.exit(EXIT_BROKEN)

@@ -1,0 +1,63 @@
+"""Composition root: builds the concrete stores and models from settings.
+
+The only place that wires ``memory`` to ``serving``. Everything is built on demand, so a
+command that needs only the database never loads a model.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from app.errors import HomeNotWritable
+from app.settings import Settings
+from memory import ChromaVectorIndex, Database, MemoryStore, ReconcileReport
+from serving.embeddings import EmbedderConfig, SentenceTransformerEmbedder
+
+
+def prepare_home(settings: Settings) -> Path:
+    """Create ``MNEME_HOME`` if needed and prove it writable; raise :class:`HomeNotWritable`."""
+    home = settings.home
+    probe = home / f".write-test-{uuid.uuid4().hex}"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise HomeNotWritable(
+            f"MNEME_HOME={home} cannot be used: {err.strerror or err}; point MNEME_HOME at a "
+            "folder you can write"
+        ) from err
+    return home
+
+
+def open_database(settings: Settings, *, migrate: bool | None = None) -> Database:
+    """The database, migrated if it is the embedded SQLite file (or ``migrate`` says so);
+    otherwise checked to be at the newest migration."""
+    if settings.database_url is None:
+        prepare_home(settings)
+    database = Database(settings.resolved_database_url)
+    database.ping()
+    if migrate if migrate is not None else settings.is_embedded_sqlite:
+        database.upgrade()
+    else:
+        database.check_schema()
+    return database
+
+
+def open_vector_index(settings: Settings) -> ChromaVectorIndex:
+    if settings.chroma_url:
+        return ChromaVectorIndex(url=settings.chroma_url)
+    prepare_home(settings)
+    return ChromaVectorIndex(path=settings.chroma_path)
+
+
+def open_embedder(settings: Settings) -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(EmbedderConfig(model=settings.embedding_model))
+
+
+def open_memory(settings: Settings) -> tuple[MemoryStore, ReconcileReport]:
+    """The memory store over SQL + Chroma + embedder, with drift repaired."""
+    return MemoryStore.open(
+        open_database(settings), open_vector_index(settings), open_embedder(settings)
+    )

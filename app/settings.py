@@ -1,0 +1,146 @@
+"""Settings: the only module that reads the environment.
+
+Every variable has the prefix ``MNEME_``. With nothing set, everything runs embedded on one machine:
+SQLite and a persistent Chroma folder under ``MNEME_HOME``, the built-in engine for the LLM.
+A bad value fails at start-up with a :class:`~app.errors.SettingsError` naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from app.errors import SettingsError
+
+_ENV_PREFIX = "MNEME_"
+_DATABASE_SCHEMES = ("sqlite", "postgresql")
+
+
+def _http_url(value: str | None, example: str) -> str | None:
+    if value is None or value.strip() == "":
+        return None
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{value!r} is not an http(s) URL; expected something like {example}")
+    return value.strip().rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Mneme's configuration, read from ``MNEME_*`` variables (and a ``.env`` file if present)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=_ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".mneme",
+        description="Folder for the embedded SQLite file and the Chroma folder.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; unset = sqlite:///<home>/mneme.db.",
+    )
+    chroma_url: str | None = Field(
+        default=None,
+        description="URL of a Chroma server; unset = embedded persistent Chroma in <home>/chroma.",
+    )
+    llm_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible base URL (…/v1); unset = the built-in engine in-process.",
+    )
+    llm_model: str | None = Field(
+        default=None,
+        description="Model name on the server, or a Hugging Face name / local folder for the engine.",
+    )
+    llm_api_key: str | None = Field(default=None, description="API key for the LLM endpoint.")
+    embedding_model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="sentence-transformers model name or local folder for embeddings.",
+    )
+    llm_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=60.0, description="Seconds before an LLM request is abandoned."
+    )
+    @field_validator("home", mode="before")
+    @classmethod
+    def _expand_home(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip() == "":
+                raise ValueError("is empty; give a folder path such as ~/.mneme")
+            return Path(value).expanduser()
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        example = "sqlite:////path/to/mneme.db or postgresql+psycopg://user:password@host/db"
+        try:
+            url = make_url(value.strip())
+        except ArgumentError as err:
+            raise ValueError(f"{value!r} is not a database URL; expected {example}") from err
+        if url.get_backend_name() not in _DATABASE_SCHEMES:
+            raise ValueError(
+                f"backend {url.get_backend_name()!r} is not supported; expected {example}"
+            )
+        return value.strip()
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _check_chroma_url(cls, value: str | None) -> str | None:
+        return _http_url(value, "http://localhost:8000")
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _check_llm_base_url(cls, value: str | None) -> str | None:
+        return _http_url(value, "http://localhost:8000/v1")
+
+    @field_validator("embedding_model", "llm_model", "llm_api_key")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.strip() == "":
+            raise ValueError("is empty; unset the variable to use the default")
+        return value.strip()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in use: the configured one, or SQLite under home."""
+        return self.database_url or f"sqlite:///{self.home / 'mneme.db'}"
+
+    @property
+    def chroma_path(self) -> Path:
+        """Folder of the embedded Chroma store (unused when ``chroma_url`` is set)."""
+        return self.home / "chroma"
+
+    @property
+    def is_embedded_sqlite(self) -> bool:
+        """True when the database is a SQLite file Mneme owns (and so migrates at start-up)."""
+        return make_url(self.resolved_database_url).get_backend_name() == "sqlite"
+
+
+def _variable_name(location: tuple[int | str, ...]) -> str:
+    field = str(location[0]) if location else "?"
+    return f"{_ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise :class:`SettingsError` naming the bad variable.
+
+    ``overrides`` take precedence over the environment (CLI flags, tests).
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{_variable_name(error['loc'])}: {message}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from err
