@@ -120,7 +120,8 @@ def ui(
 def main() -> None:
     """Entry point: run the CLI, turning known errors into one line and an exit code."""
     try:
-        cli(standalone_mode=False)
+        # Without standalone mode click returns the code of a `typer.Exit` instead of exiting.
+        result = cli(standalone_mode=False)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except KNOWN_ERRORS as err:
@@ -141,3 +142,4 @@ def main() -> None:
         typer.echo(f"error: unexpected {type(err).__name__}: {err} (rerun with --debug)",
                    err=True)
         sys.exit(EXIT_BROKEN)
+    sys.exit(result if isinstance(result, int) else 0)
