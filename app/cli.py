@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from app.doctor import run_checks
@@ -129,10 +128,10 @@ def main() -> None:
             logging.exception("mneme failed")
         typer.echo(f"error: {err}", err=True)
         sys.exit(exit_code(err))
-    except click.ClickException as err:  # usage errors: bad option, missing argument
-        err.show()
+    except typer.TyperException as err:  # usage errors: bad option, missing argument
+        typer.echo(f"error: {err.format_message()} (see `mneme --help`)", err=True)
         sys.exit(err.exit_code)
-    except (click.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
     except Exception as err:  # the process edge: log the traceback, never show it raw
