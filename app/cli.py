@@ -74,8 +74,12 @@ def db_status(as_json: JsonOption = False) -> None:
     database.ping()
     current, head = database.current_revision(), database.head_revision()
     _emit(
-        {"database": describe_url(database.url), "current": current, "head": head,
-         "up_to_date": current == head},
+        {
+            "database": describe_url(database.url),
+            "current": current,
+            "head": head,
+            "up_to_date": current == head,
+        },
         as_json,
         f"{describe_url(database.url)}: at {current or 'none'}, newest {head}"
         + ("" if current == head else " — run `mneme db upgrade`"),
@@ -87,8 +91,11 @@ def doctor(as_json: JsonOption = False) -> None:
     """Check the database, the vector store, the embedder and the LLM; exit 1 if one is broken."""
     checks = run_checks(_settings())
     if as_json:
-        typer.echo(json.dumps({"ok": all(c.ok for c in checks),
-                               "checks": [c.as_dict() for c in checks]}, indent=2))
+        typer.echo(
+            json.dumps(
+                {"ok": all(c.ok for c in checks), "checks": [c.as_dict() for c in checks]}, indent=2
+            )
+        )
     else:
         width = max(len(c.component) for c in checks)
         for check in checks:
@@ -108,9 +115,19 @@ def ui(
     open_database(settings).close()  # fail here, clearly, not inside the page
     page = Path(__file__).resolve().parent.parent / "ui" / "home.py"
     command = [
-        sys.executable, "-m", "streamlit", "run", str(page),
-        "--server.address", host, "--server.port", str(port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(page),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
     ]
     typer.echo(f"Mneme is at http://{host}:{port}")
     raise typer.Exit(subprocess.call(command))
@@ -138,7 +155,6 @@ def main() -> None:
         logging.getLogger("mneme").debug("unexpected error", exc_info=True)
         if _state["debug"]:
             raise
-        typer.echo(f"error: unexpected {type(err).__name__}: {err} (rerun with --debug)",
-                   err=True)
+        typer.echo(f"error: unexpected {type(err).__name__}: {err} (rerun with --debug)", err=True)
         sys.exit(EXIT_BROKEN)
     sys.exit(result if isinstance(result, int) else 0)

@@ -7,11 +7,13 @@ from dataclasses import asdict, dataclass
 
 import httpx
 
-from app.errors import KNOWN_ERRORS
+from app.errors import MnemeError
 from app.runtime import open_database, open_embedder, open_vector_index, prepare_home
 from app.settings import Settings
 from memory.database import describe_url
+from memory.errors import StoreError
 from serving.catalog import locate_model
+from serving.errors import ServingError
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,8 @@ def _llm(settings: Settings) -> str:
     return f"{settings.llm_base_url} serves {', '.join(served) or 'no models'}"
 
 
+_CHECK_FAILURES = (MnemeError, StoreError, ServingError, ConnectionError, OSError)
+
 CHECKS: tuple[tuple[str, Callable[[Settings], str]], ...] = (
     ("home", _home),
     ("database", _database),
@@ -91,6 +95,6 @@ def run_checks(settings: Settings) -> list[Check]:
     for component, check in CHECKS:
         try:
             results.append(Check(component, True, check(settings)))
-        except (*KNOWN_ERRORS, ConnectionError, OSError) as err:
+        except _CHECK_FAILURES as err:
             results.append(Check(component, False, str(err)))
     return results

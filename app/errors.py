@@ -47,7 +47,7 @@ _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (ServingError, EXIT_MODEL),
 )
 
-KNOWN_ERRORS: tuple[type[Exception], ...] = (MnemeError, StoreError, ServingError)
+KNOWN_ERRORS = (MnemeError, StoreError, ServingError)
 
 
 def exit_code(error: Exception) -> int:

@@ -31,9 +31,18 @@ def overview() -> Overview:
         return Overview(error=str(err))
     try:
         with database.session() as session:
-            counts = [session.scalar(select(func.count()).select_from(t)) or 0
-                      for t in (NamespaceRow, EpisodeRow, DocumentRow)]
-        return Overview(describe_url(database.url), database.current_revision(), *counts)
+            counts = [
+                session.scalar(select(func.count()).select_from(t)) or 0
+                for t in (NamespaceRow, EpisodeRow, DocumentRow)
+            ]
+        namespaces, episodes, documents = counts
+        return Overview(
+            database=describe_url(database.url),
+            revision=database.current_revision(),
+            namespaces=namespaces,
+            episodes=episodes,
+            documents=documents,
+        )
     except KNOWN_ERRORS as err:
         return Overview(error=str(err))
     finally:

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     )
     llm_model: str | None = Field(
         default=None,
-        description="Model name on the server, or a Hugging Face name / local folder for the engine.",
+        description="Model on the server, or a Hugging Face name / local folder for the engine.",
     )
     llm_api_key: str | None = Field(default=None, description="API key for the LLM endpoint.")
     embedding_model: str = Field(
@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     llm_timeout_s: Annotated[float, Field(gt=0)] = Field(
         default=60.0, description="Seconds before an LLM request is abandoned."
     )
+
     @field_validator("home", mode="before")
     @classmethod
     def _expand_home(cls, value: object) -> object:

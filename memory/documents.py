@@ -72,7 +72,7 @@ class SqlDocumentStore:
         with self.database.session() as session:
             return to_document(self._row(session, namespace, document_id))
 
-    def list(self, namespace: str) -> list[Document]:
+    def all(self, namespace: str) -> list[Document]:
         with self.database.session() as session:
             space = namespace_row(session, namespace)
             rows = session.scalars(

@@ -172,7 +172,7 @@ class SqlEpisodeStore:
             )
             return [to_episode(row) for row in rows]
 
-    def list(
+    def page(
         self,
         namespace: str,
         *,
@@ -194,9 +194,9 @@ class SqlEpisodeStore:
     def count(self, namespace: str) -> int:
         with self.database.session() as session:
             space = namespace_row(session, namespace)
-            return session.scalar(
-                select(func.count()).where(EpisodeRow.namespace_id == space.id)
-            ) or 0
+            return (
+                session.scalar(select(func.count()).where(EpisodeRow.namespace_id == space.id)) or 0
+            )
 
     def edit(
         self,
@@ -204,7 +204,7 @@ class SqlEpisodeStore:
         episode_id: int,
         *,
         text: str | None = None,
-        summary: str | None | object = _UNSET,
+        summary: str | object | None = _UNSET,
         importance: float | None = None,
         pinned: bool | None = None,
         embedding: Vectors | None = None,
@@ -266,7 +266,9 @@ class SqlEpisodeStore:
                 for r in rows
             ]
 
-    def touch(self, namespace: str, episode_ids: Sequence[int], when: datetime | None = None) -> None:
+    def touch(
+        self, namespace: str, episode_ids: Sequence[int], when: datetime | None = None
+    ) -> None:
         """Record that episodes were recalled (feeds recency in forgetting)."""
         with self.database.session() as session:
             space = namespace_row(session, namespace)
@@ -300,7 +302,9 @@ class SqlEpisodeStore:
             )
             return {episode_id: version for episode_id, version in rows}
 
-    def embeddings(self, namespace_id: int, episode_ids: Sequence[int]) -> tuple[list[int], Vectors]:
+    def embeddings(
+        self, namespace_id: int, episode_ids: Sequence[int]
+    ) -> tuple[list[int], Vectors]:
         """(ids, (n, dim) float32) of the given episodes' stored embeddings, in id order."""
         with self.database.session() as session:
             rows = session.execute(
@@ -313,7 +317,7 @@ class SqlEpisodeStore:
                 .order_by(EpisodeRow.id)
             ).all()
         ids = [episode_id for episode_id, _ in rows]
-        vectors = np.stack([np.frombuffer(blob, dtype="<f4") for _, blob in rows]) if rows else (
-            np.zeros((0, 0), dtype=np.float32)
-        )
+        if not rows:
+            return ids, np.zeros((0, 0), dtype=np.float32)
+        vectors = np.stack([np.frombuffer(blob or b"", dtype="<f4") for _, blob in rows])
         return ids, vectors.astype(np.float32, copy=False)

@@ -70,7 +70,7 @@ class SqlJobStore:
                 raise NotFound(f"job {job_id!r} does not exist")
             return to_job(row)
 
-    def list(self, *, namespace_id: int | None = None, limit: int = 100) -> list[Job]:
+    def recent(self, *, namespace_id: int | None = None, limit: int = 100) -> list[Job]:
         with self.database.session() as session:
             query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
             if namespace_id is not None:

@@ -77,7 +77,7 @@ class SqlNamespaceStore:
         with self.database.session() as session:
             return to_namespace(namespace_row(session, name))
 
-    def list(self) -> list[Namespace]:
+    def all(self) -> list[Namespace]:
         with self.database.session() as session:
             rows = session.scalars(select(NamespaceRow).order_by(NamespaceRow.id))
             return [to_namespace(row) for row in rows]

@@ -37,7 +37,7 @@ def reconcile(
     namespaces: SqlNamespaceStore, episodes: SqlEpisodeStore, index: VectorIndex
 ) -> ReconcileReport:
     report = ReconcileReport()
-    known = {namespace.id for namespace in namespaces.list()}
+    known = {namespace.id for namespace in namespaces.all()}
     for orphan in sorted(set(index.namespace_ids()) - known):
         index.drop(orphan)
         report.dropped_namespaces.append(orphan)

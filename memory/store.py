@@ -62,13 +62,13 @@ class MemoryStore:
         if not episodes:
             return []
         space = self.namespace(namespace)
-        vectors = self.embedder.embed([e.text for e in episodes]) if embeddings is None else (
-            np.asarray(embeddings, dtype=np.float32)
+        vectors = (
+            self.embedder.embed([e.text for e in episodes])
+            if embeddings is None
+            else (np.asarray(embeddings, dtype=np.float32))
         )
         stored = self.episodes.add(namespace, episodes, vectors)
-        self.index.upsert(
-            space.id, [e.id for e in stored], vectors, [e.version for e in stored]
-        )
+        self.index.upsert(space.id, [e.id for e in stored], vectors, [e.version for e in stored])
         return stored
 
     def search(self, namespace: str, query: str | Vectors, k: int = 10) -> list[SearchHit]:
@@ -116,7 +116,7 @@ class MemoryStore:
 
     def delete_document(self, namespace: str, document_id: int) -> None:
         space = self.namespaces.get(namespace)
-        ids = [e.id for e in self.episodes.list(namespace, document_id=document_id, limit=10**9)]
+        ids = [e.id for e in self.episodes.page(namespace, document_id=document_id, limit=10**9)]
         self.documents.delete(namespace, document_id)
         self.index.delete(space.id, ids)
 
@@ -124,5 +124,7 @@ class MemoryStore:
         space = self.namespaces.delete(namespace)
         self.index.drop(space.id)
 
-    def touch(self, namespace: str, episode_ids: Sequence[int], when: datetime | None = None) -> None:
+    def touch(
+        self, namespace: str, episode_ids: Sequence[int], when: datetime | None = None
+    ) -> None:
         self.episodes.touch(namespace, episode_ids, when)

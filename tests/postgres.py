@@ -61,12 +61,28 @@ def postgres_server() -> Iterator[tuple[str | None, str]]:
     try:
         subprocess.run(
             [*prefix, initdb, "-D", str(data), "-U", "mneme", "-A", "trust", "-E", "UTF8"],
-            check=True, capture_output=True, timeout=120,
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         subprocess.run(
-            [*prefix, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "start",
-             "-o", f"-h 127.0.0.1 -p {port} -k {root} -F"],
-            check=True, capture_output=True, timeout=90,
+            [
+                *prefix,
+                pg_ctl,
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "60",
+                "start",
+                "-o",
+                f"-h 127.0.0.1 -p {port} -k {root} -F",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=90,
         )
     except (subprocess.SubprocessError, OSError) as err:
         detail = getattr(err, "stderr", b"") or b""
@@ -76,6 +92,10 @@ def postgres_server() -> Iterator[tuple[str | None, str]]:
     try:
         yield f"postgresql+psycopg://mneme@127.0.0.1:{port}/postgres", "temporary cluster"
     finally:
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         shutil.rmtree(root, ignore_errors=True)

@@ -19,8 +19,15 @@ MNEME = [sys.executable, "-c", "from app.cli import main; main()"]
 def mneme(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MNEME_")}
     environment.update({"MNEME_HOME": str(home), **env})
-    return subprocess.run([*MNEME, *args], env=environment, capture_output=True, text=True,
-                          timeout=300, check=False, cwd=next(p for p in home.parents if p.is_dir()))
+    return subprocess.run(
+        [*MNEME, *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=next(p for p in home.parents if p.is_dir()),
+    )
 
 
 class ModelsHandler(BaseHTTPRequestHandler):
@@ -67,8 +74,14 @@ def test_db_upgrade_then_status(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_doctor_reports_every_component(tmp_path: Path, llm_server: str) -> None:
     home = tmp_path / "home"
-    done = mneme("doctor", "--json", home=home, MNEME_LLM_BASE_URL=llm_server,
-                 MNEME_LLM_API_KEY="k", MNEME_LLM_MODEL="tiny")
+    done = mneme(
+        "doctor",
+        "--json",
+        home=home,
+        MNEME_LLM_BASE_URL=llm_server,
+        MNEME_LLM_API_KEY="k",
+        MNEME_LLM_MODEL="tiny",
+    )
     report = json.loads(done.stdout)
     checks = {c["component"]: c for c in report["checks"]}
     assert set(checks) == {"home", "database", "vector_store", "embedder", "llm"}
@@ -79,8 +92,13 @@ def test_doctor_reports_every_component(tmp_path: Path, llm_server: str) -> None
 
 @pytest.mark.slow
 def test_doctor_fails_with_the_fix_when_the_llm_is_down(tmp_path: Path, llm_server: str) -> None:
-    done = mneme("doctor", "--json", home=tmp_path / "home", MNEME_LLM_BASE_URL=llm_server,
-                 MNEME_LLM_API_KEY="wrong")
+    done = mneme(
+        "doctor",
+        "--json",
+        home=tmp_path / "home",
+        MNEME_LLM_BASE_URL=llm_server,
+        MNEME_LLM_API_KEY="wrong",
+    )
     checks = {c["component"]: c for c in json.loads(done.stdout)["checks"]}
     assert done.returncode == 1
     assert checks["llm"]["ok"] is False and "MNEME_LLM_API_KEY" in checks["llm"]["detail"]

@@ -12,8 +12,15 @@ from app.settings import load_settings
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("DATABASE_URL", "CHROMA_URL", "LLM_BASE_URL", "LLM_MODEL", "LLM_API_KEY",
-                 "EMBEDDING_MODEL", "HOME"):
+    for name in (
+        "DATABASE_URL",
+        "CHROMA_URL",
+        "LLM_BASE_URL",
+        "LLM_MODEL",
+        "LLM_API_KEY",
+        "EMBEDDING_MODEL",
+        "HOME",
+    ):
         monkeypatch.delenv(f"MNEME_{name}", raising=False)
     monkeypatch.chdir(tmp_path)  # no stray .env file
 

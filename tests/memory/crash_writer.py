@@ -32,7 +32,7 @@ class DiesBeforeIndexWrite(ChromaVectorIndex):
 def main(folder: Path, action: str) -> None:
     database = Database(f"sqlite:///{folder / 'mneme.db'}")
     store = MemoryStore(database, DiesBeforeIndexWrite(path=folder / "chroma"), HashEmbedder())
-    first = store.episodes.list("book")[0]
+    first = store.episodes.page("book")[0]
     if action == "add":
         store.add("book", [NewEpisode(text="the treasure is buried under the old oak")])
     elif action == "edit":

@@ -28,7 +28,11 @@ def seeded_store(folder: Path) -> tuple[MemoryStore, list[int]]:
 def kill_between_writes(folder: Path, action: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "tests.memory.crash_writer", str(folder), action],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == -signal.SIGKILL, done.stderr
 

@@ -49,7 +49,7 @@ def test_round_trip_keeps_every_field(episodes: SqlEpisodeStore) -> None:
     assert (got.importance, got.pinned, got.summary, got.version) == (0.7, True, "departure", 1)
     assert got.expires_at == expires and got.created_at.tzinfo is not None
     assert got.metadata == {"chapter": 3, "tags": ["sea"]}
-    ids, stored_vectors = episodes.embeddings(got.namespace_id, [got.id])
+    _ids, stored_vectors = episodes.embeddings(got.namespace_id, [got.id])
     np.testing.assert_array_equal(stored_vectors, vectors(1))
 
 
@@ -57,7 +57,7 @@ def test_ordinals_continue_across_batches_and_list_pages(episodes: SqlEpisodeSto
     first = episodes.add("story-a", [NewEpisode(text=f"e{i}") for i in range(3)])
     second = episodes.add("story-a", [NewEpisode(text=f"f{i}") for i in range(2)])
     assert [e.ordinal for e in first + second] == [0, 1, 2, 3, 4]
-    page = episodes.list("story-a", after_ordinal=1, limit=2)
+    page = episodes.page("story-a", after_ordinal=1, limit=2)
     assert [e.text for e in page] == ["e2", "f0"]
     assert episodes.count("story-a") == 5
 
@@ -110,7 +110,7 @@ def test_no_query_crosses_namespaces(database: Database, episodes: SqlEpisodeSto
     with pytest.raises(NotFound):
         episodes.history("story-b", a.id)
     assert episodes.get_many("story-b", [a.id, b.id]) == [b]
-    assert [e.text for e in episodes.list("story-b")] == ["beta"]
+    assert [e.text for e in episodes.page("story-b")] == ["beta"]
     assert episodes.delete("story-b", [a.id]) == []
     assert episodes.get("story-a", a.id) == a
     documents = SqlDocumentStore(database)
@@ -119,14 +119,14 @@ def test_no_query_crosses_namespaces(database: Database, episodes: SqlEpisodeSto
         documents.get("story-b", doc.id)
     with pytest.raises(NotFound, match="documents"):
         episodes.add("story-b", [NewEpisode(text="x", document_id=doc.id)])
-    assert documents.list("story-b") == []
+    assert documents.all("story-b") == []
 
 
 def test_unknown_namespace_is_not_found(episodes: SqlEpisodeStore) -> None:
     with pytest.raises(NotFound, match="nowhere"):
-        episodes.list("nowhere")
+        episodes.page("nowhere")
     with pytest.raises(InvalidRecord, match="not valid"):
-        episodes.list("../etc")
+        episodes.page("../etc")
 
 
 def test_delete_document_cascades_to_its_episodes(
@@ -138,7 +138,7 @@ def test_delete_document_cascades_to_its_episodes(
     episodes.add("story-a", [NewEpisode(text="one", document_id=doc.id)])
     [loose] = episodes.add("story-a", [NewEpisode(text="loose")])
     documents.delete("story-a", doc.id)
-    assert episodes.list("story-a") == [loose]
+    assert episodes.page("story-a") == [loose]
 
 
 def test_touch_updates_access_time(episodes: SqlEpisodeStore) -> None:
@@ -154,6 +154,6 @@ def test_namespace_remembers_its_embedding_model(database: Database) -> None:
     assert spaces.ensure("agent-1", embedding_model="m", embedding_dim=4) == first
     with pytest.raises(InvalidRecord, match="MNEME_EMBEDDING_MODEL"):
         spaces.ensure("agent-1", embedding_model="other", embedding_dim=8)
-    assert [n.name for n in spaces.list()] == ["agent-1"]
+    assert [n.name for n in spaces.all()] == ["agent-1"]
     spaces.delete("agent-1")
-    assert spaces.list() == []
+    assert spaces.all() == []

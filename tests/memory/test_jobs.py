@@ -25,7 +25,7 @@ def test_job_lifecycle(database: Database) -> None:
     with pytest.raises(InvalidRecord):
         jobs.fail(job.id, "too late")
     assert jobs.get(job.id) == done
-    assert [j.id for j in jobs.list()] == [job.id]
+    assert [j.id for j in jobs.recent()] == [job.id]
 
 
 def test_unknown_job_and_bad_progress(database: Database) -> None:

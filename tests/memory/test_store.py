@@ -73,8 +73,9 @@ def test_reconcile_repairs_missing_stale_extra_and_orphans(
     chroma.upsert(space.id, [123_456], vectors, [1])  # extra: no such episode
     chroma.upsert(99_999, [1], vectors, [1])  # orphan collection: no such namespace
     calls = embedder.calls
-    reopened, report = MemoryStore.open(database, ChromaVectorIndex(path=chroma.location_path),
-                                        embedder)
+    reopened, report = MemoryStore.open(
+        database, ChromaVectorIndex(path=chroma.location_path), embedder
+    )
     assert (report.restored, report.refreshed, report.removed) == (1, 1, 1)
     assert report.dropped_namespaces == [99_999]
     assert embedder.calls == calls  # repaired from SQL's embeddings, nothing re-embedded

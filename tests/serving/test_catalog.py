@@ -21,7 +21,7 @@ def test_folders_and_hub_names(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     assert locate_model(str(tmp_path)).path == tmp_path
     assert locate_model("org/model").path is None
-    with pytest.raises(ModelNotAvailable, match="config.json"):
+    with pytest.raises(ModelNotAvailable, match=r"config\.json"):
         locate_model(str(tmp_path.parent))
     with pytest.raises(ModelNotAvailable, match="does not exist"):
         locate_model(str(tmp_path / "missing"))

@@ -35,8 +35,9 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
-@pytest.mark.parametrize(("encoding", "quicktok_name"), [("cl100k_base", "cl100k_base"),
-                                                          ("o200k_base", "o200k_base")])
+@pytest.mark.parametrize(
+    ("encoding", "quicktok_name"), [("cl100k_base", "cl100k_base"), ("o200k_base", "o200k_base")]
+)
 def test_offline_encoding_matches_an_independent_tokenizer(
     encoding: str, quicktok_name: str
 ) -> None:

