@@ -274,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The repair below is deliberate; keep reconcile's warning out of the tables.
     logging.getLogger("memory.reconcile").setLevel(logging.ERROR)
     print("# Mneme store benchmark\n")
-    print(f"- machine: {os.cpu_count()} CPUs, {platform.machine()}, {platform.system()}")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())  # other work skews the timings
+    print(f"- machine: {os.cpu_count()} CPUs, {platform.machine()}, load average {load}")
     print(
         f"- python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
         f"chromadb {version('chromadb')}, numpy {np.__version__}"

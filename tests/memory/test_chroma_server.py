@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def chroma_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("chroma")
+    beside_python = Path(sys.executable).parent / "chroma"  # the venv's bin is not always on PATH
+    binary = str(beside_python) if beside_python.exists() else shutil.which("chroma")
     if binary is None:
         pytest.skip("the chroma CLI is not installed")
     port = free_port()
