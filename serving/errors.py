@@ -13,3 +13,25 @@ class ModelNotAvailable(ServingError):
 
 class TokenizerUnavailable(ServingError):
     """No tokenizer can be built for a model; callers fall back to another counter."""
+
+
+class LLMError(ServingError):
+    """Root of errors from an LLM backend."""
+
+
+class LLMUnavailable(LLMError):
+    """The backend cannot be reached or keeps failing (connection refused, timeouts, 5xx, 429)
+    after the bounded retries; the message names the URL."""
+
+
+class LLMRequestError(LLMError):
+    """The backend refused the request as malformed (4xx other than 429); retrying will not help."""
+
+
+class LogprobsUnsupported(LLMError):
+    """The backend cannot return log-probabilities of a given text; callers fall back (e.g. to
+    embedding novelty for segmentation)."""
+
+
+class StructuredOutputError(LLMError):
+    """The model's output did not validate against the schema within the repair budget."""

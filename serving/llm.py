@@ -1,0 +1,162 @@
+"""The LLM boundary: one Protocol, value types shared by every backend.
+
+Everything Mneme writes or reads goes through :class:`LLM`. Two implementations:
+``OpenAICompatibleLLM`` (any OpenAI-compatible server: vLLM, Mneme's own, OpenAI) and
+``LocalLLM`` (the built-in engine in-process). The core is async; :class:`SyncLLM` is the thin
+blocking wrapper for scripts and Streamlit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+FinishReason = Literal["stop", "length", "cancelled"]
+Role = Literal["system", "user", "assistant", "tool"]
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to sample; the OpenAI request fields of the same names, with the same meaning."""
+
+    max_tokens: int = 256
+    """Most tokens to generate per choice."""
+    temperature: float = 0.7
+    """0 = greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass in (0, 1]."""
+    top_k: int = 0
+    """Keep only the k likeliest tokens; 0 = off."""
+    n: int = 1
+    """Choices to generate for the same prompt."""
+    stop: tuple[str, ...] = ()
+    """Strings that end a choice (not included in its text)."""
+    seed: int | None = None
+    """Makes sampling repeatable for the same request."""
+    logprobs: int | None = None
+    """None = no logprobs; k >= 0 = the chosen token's logprob plus the k likeliest alternatives."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_tokens < 1:
+            problems.append(f"max_tokens={self.max_tokens} must be at least 1")
+        if not 0.0 <= self.temperature <= 2.0:
+            problems.append(f"temperature={self.temperature} must be in [0, 2]")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            problems.append(f"top_k={self.top_k} must be 0 (off) or positive")
+        if not 1 <= self.n <= 64:
+            problems.append(f"n={self.n} must be in [1, 64]")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            problems.append(f"logprobs={self.logprobs} must be in [0, 20]")
+        if any(not s for s in self.stop) or len(self.stop) > 8:
+            problems.append("stop must hold at most 8 non-empty strings")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One token with its log-probability (natural log); None where there is none (first token)."""
+
+    token: str
+    logprob: float | None
+    top: tuple[tuple[str, float], ...] = ()
+    """The likeliest alternatives at this position, best first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    index: int
+    text: str
+    finish_reason: FinishReason
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    model: str
+    choices: tuple[Choice, ...]
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def text(self) -> str:
+        """The first choice's text."""
+        return self.choices[0].text
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDelta:
+    """A piece of one choice's text as it is generated; the last piece has a finish reason."""
+
+    index: int
+    text: str
+    finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = field(default=())
+
+
+class LLM(Protocol):
+    """What every backend offers. All methods may raise :class:`serving.errors.LLMError`."""
+
+    @property
+    def model(self) -> str:
+        """The model's name as the backend knows it."""
+        ...
+
+    async def complete(self, prompt: str, params: SamplingParams = GREEDY) -> Completion:
+        """Continue raw text."""
+        ...
+
+    async def chat(
+        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
+    ) -> Completion:
+        """Answer a conversation, formatted with the model's chat template."""
+        ...
+
+    def stream_complete(
+        self, prompt: str, params: SamplingParams = GREEDY
+    ) -> AsyncIterator[StreamDelta]: ...
+
+    def stream_chat(
+        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
+    ) -> AsyncIterator[StreamDelta]: ...
+
+    async def token_logprobs(self, text: str) -> list[TokenLogprob]:
+        """Log-probability of every token of ``text`` given the ones before it (surprise = −lp).
+
+        Raises :class:`serving.errors.LogprobsUnsupported` where the backend cannot say.
+        """
+        ...
+
+    async def count_tokens(self, text: str) -> int: ...
+
+    async def generate_json(
+        self,
+        messages: Sequence[ChatMessage],
+        schema: type[Schema],
+        params: SamplingParams = GREEDY,
+    ) -> Schema:
+        """A reply validated against ``schema``: guided decoding where the backend has it,
+        otherwise parse and a bounded number of repair attempts
+        (:class:`serving.errors.StructuredOutputError` when they run out)."""
+        ...
+
+
+def json_schema_of(schema: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema sent to backends for ``schema``."""
+    return schema.model_json_schema()
