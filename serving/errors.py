@@ -35,3 +35,12 @@ class LogprobsUnsupported(LLMError):
 
 class StructuredOutputError(LLMError):
     """The model's output did not validate against the schema within the repair budget."""
+
+
+class RequestRejected(ServingError):
+    """A generation request the engine cannot serve as asked (prompt longer than the context,
+    empty prompt, unknown model); the message names the limit."""
+
+
+class EngineFailed(ServingError):
+    """The engine hit an internal error while serving a request; the request was abandoned."""

@@ -137,7 +137,7 @@ class LLM(Protocol):
     ) -> AsyncIterator[StreamDelta]: ...
 
     async def token_logprobs(self, text: str) -> list[TokenLogprob]:
-        """Log-probability of every token of ``text`` given the ones before it (surprise = −lp).
+        """Log-probability of every token of ``text`` given the ones before it (surprise = -lp).
 
         Raises :class:`serving.errors.LogprobsUnsupported` where the backend cannot say.
         """

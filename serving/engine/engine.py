@@ -1,0 +1,386 @@
+"""TorchEngine: continuous batching over a transformers model with Mneme's own KV cache.
+
+One background thread runs the step loop. Each step prefills one chunk of one waiting prompt
+and then decodes one token for every running sequence in a single batched forward pass, so
+concurrent requests share the model instead of queueing behind each other. Requests join and
+leave between steps. Results flow back to each caller's asyncio loop as they are produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from serving.engine.attention import CURRENT, ForwardBatch, make_mode
+from serving.engine.cache import SlotKVCache
+from serving.engine.config import EngineConfig
+from serving.engine.detokenizer import Detokenizer
+from serving.engine.grammar import GrammarCompiler, GrammarMatcher
+from serving.engine.loading import LoadedModel, load_model
+from serving.engine.sampling import Sampler, logprobs_of
+from serving.errors import EngineFailed, RequestRejected
+from serving.llm import FinishReason, SamplingParams, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRequest:
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+    prompt_logprobs: int | None = None
+    """None = skip; k >= 0 = logprob of every prompt token (first: None) plus k alternatives."""
+    json_schema: dict[str, Any] | None = None
+    """Constrain every choice to JSON valid under this schema (grammar-guided decoding)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptResult:
+    """Sent first for every request."""
+
+    prompt_tokens: int
+    prompt_logprobs: tuple[TokenLogprob, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOutput:
+    """One step of one choice: the newly final text, the new token, and how it ended if it did."""
+
+    index: int
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...]
+    finish_reason: FinishReason | None
+
+
+_DONE = object()
+
+
+@dataclass(eq=False)
+class _Request:
+    spec: EngineRequest
+    emit: Callable[[object], None]
+    pending: list[int]  # prompt tokens not yet prefilled
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    slot: int | None = None  # cache slot holding the prompt while it is prefilled
+    sequences: list[_Sequence] = field(default_factory=list)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request: _Request
+    index: int
+    slot: int
+    sampler: Sampler
+    detokenizer: Detokenizer
+    matcher: GrammarMatcher | None
+    generated: int = 0
+    next_token: int | None = None  # fed at the next decode step
+    finished: bool = False
+
+
+class TorchEngine:
+    """The built-in engine. Thread-safe; ``generate`` may be called from any asyncio loop."""
+
+    def __init__(self, config: EngineConfig | None = None, *, loaded: LoadedModel | None = None):
+        self.config = config or EngineConfig()
+        self.loaded = loaded or load_model(self.config)
+        self.tokenizer = self.loaded.tokenizer
+        self.max_context = self.loaded.max_context
+        self._mode = make_mode(self.config.attention)
+        parameter = next(self.loaded.model.parameters())
+        self._device = parameter.device
+        self.cache = SlotKVCache(
+            self.loaded.num_layers,
+            self.loaded.kv_heads,
+            self.loaded.head_dim,
+            dtype=parameter.dtype,
+            device=self._device,
+        )
+        self._grammar: GrammarCompiler | None = None
+        self._inbox: queue.Queue[_Request | None] = queue.Queue()
+        self._waiting: list[_Request] = []  # prompts being prefilled, oldest first
+        self._running: list[_Sequence] = []
+        self._owner: dict[int, _Sequence | _Request] = {}  # cache slot → its holder
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mneme-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def model_name(self) -> str:
+        return self.loaded.name
+
+    # ----------------------------------------------------------------- public API
+
+    async def generate(self, spec: EngineRequest) -> AsyncIterator[PromptResult | EngineOutput]:
+        """Run one request: a :class:`PromptResult`, then :class:`EngineOutput` per step and
+        choice until every choice has a finish reason. Leaving the loop early (a client that
+        disconnects) cancels the request and frees its cache."""
+        self._check(spec)
+        loop = asyncio.get_running_loop()
+        outputs: asyncio.Queue[object] = asyncio.Queue()
+
+        def emit(item: object) -> None:
+            loop.call_soon_threadsafe(outputs.put_nowait, item)
+
+        request = _Request(spec, emit, list(spec.prompt_ids))
+        self._inbox.put(request)
+        try:
+            while True:
+                item = await outputs.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, PromptResult | EngineOutput)
+                yield item
+        finally:
+            request.cancelled.set()
+            self._inbox.put(None)  # wake the loop so it frees the request's slots now
+
+    def shutdown(self) -> None:
+        self._stopped.set()
+        self._inbox.put(None)
+        self._thread.join(timeout=30)
+
+    def grammar(self) -> GrammarCompiler:
+        if self._grammar is None:
+            self._grammar = GrammarCompiler(
+                self.tokenizer, self.loaded.vocab_size, list(self.loaded.stop_token_ids)
+            )
+        return self._grammar
+
+    def _check(self, spec: EngineRequest) -> None:
+        if not spec.prompt_ids:
+            raise RequestRejected("the prompt is empty; give at least one token of text")
+        total = len(spec.prompt_ids) + spec.params.max_tokens
+        if len(spec.prompt_ids) >= self.max_context or total > self.max_context:
+            raise RequestRejected(
+                f"the prompt has {len(spec.prompt_ids)} tokens and asks for "
+                f"{spec.params.max_tokens} more, but the model's context is {self.max_context} "
+                "tokens; shorten the prompt or lower max_tokens"
+            )
+        if spec.json_schema is not None:
+            self.grammar()  # fail in the caller's thread if xgrammar cannot handle the tokenizer
+
+    # ----------------------------------------------------------------- the loop
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while not self._stopped.is_set():
+                idle = not self._waiting and not self._running
+                self._admit(block=idle)
+                self._drop_cancelled()
+                try:
+                    if self._waiting:
+                        self._prefill_step(self._waiting[0])
+                    if self._running:
+                        self._decode_step()
+                except Exception as err:  # the thread's edge: fail its requests, keep serving
+                    log.exception("engine step failed")
+                    self._fail_all(EngineFailed(f"the engine failed: {err}"))
+
+    def _admit(self, *, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            while True:
+                if item is not None:
+                    self._waiting.append(item)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            return
+
+    def _drop_cancelled(self) -> None:
+        for request in [r for r in self._waiting if r.cancelled.is_set()]:
+            self._waiting.remove(request)
+            if request.slot is not None:
+                self._release(request.slot)
+        for sequence in [s for s in self._running if s.request.cancelled.is_set()]:
+            self._finish(sequence, "cancelled", notify=False)
+
+    def _release(self, slot: int) -> None:
+        del self._owner[slot]
+        moved = self.cache.release(slot)
+        if moved is not None:
+            holder = self._owner.pop(moved)
+            holder.slot = slot
+            self._owner[slot] = holder
+
+    def _forward(self, tokens: torch.Tensor, slots: list[int], keep_all: bool) -> torch.Tensor:
+        """Run the model on (B, T) new tokens of the given slots; returns (B, T or 1, V) logits."""
+        slot_index = torch.tensor(slots, dtype=torch.long, device=self._device)
+        past = self.cache.lengths[slot_index].clone()
+        new = tokens.shape[1]
+        self.cache.reserve(int(past.max()) + new)
+        positions = past[:, None] + torch.arange(new, device=self._device)[None, :]
+        token = CURRENT.set(ForwardBatch(self.cache, slot_index, past, new, self._mode))
+        try:
+            output = self.loaded.model(
+                input_ids=tokens,
+                position_ids=positions,
+                use_cache=False,
+                logits_to_keep=0 if keep_all else 1,
+            )
+        finally:
+            CURRENT.reset(token)
+        self.cache.lengths[slot_index] += new
+        logits: torch.Tensor = output.logits
+        return logits
+
+    def _prefill_step(self, request: _Request) -> None:
+        if request.slot is None:
+            request.slot = self.cache.allocate()
+            self._owner[request.slot] = request
+        start = len(request.spec.prompt_ids) - len(request.pending)
+        chunk, request.pending = (
+            request.pending[: self.config.prefill_chunk],
+            request.pending[self.config.prefill_chunk :],
+        )
+        want = request.spec.prompt_logprobs
+        tokens = torch.tensor([chunk], dtype=torch.long, device=self._device)
+        logits = self._forward(tokens, [request.slot], keep_all=want is not None)[0]  # (T, V)
+        if want is not None:
+            self._record_prompt_logprobs(request, start, logits, want)
+        if request.pending:
+            return
+        self._waiting.remove(request)
+        prompt = request.spec.prompt_ids
+        request.emit(
+            PromptResult(len(prompt), tuple(request.prompt_logprobs) if want is not None else None)
+        )
+        self._start_sequences(request, logits[-1])
+
+    def _record_prompt_logprobs(
+        self, request: _Request, start: int, logits: torch.Tensor, top: int
+    ) -> None:
+        """Logprobs of the prompt tokens this chunk predicts: logits row i (position start + i)
+        predicts token start + i + 1, so chunks need no overlap."""
+        prompt = request.spec.prompt_ids
+        if start == 0:
+            request.prompt_logprobs.append(TokenLogprob(self._piece(prompt[0]), None))
+        targets = prompt[start + 1 : start + logits.shape[0] + 1]
+        if not targets:
+            return
+        chosen = torch.tensor(targets, dtype=torch.long, device=logits.device)
+        picked, best, best_ids = logprobs_of(logits[: len(targets)], chosen, top)
+        for i, token in enumerate(targets):
+            request.prompt_logprobs.append(
+                TokenLogprob(self._piece(token), float(picked[i]), self._top(best, best_ids, i))
+            )
+
+    def _start_sequences(self, request: _Request, last_logits: torch.Tensor) -> None:
+        """The prompt is cached: create the n choices, forking its slot, and sample each one's
+        first token from the prompt's last logits."""
+        spec = request.spec
+        assert request.slot is not None
+        prompt_slot = request.slot
+        for index in range(spec.params.n):
+            slot = prompt_slot if index == 0 else self.cache.fork(prompt_slot)
+            matcher = self.grammar().matcher(spec.json_schema) if spec.json_schema else None
+            sequence = _Sequence(
+                request,
+                index,
+                slot,
+                Sampler.create(spec.params, index, self._device),
+                Detokenizer(self.tokenizer, spec.params.stop),
+                matcher,
+            )
+            self._owner[slot] = sequence
+            request.sequences.append(sequence)
+        request.slot = None
+        for sequence in request.sequences:
+            self._advance(sequence, last_logits)
+            if not sequence.finished:
+                self._running.append(sequence)
+
+    def _decode_step(self) -> None:
+        batch = self._running[: self.config.max_batch]
+        self._running = self._running[self.config.max_batch :] + batch  # round-robin if over
+        tokens = torch.tensor(
+            [[s.next_token] for s in batch], dtype=torch.long, device=self._device
+        )
+        logits = self._forward(tokens, [s.slot for s in batch], keep_all=False)[:, -1]
+        for sequence, row in zip(batch, logits, strict=True):
+            self._advance(sequence, row)
+        self._running = [s for s in self._running if not s.finished]
+
+    def _advance(self, sequence: _Sequence, logits: torch.Tensor) -> None:
+        """Sample the sequence's next token from (V,) logits and emit what it produced."""
+        params = sequence.request.spec.params
+        masked = sequence.matcher.mask(logits.clone()) if sequence.matcher else logits
+        token = sequence.sampler.sample(masked)
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if params.logprobs is not None:
+            chosen = torch.tensor([token], device=logits.device)
+            picked, best, best_ids = logprobs_of(logits[None], chosen, params.logprobs)
+            logprobs = (
+                TokenLogprob(self._piece(token), float(picked[0]), self._top(best, best_ids, 0)),
+            )
+        sequence.generated += 1
+        if sequence.matcher is not None:
+            sequence.matcher.accept(token)
+        reason: FinishReason | None = None
+        text = ""
+        if token in self.loaded.stop_token_ids or (
+            sequence.matcher is not None and sequence.matcher.finished
+        ):
+            reason = "stop"
+        else:
+            text = sequence.detokenizer.add(token)
+            if sequence.detokenizer.stopped:
+                reason = "stop"
+            elif sequence.generated >= params.max_tokens:
+                reason = "length"
+        if reason is not None:
+            text += sequence.detokenizer.flush() if reason == "length" else ""
+            sequence.request.emit(EngineOutput(sequence.index, text, (token,), logprobs, reason))
+            self._finish(sequence, reason, notify=False)
+            return
+        sequence.next_token = token
+        sequence.request.emit(EngineOutput(sequence.index, text, (token,), logprobs, None))
+
+    def _finish(self, sequence: _Sequence, reason: FinishReason, *, notify: bool) -> None:
+        if sequence.finished:
+            return
+        sequence.finished = True
+        if notify:
+            sequence.request.emit(EngineOutput(sequence.index, "", (), (), reason))
+        self._release(sequence.slot)
+        if sequence in self._running:
+            self._running.remove(sequence)
+        if all(s.finished for s in sequence.request.sequences):
+            sequence.request.emit(_DONE)
+
+    def _fail_all(self, error: BaseException) -> None:
+        requests = {id(r): r for r in self._waiting} | {
+            id(s.request): s.request for s in self._running
+        }
+        for request in requests.values():
+            request.emit(error)
+        self._waiting.clear()
+        self._running.clear()
+        self._owner.clear()
+        self.cache.live = 0
+        self.cache.lengths.zero_()
+
+    # ----------------------------------------------------------------- helpers
+
+    def _piece(self, token: int) -> str:
+        return str(self.tokenizer.decode([token]))
+
+    def _top(
+        self, best: torch.Tensor | None, ids: torch.Tensor | None, row: int
+    ) -> tuple[tuple[str, float], ...]:
+        if best is None or ids is None:
+            return ()
+        return tuple(
+            (self._piece(int(t)), float(v)) for t, v in zip(ids[row], best[row], strict=True)
+        )
