@@ -77,6 +77,10 @@ class TokenLogprob:
     logprob: float | None
     top: tuple[tuple[str, float], ...] = ()
     """The likeliest alternatives at this position, best first."""
+    token_id: int | None = None
+    """The token's id in the model's vocabulary, where the backend reports it."""
+    top_ids: tuple[int, ...] = ()
+    """Ids of the ``top`` alternatives, same order, where the backend reports them."""
 
 
 @dataclass(frozen=True, slots=True)

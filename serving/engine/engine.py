@@ -124,12 +124,15 @@ class TorchEngine:
         """Run one request: a :class:`PromptResult`, then :class:`EngineOutput` per step and
         choice until every choice has a finish reason. Leaving the loop early (a client that
         disconnects) cancels the request and frees its cache."""
-        self._check(spec)
+        self.check(spec)
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[object] = asyncio.Queue()
 
         def emit(item: object) -> None:
-            loop.call_soon_threadsafe(outputs.put_nowait, item)
+            try:
+                loop.call_soon_threadsafe(outputs.put_nowait, item)
+            except RuntimeError:  # the caller's event loop is closed: nobody is listening
+                request.cancelled.set()
 
         request = _Request(spec, emit, list(spec.prompt_ids))
         self._inbox.put(request)
@@ -158,7 +161,8 @@ class TorchEngine:
             )
         return self._grammar
 
-    def _check(self, spec: EngineRequest) -> None:
+    def check(self, spec: EngineRequest) -> None:
+        """Raise :class:`RequestRejected` if the engine cannot serve ``spec`` as asked."""
         if not spec.prompt_ids:
             raise RequestRejected("the prompt is empty; give at least one token of text")
         total = len(spec.prompt_ids) + spec.params.max_tokens
@@ -265,7 +269,9 @@ class TorchEngine:
         predicts token start + i + 1, so chunks need no overlap."""
         prompt = request.spec.prompt_ids
         if start == 0:
-            request.prompt_logprobs.append(TokenLogprob(self._piece(prompt[0]), None))
+            request.prompt_logprobs.append(
+                TokenLogprob(self._piece(prompt[0]), None, token_id=prompt[0])
+            )
         targets = prompt[start + 1 : start + logits.shape[0] + 1]
         if not targets:
             return
@@ -273,7 +279,7 @@ class TorchEngine:
         picked, best, best_ids = logprobs_of(logits[: len(targets)], chosen, top)
         for i, token in enumerate(targets):
             request.prompt_logprobs.append(
-                TokenLogprob(self._piece(token), float(picked[i]), self._top(best, best_ids, i))
+                self._logprob(token, float(picked[i]), best, best_ids, i)
             )
 
     def _start_sequences(self, request: _Request, last_logits: torch.Tensor) -> None:
@@ -321,9 +327,7 @@ class TorchEngine:
         if params.logprobs is not None:
             chosen = torch.tensor([token], device=logits.device)
             picked, best, best_ids = logprobs_of(logits[None], chosen, params.logprobs)
-            logprobs = (
-                TokenLogprob(self._piece(token), float(picked[0]), self._top(best, best_ids, 0)),
-            )
+            logprobs = (self._logprob(token, float(picked[0]), best, best_ids, 0),)
         sequence.generated += 1
         if sequence.matcher is not None:
             sequence.matcher.accept(token)
@@ -376,11 +380,17 @@ class TorchEngine:
     def _piece(self, token: int) -> str:
         return str(self.tokenizer.decode([token]))
 
-    def _top(
-        self, best: torch.Tensor | None, ids: torch.Tensor | None, row: int
-    ) -> tuple[tuple[str, float], ...]:
-        if best is None or ids is None:
-            return ()
-        return tuple(
-            (self._piece(int(t)), float(v)) for t, v in zip(ids[row], best[row], strict=True)
-        )
+    def _logprob(
+        self,
+        token: int,
+        logprob: float,
+        best: torch.Tensor | None,
+        best_ids: torch.Tensor | None,
+        row: int,
+    ) -> TokenLogprob:
+        """A TokenLogprob for ``token`` with row ``row`` of the top-k alternatives."""
+        if best is None or best_ids is None:
+            return TokenLogprob(self._piece(token), logprob, token_id=token)
+        ids = tuple(int(t) for t in best_ids[row])
+        top = tuple((self._piece(t), float(v)) for t, v in zip(ids, best[row], strict=True))
+        return TokenLogprob(self._piece(token), logprob, top, token, ids)

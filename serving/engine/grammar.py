@@ -23,7 +23,8 @@ class GrammarCompiler:
         self._compile = lru_cache(maxsize=64)(self._compile_uncached)
 
     def _compile_uncached(self, schema: str) -> Any:
-        return self._compiler.compile_json_schema(schema)
+        # Compact JSON: with free whitespace small models can emit blank runs until max_tokens.
+        return self._compiler.compile_json_schema(schema, any_whitespace=False)
 
     def matcher(self, schema: dict[str, Any]) -> GrammarMatcher:
         return GrammarMatcher(self._compile(json.dumps(schema, sort_keys=True)), self.vocab_size)
