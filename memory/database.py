@@ -68,13 +68,13 @@ class Database:
                     f"the folder {folder} of the SQLite database does not exist; create it or "
                     "point MNEME_HOME / MNEME_DATABASE_URL elsewhere"
                 )
-        options: dict[str, Any] = {"echo": echo, "future": True}
-        if self.is_sqlite:
-            # One file per process is cheap to open; NullPool avoids sharing connections
-            # across threads (Streamlit, the API's worker threads).
-            options["poolclass"] = NullPool
-        else:
+        options: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite and parsed.database in (None, "", ":memory:"):
+            options["poolclass"] = NullPool  # each connection is its own in-memory database
+        elif not self.is_sqlite:
             options["pool_pre_ping"] = True
+        # A file SQLite database keeps SQLAlchemy's default pool: connections (and SQLite's
+        # page cache) are reused across sessions and threads instead of reopened per query.
         self.engine: Engine = create_engine(url, **options)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -90,6 +91,16 @@ class EpisodeRow(Base):
         UniqueConstraint("namespace_id", "ordinal", name="uq_episodes_namespace_ordinal"),
         Index("ix_episodes_document_ordinal", "document_id", "ordinal"),
         Index("ix_episodes_expires_at", "expires_at"),
+        # Reconcile reads (id, version) of every embedded episode on open: a covering partial
+        # index answers that without touching the rows (and their embedding blobs).
+        Index(
+            "ix_episodes_vector_state",
+            "namespace_id",
+            "id",
+            "version",
+            sqlite_where=text("embedding IS NOT NULL"),
+            postgresql_where=text("embedding IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -107,7 +118,7 @@ class EpisodeRow(Base):
     summary: Mapped[str | None] = mapped_column(Text)
     # float32 little-endian bytes: SQL keeps the vector so the index can be rebuilt without
     # re-embedding (SQL is the source of truth; Chroma is a derived index).
-    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -66,7 +66,7 @@ def test_db_upgrade_then_status(tmp_path: Path) -> None:
     home = tmp_path / "home"
     done = mneme("db", "upgrade", "--json", home=home)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["revision"] == "0001"
+    assert json.loads(done.stdout)["revision"] == "0002"
     status = json.loads(mneme("db", "status", "--json", home=home).stdout)
     assert status["up_to_date"] is True and status["current"] == status["head"]
 
