@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from app.doctor import run_checks
-from app.errors import EXIT_BROKEN, KNOWN_ERRORS, exit_code
+from app.errors import EXIT_BROKEN, KNOWN_ERRORS, SettingsError, exit_code
 from app.runtime import open_database
 from app.settings import Settings, load_settings
 from memory.database import Database, describe_url
@@ -26,6 +26,10 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="The SQL database: migrations and status.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+llm_cli = typer.Typer(
+    help="The LLM backend: serve a model over the OpenAI API.", no_args_is_help=True
+)
+cli.add_typer(llm_cli, name="llm")
 
 _state: dict[str, Any] = {"debug": False}
 
@@ -103,6 +107,45 @@ def doctor(as_json: JsonOption = False) -> None:
             typer.echo(f"{mark}  {check.component:<{width}}  {check.detail}")
     if not all(c.ok for c in checks):
         raise typer.Exit(EXIT_BROKEN)
+
+
+@llm_cli.command("serve")
+def llm_serve(
+    engine: Annotated[str, typer.Option(help="Inference engine: torch (built in) or vllm.")] = (
+        "torch"
+    ),
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Hub name or local folder; default MNEME_LLM_MODEL or the bundled "
+            "SmolLM2-135M-Instruct."
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require 'Authorization: Bearer KEY' on /v1 routes.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="torch device for the torch engine.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16 or auto.")] = "auto",
+    max_batch: Annotated[int, typer.Option(help="Sequences decoded together.", min=1)] = 16,
+) -> None:
+    """Serve a model over the OpenAI API (/v1/completions, /v1/chat/completions, /v1/embeddings)."""
+    settings = _settings()
+    if engine != "torch":
+        raise SettingsError(f"--engine {engine!r} is not available; use --engine torch")
+    from app.serving import serve_torch
+
+    serve_torch(
+        settings,
+        model=model,
+        host=host,
+        port=port,
+        api_key=api_key,
+        device=device,
+        dtype=dtype,
+        max_batch=max_batch,
+    )
 
 
 @cli.command()

@@ -153,8 +153,9 @@ def test_json_schema_constrains_the_output(tiny_engine: TorchEngine) -> None:
         "additionalProperties": False,
     }
     spec = EngineRequest(
-        ids_of(tiny_engine, "Reply in JSON:"), SamplingParams(temperature=1.0, seed=3,
-                                                               max_tokens=60), json_schema=schema
+        ids_of(tiny_engine, "Reply in JSON:"),
+        SamplingParams(temperature=1.0, seed=3, max_tokens=60),
+        json_schema=schema,
     )
     _, out = asyncio.run(collect(tiny_engine, spec))
     reply = json.loads("".join(o.text for o in out[0]))

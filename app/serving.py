@@ -1,0 +1,39 @@
+"""Starting Mneme's own OpenAI-compatible server (``mneme llm serve``)."""
+
+from __future__ import annotations
+
+import logging
+
+from app.runtime import open_embedder
+from app.settings import Settings
+from serving.engine.config import EngineConfig
+from serving.local import LocalLLM
+from serving.server.app import ServerConfig, create_app
+
+log = logging.getLogger(__name__)
+
+
+def serve_torch(
+    settings: Settings,
+    *,
+    model: str | None,
+    host: str,
+    port: int,
+    api_key: str | None,
+    device: str,
+    dtype: str,
+    max_batch: int,
+) -> None:
+    """Load the model and the embedder, then serve until interrupted."""
+    import uvicorn
+
+    config = EngineConfig(
+        model=model or settings.llm_model, device=device, dtype=dtype, max_batch=max_batch
+    )
+    llm = LocalLLM.load(config)
+    try:
+        app = create_app(llm, open_embedder(settings), ServerConfig(api_key=api_key))
+        log.warning("serving %s on http://%s:%d/v1", llm.model, host, port)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        llm.close()

@@ -1,0 +1,170 @@
+"""LocalLLM: the :class:`~serving.llm.LLM` Protocol over the built-in engine, in-process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from serving.engine.config import EngineConfig
+from serving.engine.engine import EngineOutput, EngineRequest, PromptResult, TorchEngine
+from serving.errors import RequestRejected
+from serving.llm import (
+    GREEDY,
+    ChatMessage,
+    Choice,
+    Completion,
+    FinishReason,
+    SamplingParams,
+    Schema,
+    StreamDelta,
+    TokenLogprob,
+    json_schema_of,
+)
+from serving.structured import validated
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """Everything one engine request produced, assembled."""
+
+    prompt: PromptResult
+    choices: tuple[Choice, ...]
+    completion_tokens: int
+
+
+class LocalLLM:
+    """The embedded default backend: tokenises, applies the chat template, runs the engine."""
+
+    def __init__(self, engine: TorchEngine) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+
+    @classmethod
+    def load(cls, config: EngineConfig | None = None) -> LocalLLM:
+        """Load the model (the bundled SmolLM2 by default) and start the engine."""
+        return cls(TorchEngine(config or EngineConfig()))
+
+    @property
+    def model(self) -> str:
+        return self.engine.model_name
+
+    def close(self) -> None:
+        self.engine.shutdown()
+
+    # ------------------------------------------------------------ tokens
+
+    def encode(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of raw text (with the tokenizer's own BOS when ``special``)."""
+        ids: list[int] = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        return ids
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of a conversation under the model's chat template, ready for the reply."""
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise RequestRejected(
+                f"the model {self.model!r} has no chat template; use completions instead"
+            )
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+        )
+        ids: list[int] = list(rendered["input_ids"])
+        return ids
+
+    async def count_tokens(self, text: str) -> int:
+        return len(self.encode(text, special=False))
+
+    # ------------------------------------------------------------ generation
+
+    async def run(self, spec: EngineRequest) -> Generation:
+        """Run a request to the end and assemble its choices."""
+        prompt: PromptResult | None = None
+        texts: dict[int, list[str]] = {i: [] for i in range(spec.params.n)}
+        logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(spec.params.n)}
+        reasons: dict[int, FinishReason] = {}
+        tokens = 0
+        async for item in self.engine.generate(spec):
+            if isinstance(item, PromptResult):
+                prompt = item
+                continue
+            texts[item.index].append(item.text)
+            logprobs[item.index].extend(item.logprobs)
+            tokens += len(item.token_ids)
+            if item.finish_reason is not None:
+                reasons[item.index] = item.finish_reason
+        assert prompt is not None, "the engine always reports the prompt first"
+        choices = tuple(
+            Choice(
+                index=i,
+                text="".join(texts[i]),
+                finish_reason=reasons.get(i, "cancelled"),
+                logprobs=tuple(logprobs[i]) if spec.params.logprobs is not None else None,
+            )
+            for i in range(spec.params.n)
+        )
+        return Generation(prompt, choices, tokens)
+
+    async def _complete(self, ids: list[int], params: SamplingParams) -> Completion:
+        result = await self.run(EngineRequest(tuple(ids), params))
+        return Completion(
+            self.model, result.choices, result.prompt.prompt_tokens, result.completion_tokens
+        )
+
+    async def complete(self, prompt: str, params: SamplingParams = GREEDY) -> Completion:
+        return await self._complete(self.encode(prompt), params)
+
+    async def chat(
+        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
+    ) -> Completion:
+        return await self._complete(self.encode_chat(messages), params)
+
+    async def _stream(self, spec: EngineRequest) -> AsyncIterator[StreamDelta]:
+        async for item in self.engine.generate(spec):
+            if isinstance(item, EngineOutput) and (
+                item.text or item.finish_reason or item.logprobs
+            ):
+                yield StreamDelta(item.index, item.text, item.finish_reason, item.logprobs)
+
+    def stream_complete(
+        self, prompt: str, params: SamplingParams = GREEDY
+    ) -> AsyncIterator[StreamDelta]:
+        return self._stream(EngineRequest(tuple(self.encode(prompt)), params))
+
+    def stream_chat(
+        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
+    ) -> AsyncIterator[StreamDelta]:
+        return self._stream(EngineRequest(tuple(self.encode_chat(messages)), params))
+
+    async def token_logprobs(self, text: str) -> list[TokenLogprob]:
+        """Per-token logprobs of ``text``. With a BOS token the first text token is scored too
+        (given BOS); without one it has ``logprob=None``."""
+        ids = self.encode(text, special=False)
+        if not ids:
+            return []
+        bos = self.tokenizer.bos_token_id
+        prefix = [bos] if bos is not None else []
+        spec = EngineRequest(
+            tuple(prefix + ids), SamplingParams(max_tokens=1, temperature=0.0), prompt_logprobs=0
+        )
+        result = await self.run(spec)
+        scored = result.prompt.prompt_logprobs or ()
+        return list(scored[len(prefix) :])
+
+    async def generate_json(
+        self,
+        messages: Sequence[ChatMessage],
+        schema: type[Schema],
+        params: SamplingParams = GREEDY,
+    ) -> Schema:
+        """Grammar-guided JSON, then validated (a reply cut by max_tokens is repaired)."""
+        json_schema = json_schema_of(schema)
+
+        async def guided(conversation: Sequence[ChatMessage]) -> str:
+            spec = EngineRequest(
+                tuple(self.encode_chat(conversation)), params, json_schema=json_schema
+            )
+            return (await self.run(spec)).choices[0].text
+
+        return await validated(guided, messages, schema)

@@ -1,0 +1,117 @@
+"""OpenAI request and response shapes, with vLLM's extras (top_k, prompt_logprobs,
+structured_outputs), so one client works against Mneme's server and vLLM alike.
+
+Unknown fields are ignored, as vLLM does; known fields are validated and a bad one is a 400.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serving.llm import Role, SamplingParams
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=-1)
+    n: int = Field(default=1, ge=1, le=64)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
+    structured_outputs: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> list[str]:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if any(not s for s in stops) or len(stops) > 8:
+            raise ValueError("stop must be at most 8 non-empty strings")
+        return stops
+
+    def sampling(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        if self.max_tokens == 0:
+            raise ValueError("max_tokens=0 is only valid with echo=true (scoring a prompt)")
+        return SamplingParams(
+            max_tokens=self.max_tokens or max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=max(self.top_k, 0),
+            n=self.n,
+            stop=tuple(self.stop or ()),
+            seed=self.seed,
+            logprobs=logprobs,
+        )
+
+    def json_schema(self) -> dict[str, Any] | None:
+        """The JSON schema to constrain output to, from vLLM's or OpenAI's field."""
+        if self.structured_outputs is not None:
+            schema = self.structured_outputs.get("json")
+            if not isinstance(schema, dict):
+                raise ValueError("structured_outputs supports {'json': <schema object>} here")
+            return schema
+        if self.response_format is not None:
+            kind = self.response_format.get("type")
+            if kind == "json_schema":
+                inner = self.response_format.get("json_schema") or {}
+                schema = inner.get("schema")
+                if not isinstance(schema, dict):
+                    raise ValueError("response_format.json_schema.schema must be an object")
+                return schema
+            if kind == "json_object":
+                return {"type": "object"}
+            if kind != "text":
+                raise ValueError(
+                    f"response_format type {kind!r} is not text/json_object/json_schema"
+                )
+        return None
+
+
+class CompletionRequest(Request):
+    prompt: str | list[int]
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str | list[int]) -> str | list[int]:
+        if len(value) == 0:
+            raise ValueError("the prompt is empty")
+        return value
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Role
+    content: str
+
+
+class ChatRequest(Request):
+    messages: list[Message] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, value: str | list[str]) -> list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not texts or len(texts) > 2048:
+            raise ValueError("input must hold 1 to 2048 texts")
+        return texts

@@ -1,0 +1,100 @@
+"""LocalLLM: the LLM Protocol over the built-in engine."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import torch
+from pydantic import BaseModel
+
+from serving.engine.config import EngineConfig
+from serving.llm import ChatMessage, SamplingParams
+from serving.local import LocalLLM
+
+GREEDY8 = SamplingParams(temperature=0.0, max_tokens=8)
+
+
+def test_token_logprobs_match_a_forward_pass(tiny_llm: LocalLLM, tiny_llama: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    text = "The lighthouse keeper lit the lamp."
+    scored = asyncio.run(tiny_llm.token_logprobs(text))
+    ids = tiny_llm.encode(text, special=False)
+    assert [s.token_id for s in scored] == ids
+    assert "".join(s.token for s in scored) == text
+    bos = tiny_llm.tokenizer.bos_token_id
+    full = ([bos] if bos is not None else []) + ids
+    with torch.no_grad():
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+        logp = torch.log_softmax(model(torch.tensor([full])).logits[0], -1)
+    shift = len(full) - len(ids)
+    for i, entry in enumerate(scored):
+        if i + shift == 0:
+            assert entry.logprob is None
+        else:
+            assert entry.logprob == pytest.approx(
+                float(logp[i + shift - 1, full[i + shift]]), abs=1e-4
+            )
+    assert asyncio.run(tiny_llm.token_logprobs("")) == []
+
+
+def test_chat_stream_and_complete_agree(tiny_llm: LocalLLM) -> None:
+    messages = [ChatMessage("system", "Be brief."), ChatMessage("user", "Hello!")]
+    whole = asyncio.run(tiny_llm.chat(messages, GREEDY8))
+
+    async def streamed() -> str:
+        return "".join([d.text async for d in tiny_llm.stream_chat(messages, GREEDY8)])
+
+    assert asyncio.run(streamed()) == whole.text
+    assert whole.prompt_tokens == len(tiny_llm.encode_chat(messages))
+    assert whole.completion_tokens == 8 or whole.choices[0].finish_reason == "stop"
+    completion = asyncio.run(tiny_llm.complete("Once upon a time", GREEDY8))
+    assert completion.model == tiny_llm.model and completion.choices[0].logprobs is None
+
+
+def test_count_tokens(tiny_llm: LocalLLM) -> None:
+    assert asyncio.run(tiny_llm.count_tokens("one two three")) == len(
+        tiny_llm.tokenizer("one two three", add_special_tokens=False)["input_ids"]
+    )
+
+
+class Verdict(BaseModel):
+    mood: Literal["happy", "sad"]
+    confident: bool
+
+
+def test_generate_json_is_guided_and_validated(tiny_llm: LocalLLM) -> None:
+    reply = asyncio.run(
+        tiny_llm.generate_json(
+            [ChatMessage("user", "Rate this.")],
+            Verdict,
+            SamplingParams(temperature=0.0, max_tokens=64),
+        )
+    )
+    assert isinstance(reply, Verdict)
+
+
+@pytest.mark.slow
+def test_bundled_smollm2_answers_and_returns_json() -> None:
+    llm = LocalLLM.load(EngineConfig())
+    try:
+        reply = asyncio.run(
+            llm.chat(
+                [ChatMessage("user", "What is the capital of France?")],
+                SamplingParams(temperature=0.0, max_tokens=20),
+            )
+        )
+        assert "Paris" in reply.text
+        verdict = asyncio.run(
+            llm.generate_json(
+                [ChatMessage("user", "Are you happy or sad, and are you sure? Answer in JSON.")],
+                Verdict,
+                SamplingParams(temperature=0.0, max_tokens=40),
+            )
+        )
+        assert isinstance(verdict, Verdict)
+    finally:
+        llm.close()
