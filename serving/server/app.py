@@ -27,7 +27,12 @@ from serving.engine.engine import EngineOutput, EngineRequest, PromptResult
 from serving.errors import EngineFailed, RequestRejected
 from serving.llm import ChatMessage, Choice, TokenLogprob
 from serving.local import LocalLLM
-from serving.server.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
+from serving.server.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
 from serving.server.schemas import Request as Body
 
 DEFAULT_MAX_TOKENS = 256
@@ -353,6 +358,13 @@ def create_app(
         if body.prompt_logprobs is not None and prompt.prompt_logprobs is not None:
             reply["prompt_logprobs"] = vllm_prompt_logprobs(prompt.prompt_logprobs)
         return reply
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        """vLLM's tokenizer endpoint: the prompt's token ids under the served model."""
+        check_model(body.model)
+        ids = llm.encode(body.prompt, special=body.add_special_tokens)
+        return {"count": len(ids), "max_model_len": llm.engine.max_context, "tokens": ids}
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:

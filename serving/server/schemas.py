@@ -115,3 +115,11 @@ class EmbeddingRequest(BaseModel):
         if not texts or len(texts) > 2048:
             raise ValueError("input must hold 1 to 2048 texts")
         return texts
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    prompt: str
+    add_special_tokens: bool = True

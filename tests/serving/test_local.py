@@ -81,13 +81,17 @@ def test_generate_json_is_guided_and_validated(tiny_llm: LocalLLM) -> None:
 def test_bundled_smollm2_answers_and_returns_json() -> None:
     llm = LocalLLM.load(EngineConfig())
     try:
-        reply = asyncio.run(
-            llm.chat(
-                [ChatMessage("user", "What is the capital of France?")],
-                SamplingParams(temperature=0.0, max_tokens=20),
-            )
-        )
+        question = [ChatMessage("user", "What is the capital of France?")]
+        reply = asyncio.run(llm.chat(question, SamplingParams(temperature=0.0, max_tokens=20)))
         assert "Paris" in reply.text
+        # token for token what transformers' own generate gives on the same weights
+        model, ids = llm.engine.loaded.model, llm.encode_chat(question)
+        model.config._attn_implementation = "sdpa"  # the engine is idle: borrow its model
+        try:
+            expected = model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)
+        finally:
+            model.config._attn_implementation = "mneme"
+        assert reply.text == llm.tokenizer.decode(expected[0, len(ids) :], skip_special_tokens=True)
         verdict = asyncio.run(
             llm.generate_json(
                 [ChatMessage("user", "Are you happy or sad, and are you sure? Answer in JSON.")],

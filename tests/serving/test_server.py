@@ -153,6 +153,12 @@ def test_json_schema_output(client: openai.OpenAI) -> None:
     assert json.loads(reply.choices[0].message.content or "") in ({"ok": True}, {"ok": False})
 
 
+def test_tokenize_like_vllm(base_url: str, tiny_llm: LocalLLM) -> None:
+    reply = post(base_url, "/tokenize", {"model": "tiny", "prompt": "one two three"}).json()
+    assert reply["tokens"] == tiny_llm.encode("one two three")
+    assert reply["count"] == len(reply["tokens"]) and reply["max_model_len"] == 256
+
+
 def test_embeddings(client: openai.OpenAI) -> None:
     reply = client.embeddings.create(model="test/hash-embedder", input=["a cat", "a dog"])
     expected = HashEmbedder().embed(["a cat", "a dog"])
