@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -173,7 +173,9 @@ def ui(
         "false",
     ]
     typer.echo(f"Mneme is at http://{host}:{port}")
-    raise typer.Exit(subprocess.call(command))
+    sys.stdout.flush()
+    # Become Streamlit (no child process): a signal to `mneme ui` reaches the server itself.
+    os.execv(sys.executable, command)
 
 
 def main() -> None:
