@@ -276,6 +276,9 @@ def create_app(
             return sse(stream(request, chunk))
         prompt, choices, produced = await run(request)
         prompt_text = body.prompt if isinstance(body.prompt, str) else llm.tokenizer.decode(ids)
+        scored = None  # vLLM puts a completion's prompt_logprobs on every choice
+        if body.prompt_logprobs is not None and prompt.prompt_logprobs is not None:
+            scored = vllm_prompt_logprobs(prompt.prompt_logprobs)
         shaped = []
         for choice in choices:
             entries = [] if scoring else list(choice.logprobs or ())
@@ -289,9 +292,10 @@ def create_app(
                     "text": text,
                     "logprobs": completion_logprobs(entries) if body.logprobs is not None else None,
                     "finish_reason": choice.finish_reason,
+                    **({"prompt_logprobs": scored} if scored is not None else {}),
                 }
             )
-        reply: dict[str, Any] = {
+        return {
             "id": identity,
             "object": "text_completion",
             "created": created,
@@ -299,9 +303,6 @@ def create_app(
             "choices": shaped,
             "usage": usage(prompt, produced),
         }
-        if body.prompt_logprobs is not None and prompt.prompt_logprobs is not None:
-            reply["prompt_logprobs"] = vllm_prompt_logprobs(prompt.prompt_logprobs)
-        return reply
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest) -> dict[str, Any] | StreamingResponse:

@@ -114,7 +114,7 @@ def test_logprobs_n_and_prompt_logprobs(client: openai.OpenAI, tiny_llm: LocalLL
         temperature=0,
         extra_body={"prompt_logprobs": 1},
     )
-    shaped = completion.model_extra["prompt_logprobs"]  # type: ignore[index]
+    shaped = completion.choices[0].model_extra["prompt_logprobs"]  # type: ignore[index]
     spec = EngineRequest(
         tuple(tiny_llm.encode("The cat sat on the mat")),
         SamplingParams(max_tokens=1),
