@@ -13,6 +13,7 @@ from app.errors import HomeNotWritable
 from app.settings import Settings
 from memory import ChromaVectorIndex, Database, MemoryStore, ReconcileReport
 from serving.embeddings import EmbedderConfig, SentenceTransformerEmbedder
+from serving.llm import LLM
 
 
 def prepare_home(settings: Settings) -> Path:
@@ -54,6 +55,25 @@ def open_vector_index(settings: Settings) -> ChromaVectorIndex:
 
 def open_embedder(settings: Settings) -> SentenceTransformerEmbedder:
     return SentenceTransformerEmbedder(EmbedderConfig(model=settings.embedding_model))
+
+
+def open_llm(settings: Settings) -> LLM:
+    """The LLM boundary: the configured OpenAI-compatible server, else the built-in engine."""
+    if settings.llm_base_url:
+        from serving.openai_client import OpenAIClientConfig, OpenAICompatibleLLM
+
+        return OpenAICompatibleLLM(
+            OpenAIClientConfig(
+                base_url=settings.llm_base_url,
+                model=settings.llm_model or "default",
+                api_key=settings.llm_api_key,
+                timeout_s=settings.llm_timeout_s,
+            )
+        )
+    from serving.engine.config import EngineConfig
+    from serving.local import LocalLLM
+
+    return LocalLLM.load(EngineConfig(model=settings.llm_model))
 
 
 def open_memory(settings: Settings) -> tuple[MemoryStore, ReconcileReport]:

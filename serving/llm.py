@@ -143,6 +143,8 @@ class LLM(Protocol):
     async def token_logprobs(self, text: str) -> list[TokenLogprob]:
         """Log-probability of every token of ``text`` given the ones before it (surprise = -lp).
 
+        One entry per token of ``text``. The first token's logprob is None unless the backend
+        can condition it on a BOS token (the built-in engine does when the model has one).
         Raises :class:`serving.errors.LogprobsUnsupported` where the backend cannot say.
         """
         ...

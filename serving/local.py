@@ -138,19 +138,21 @@ class LocalLLM:
         return self._stream(EngineRequest(tuple(self.encode_chat(messages)), params))
 
     async def token_logprobs(self, text: str) -> list[TokenLogprob]:
-        """Per-token logprobs of ``text``. With a BOS token the first text token is scored too
-        (given BOS); without one it has ``logprob=None``."""
-        ids = self.encode(text, special=False)
-        if not ids:
+        """Per-token logprobs of ``text``, tokenised the way a server tokenises a prompt (with
+        the tokenizer's own BOS, if it adds one, so the first text token is scored given BOS;
+        without one it has ``logprob=None``). Only the text's tokens are returned."""
+        plain = self.encode(text, special=False)
+        if not plain:
             return []
-        bos = self.tokenizer.bos_token_id
-        prefix = [bos] if bos is not None else []
+        ids = self.encode(text)
+        extra = len(ids) - len(plain)
+        if extra < 0 or ids[extra:] != plain:  # the tokenizer does more than prepend: ignore it
+            ids, extra = plain, 0
         spec = EngineRequest(
-            tuple(prefix + ids), SamplingParams(max_tokens=1, temperature=0.0), prompt_logprobs=0
+            tuple(ids), SamplingParams(max_tokens=1, temperature=0.0), prompt_logprobs=0
         )
         result = await self.run(spec)
-        scored = result.prompt.prompt_logprobs or ()
-        return list(scored[len(prefix) :])
+        return list((result.prompt.prompt_logprobs or ())[extra:])
 
     async def generate_json(
         self,

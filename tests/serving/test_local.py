@@ -25,8 +25,7 @@ def test_token_logprobs_match_a_forward_pass(tiny_llm: LocalLLM, tiny_llama: Pat
     ids = tiny_llm.encode(text, special=False)
     assert [s.token_id for s in scored] == ids
     assert "".join(s.token for s in scored) == text
-    bos = tiny_llm.tokenizer.bos_token_id
-    full = ([bos] if bos is not None else []) + ids
+    full = tiny_llm.encode(text)  # with the tokenizer's own special tokens, as servers do
     with torch.no_grad():
         model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
         logp = torch.log_softmax(model(torch.tensor([full])).logits[0], -1)

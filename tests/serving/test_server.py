@@ -261,3 +261,41 @@ def test_api_key_is_required(base_url: str) -> None:
         == 401
     )
     assert httpx.get(f"{base_url}/health").status_code == 200
+
+
+def test_mneme_client_against_mneme_server(base_url: str, tiny_llm: LocalLLM) -> None:
+    """The same LLM Protocol through HTTP gives what the in-process backend gives."""
+    from pydantic import BaseModel
+
+    from serving.llm import ChatMessage
+    from serving.openai_client import OpenAIClientConfig, OpenAICompatibleLLM
+
+    class Flag(BaseModel):
+        ok: bool
+
+    async def both() -> None:
+        remote = OpenAICompatibleLLM(
+            OpenAIClientConfig(base_url=f"{base_url}/v1", model="tiny", api_key=KEY)
+        )
+        try:
+            params = SamplingParams(temperature=0.0, max_tokens=8)
+            question = [ChatMessage("user", "Hello there")]
+            assert (await remote.chat(question, params)).text == (
+                await tiny_llm.chat(question, params)
+            ).text
+            streamed = "".join([d.text async for d in remote.stream_complete("Once", params)])
+            assert streamed == (await tiny_llm.complete("Once", params)).text
+            text = "The keeper lit the lamp."
+            here = await tiny_llm.token_logprobs(text)
+            there = await remote.token_logprobs(text)
+            assert len(there) == len(here) and there[0].logprob is None
+            assert [t.token_id for t in there[1:]] == [t.token_id for t in here[1:]]
+            for near, far in zip(here[1:], there[1:], strict=True):
+                assert far.logprob == pytest.approx(near.logprob, abs=1e-4)
+            assert await remote.count_tokens(text) == await tiny_llm.count_tokens(text)
+            flag = await remote.generate_json([ChatMessage("user", "ok?")], Flag, params)
+            assert isinstance(flag, Flag)
+        finally:
+            await remote.aclose()
+
+    asyncio.run(both())
