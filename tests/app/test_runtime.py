@@ -20,7 +20,7 @@ def test_a_base_url_selects_the_openai_client(tmp_path: Path) -> None:
     )
     llm = open_llm(settings)
     assert isinstance(llm, OpenAICompatibleLLM) and llm.model == "m"
-    with pytest.raises(LLMUnavailable, match="127.0.0.1:9"):
+    with pytest.raises(LLMUnavailable, match=r"127\.0\.0\.1:9"):
         asyncio.run(llm.complete("hi"))
 
 
