@@ -42,6 +42,7 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.store
+	$(BIN)/python -m benchmarks.engine
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -18,13 +18,22 @@ class Detokenizer:
         self.text = ""  # decoded text of every id so far (up to any stop string)
         self.sent = 0  # characters of ``text`` already released
         self.stopped = False
+        # Only a short window of ids is decoded per token (as vLLM does), not the whole
+        # output: ids[prefix:read] were decoded already and give the context for spacing.
+        self._prefix = 0
+        self._read = 0
 
     def add(self, token: int) -> str:
         """Add a generated token; return the text that is now final (may be empty)."""
         self.ids.append(token)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if self.text.endswith("\ufffd"):  # an incomplete multi-byte character
+        before = self.tokenizer.decode(
+            self.ids[self._prefix : self._read], skip_special_tokens=True
+        )
+        after = self.tokenizer.decode(self.ids[self._prefix :], skip_special_tokens=True)
+        if after.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
             return ""
+        self.text += after[len(before) :]
+        self._prefix, self._read = self._read, len(self.ids)
         for stop in self.stop:
             found = self.text.find(stop, max(0, self.sent - len(stop)))
             if found != -1:
