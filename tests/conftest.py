@@ -77,7 +77,7 @@ def store(database: Database, chroma: ChromaVectorIndex, embedder: HashEmbedder)
     return MemoryStore(database, chroma, embedder)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def test_model() -> Path:
     """The tiny pretrained model (stories260K) named by MNEME_TEST_MODEL; skip when absent."""
     location = os.environ.get("MNEME_TEST_MODEL")
