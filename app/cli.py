@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -109,8 +109,11 @@ def doctor(as_json: JsonOption = False) -> None:
         raise typer.Exit(EXIT_BROKEN)
 
 
-@llm_cli.command("serve")
+@llm_cli.command(
+    "serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
 def llm_serve(
+    ctx: typer.Context,
     engine: Annotated[str, typer.Option(help="Inference engine: torch (built in) or vllm.")] = (
         "torch"
     ),
@@ -129,11 +132,23 @@ def llm_serve(
     device: Annotated[str, typer.Option(help="torch device for the torch engine.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16 or auto.")] = "auto",
     max_batch: Annotated[int, typer.Option(help="Sequences decoded together.", min=1)] = 16,
+    python: Annotated[
+        str | None,
+        typer.Option(
+            help="vllm engine: the Python that has vLLM, e.g. .venv-vllm/bin/python "
+            "(made by .ci/vllm-venv); default: Mneme's own."
+        ),
+    ] = None,
 ) -> None:
     """Serve a model over the OpenAI API (/v1/completions, /v1/chat/completions, /v1/embeddings)."""
     settings = _settings()
+    if engine == "vllm":
+        _serve_vllm(ctx.args, settings, model, host, port, api_key, dtype, python)
     if engine != "torch":
-        raise SettingsError(f"--engine {engine!r} is not available; use --engine torch")
+        raise SettingsError(f"--engine {engine!r} is not available; use --engine torch or vllm")
+    if ctx.args or python is not None:
+        unknown = " ".join([*ctx.args, *(["--python"] if python is not None else [])])
+        raise SettingsError(f"{unknown}: only --engine vllm takes vLLM options")
     from app.serving import serve_torch
 
     serve_torch(
@@ -146,6 +161,37 @@ def llm_serve(
         dtype=dtype,
         max_batch=max_batch,
     )
+
+
+def _serve_vllm(
+    extra_args: list[str],
+    settings: Settings,
+    model: str | None,
+    host: str,
+    port: int,
+    api_key: str | None,
+    dtype: str,
+    python: str | None,
+) -> NoReturn:
+    """Run vLLM's OpenAI server with Mneme's plugin; extra arguments go to vLLM unchanged."""
+    from serving.vllm.launcher import VLLMServerConfig, serve
+
+    name = model or settings.llm_model
+    if name is None:
+        raise SettingsError("--engine vllm needs --model (hub name or folder) or MNEME_LLM_MODEL")
+    passed = [*(["--dtype", dtype] if dtype != "auto" else []), *extra_args]
+    try:
+        config = VLLMServerConfig(
+            model=name,
+            host=host,
+            port=port,
+            api_key=api_key,
+            python=python or sys.executable,
+            extra_args=tuple(passed),
+        )
+    except ValueError as err:
+        raise SettingsError(str(err)) from err
+    raise typer.Exit(serve(config, on_line=lambda line: typer.echo(line, err=True)))
 
 
 @cli.command()
