@@ -11,12 +11,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.net import free_port
 
 
 def _binary(name: str) -> str | None:
@@ -25,12 +26,6 @@ def _binary(name: str) -> str | None:
         return found
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)
     return candidates[0] if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager
@@ -54,7 +49,7 @@ def postgres_server() -> Iterator[tuple[str | None, str]]:
             return
         prefix = ["runuser", "-u", "postgres", "--"]
     root = Path(tempfile.mkdtemp(prefix="mneme-pg-"))
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     if owner is not None:
         os.chown(root, owner.pw_uid, owner.pw_gid)
     log = root / "server.log"

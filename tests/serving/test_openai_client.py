@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections import defaultdict, deque
@@ -31,6 +30,7 @@ from serving.openai_client import (
     align_prompt_logprobs,
 )
 from serving.tokens import token_counter
+from tests.net import free_port
 
 T = TypeVar("T")
 MODEL = "test-model"
@@ -374,10 +374,7 @@ def test_a_slow_server_times_out(server: ScriptedServer) -> None:
 
 
 def test_connection_refused_names_the_url() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    base_url = f"http://127.0.0.1:{port}/v1"  # nothing listens there any more
+    base_url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there any more
     with pytest.raises(LLMUnavailable) as caught:
         run(config(base_url, max_retries=1), lambda llm: llm.complete("x"))
     message = str(caught.value)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,36 +11,22 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from serving.engine.engine import EngineRequest
 from serving.llm import SamplingParams
 from serving.local import LocalLLM
 from serving.server.app import ServerConfig, create_app
 from tests.fakes import HashEmbedder
+from tests.net import serving
 
 KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def base_url(tiny_llm: LocalLLM) -> Iterator[str]:
     app = create_app(tiny_llm, HashEmbedder(), ServerConfig(served_model_name="tiny", api_key=KEY))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,42 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 import torch
-import uvicorn
 
 from serving.engine.config import EngineConfig
 from serving.local import LocalLLM
 from serving.server.app import create_app
+from tests.net import serving
 
 
 def serve(llm: LocalLLM) -> Iterator[openai.OpenAI]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(llm), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
     try:
-        with openai.OpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0
-        ) as client:
+        with (
+            serving(create_app(llm)) as url,
+            openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client,
+        ):
             yield client
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         llm.close()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from memory import Database, NewEpisode
 from memory.episodes import SqlEpisodeStore
 from memory.namespaces import SqlNamespaceStore
+from tests.net import free_port
 
 PAGE = str(Path(__file__).resolve().parents[2] / "ui" / "home.py")
 
@@ -42,9 +42,7 @@ def test_home_explains_a_broken_database(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 @pytest.mark.slow
 def test_mneme_ui_serves_the_page(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MNEME_")}
     environment["MNEME_HOME"] = str(tmp_path / "home")
     server = subprocess.Popen(

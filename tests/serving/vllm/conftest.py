@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 FAKE_SERVER = Path(__file__).with_name("fake_api_server.py")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def process_alive(pid: int) -> bool:

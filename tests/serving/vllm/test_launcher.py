@@ -32,7 +32,8 @@ from serving.vllm.launcher import (
     probe_vllm,
     serve,
 )
-from tests.serving.vllm.conftest import REPO, free_port, process_alive
+from tests.net import free_port
+from tests.serving.vllm.conftest import REPO, process_alive
 
 _PID = re.compile(r"fake vLLM pid=(\d+)")
 _CHILD_PID = re.compile(r"fake vLLM child pid=(\d+)")

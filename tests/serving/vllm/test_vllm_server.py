@@ -17,7 +17,7 @@ import pytest
 from serving.vllm.launcher import VLLMServer, VLLMServerConfig
 from serving.vllm.plugin import LOADED_MESSAGE
 from tests.models import build_tiny_llama
-from tests.serving.vllm.conftest import free_port
+from tests.net import free_port
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
