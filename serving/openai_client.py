@@ -66,7 +66,7 @@ class OpenAIClientConfig:
     model: str
     """The served model's name, sent with every request (MNEME_LLM_MODEL)."""
     api_key: str | None = None
-    """Bearer token; None sends the placeholder "EMPTY" (what vLLM accepts without --api-key)."""
+    """Bearer token; None sends "EMPTY" (the dummy key vLLM accepts without --api-key)."""
     timeout_s: float = 60.0
     """Seconds before one HTTP attempt is abandoned (connect, read and write each)."""
     max_retries: int = 3

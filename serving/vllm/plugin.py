@@ -113,7 +113,7 @@ def register_attention_backend(name: str, class_path: str, *, replace: bool = Fa
 
 
 def _bound_path(member: Any) -> str | None:
-    """The class path a registry member resolves to; None for an unbound placeholder (CUSTOM)."""
+    """The class path a registry member resolves to; None for a member with no class (CUSTOM)."""
     try:
         return str(member.get_path())
     except ValueError:
