@@ -185,7 +185,7 @@ class TorchEngine:
                 self._drop_cancelled()
                 try:
                     if self._waiting:
-                        self._prefill_step(self._waiting[0])
+                        self._prefill_step()
                     if self._running:
                         self._decode_step()
                 except Exception as err:  # the thread's edge: fail its requests, keep serving
@@ -218,8 +218,20 @@ class TorchEngine:
             holder.slot = slot
             self._owner[slot] = holder
 
-    def _forward(self, tokens: torch.Tensor, slots: list[int], keep_all: bool) -> torch.Tensor:
-        """Run the model on (B, T) new tokens of the given slots; returns (B, T or 1, V) logits."""
+    def _forward(
+        self,
+        tokens: torch.Tensor,
+        slots: list[int],
+        keep: int | torch.Tensor,
+        lengths: list[int] | None = None,
+    ) -> torch.Tensor:
+        """Run the model on (B, T) new tokens of the given slots.
+
+        ``keep`` is transformers' ``logits_to_keep``: 0 = every position, k = the last k, a 1-D
+        tensor = those positions. ``lengths`` are the real new tokens per row when rows were
+        right-padded to T; the padding's keys land past each row's length, where the causal
+        mask never looks and the next write overwrites them. Returns (B, kept, V) logits.
+        """
         slot_index = torch.tensor(slots, dtype=torch.long, device=self._device)
         past = self.cache.lengths[slot_index].clone()
         new = tokens.shape[1]
@@ -228,39 +240,63 @@ class TorchEngine:
         token = CURRENT.set(ForwardBatch(self.cache, slot_index, past, new, self._mode))
         try:
             output = self.loaded.model(
-                input_ids=tokens,
-                position_ids=positions,
-                use_cache=False,
-                logits_to_keep=0 if keep_all else 1,
+                input_ids=tokens, position_ids=positions, use_cache=False, logits_to_keep=keep
             )
         finally:
             CURRENT.reset(token)
-        self.cache.lengths[slot_index] += new
+        added = torch.tensor(lengths, device=self._device) if lengths is not None else new
+        self.cache.lengths[slot_index] += added
         logits: torch.Tensor = output.logits
         return logits
 
-    def _prefill_step(self, request: _Request) -> None:
-        if request.slot is None:
-            request.slot = self.cache.allocate()
-            self._owner[request.slot] = request
-        start = len(request.spec.prompt_ids) - len(request.pending)
-        chunk, request.pending = (
-            request.pending[: self.config.prefill_chunk],
-            request.pending[self.config.prefill_chunk :],
-        )
-        want = request.spec.prompt_logprobs
-        tokens = torch.tensor([chunk], dtype=torch.long, device=self._device)
-        logits = self._forward(tokens, [request.slot], keep_all=want is not None)[0]  # (T, V)
-        if want is not None:
-            self._record_prompt_logprobs(request, start, logits, want)
-        if request.pending:
-            return
-        self._waiting.remove(request)
-        prompt = request.spec.prompt_ids
-        request.emit(
-            PromptResult(len(prompt), tuple(request.prompt_logprobs) if want is not None else None)
-        )
-        self._start_sequences(request, logits[-1])
+    def _prefill_step(self) -> None:
+        """Prefill one chunk of every waiting prompt (up to max_batch) in one forward pass.
+
+        A request that wants prompt logprobs needs every position's logits, so it goes alone.
+        """
+        first = self._waiting[0]
+        if first.spec.prompt_logprobs is not None:
+            batch = [first]
+        else:
+            batch = [r for r in self._waiting if r.spec.prompt_logprobs is None]
+            batch = batch[: self.config.max_batch]
+        starts, chunks = [], []
+        for request in batch:
+            if request.slot is None:
+                request.slot = self.cache.allocate()
+                self._owner[request.slot] = request
+            starts.append(len(request.spec.prompt_ids) - len(request.pending))
+            chunks.append(request.pending[: self.config.prefill_chunk])
+            request.pending = request.pending[self.config.prefill_chunk :]
+        slots = [r.slot for r in batch if r.slot is not None]
+        want = first.spec.prompt_logprobs if len(batch) == 1 else None
+        if len(batch) == 1:
+            tokens = torch.tensor(chunks, dtype=torch.long, device=self._device)
+            logits = self._forward(tokens, slots, 0 if want is not None else 1)  # (1, T|1, V)
+            last = [logits[0, -1]]
+            if want is not None:
+                self._record_prompt_logprobs(first, starts[0], logits[0], want)
+        else:
+            width = max(len(c) for c in chunks)
+            padded = [c + [0] * (width - len(c)) for c in chunks]  # right padding, never read
+            ends = [len(c) - 1 for c in chunks]
+            kept = sorted(set(ends))
+            tokens = torch.tensor(padded, dtype=torch.long, device=self._device)
+            keep = torch.tensor(kept, dtype=torch.long, device=self._device)
+            logits = self._forward(tokens, slots, keep, [len(c) for c in chunks])  # (B, K, V)
+            last = [logits[row, kept.index(end)] for row, end in enumerate(ends)]
+        for request, final in zip(batch, last, strict=True):
+            if request.pending:
+                continue
+            self._waiting.remove(request)
+            scored = request.spec.prompt_logprobs is not None
+            request.emit(
+                PromptResult(
+                    len(request.spec.prompt_ids),
+                    tuple(request.prompt_logprobs) if scored else None,
+                )
+            )
+            self._start_sequences(request, final)
 
     def _record_prompt_logprobs(
         self, request: _Request, start: int, logits: torch.Tensor, top: int
@@ -313,7 +349,7 @@ class TorchEngine:
         tokens = torch.tensor(
             [[s.next_token] for s in batch], dtype=torch.long, device=self._device
         )
-        logits = self._forward(tokens, [s.slot for s in batch], keep_all=False)[:, -1]
+        logits = self._forward(tokens, [s.slot for s in batch], 1)[:, -1]
         for sequence, row in zip(batch, logits, strict=True):
             self._advance(sequence, row)
         self._running = [s for s in self._running if not s.finished]
