@@ -39,6 +39,10 @@ class SamplingParams:
     """Makes sampling repeatable for the same request."""
     logprobs: int | None = None
     """None = no logprobs; k >= 0 = the chosen token's logprob plus the k likeliest alternatives."""
+    min_tokens: int = 0
+    """Tokens to generate before the end-of-sequence tokens may end a choice (vLLM's field)."""
+    ignore_eos: bool = False
+    """Never stop at end-of-sequence tokens; only max_tokens and stop strings end a choice."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -54,6 +58,8 @@ class SamplingParams:
             problems.append(f"n={self.n} must be in [1, 64]")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             problems.append(f"logprobs={self.logprobs} must be in [0, 20]")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            problems.append(f"min_tokens={self.min_tokens} must be in [0, max_tokens]")
         if any(not s for s in self.stop) or len(self.stop) > 8:
             problems.append("stop must hold at most 8 non-empty strings")
         if problems:

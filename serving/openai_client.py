@@ -285,7 +285,16 @@ class OpenAICompatibleLLM:
             "stop": list(params.stop) if params.stop else omit,
             "seed": omit if params.seed is None else params.seed,
             # vLLM's extra sampling fields; OpenAI rejects unknown fields, so only when set.
-            "extra_body": {"top_k": params.top_k} if params.top_k else None,
+            "extra_body": {
+                name: value
+                for name, value in (
+                    ("top_k", params.top_k),
+                    ("min_tokens", params.min_tokens),
+                    ("ignore_eos", params.ignore_eos),
+                )
+                if value
+            }
+            or None,
         }
 
     def _completion_arguments(self, params: SamplingParams) -> dict[str, Any]:

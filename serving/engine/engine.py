@@ -105,6 +105,9 @@ class TorchEngine:
             dtype=parameter.dtype,
             device=self._device,
         )
+        self._stop_ids = torch.tensor(
+            self.loaded.stop_token_ids, dtype=torch.long, device=self._device
+        )
         self._grammar: GrammarCompiler | None = None
         self._inbox: queue.Queue[_Request | None] = queue.Queue()
         self._waiting: list[_Request] = []  # prompts being prefilled, oldest first
@@ -358,6 +361,8 @@ class TorchEngine:
         """Sample the sequence's next token from (V,) logits and emit what it produced."""
         params = sequence.request.spec.params
         masked = sequence.matcher.mask(logits.clone()) if sequence.matcher else logits
+        if sequence.generated < params.min_tokens and self._stop_ids.numel():
+            masked = masked.index_fill(0, self._stop_ids, float("-inf"))  # too early to end
         token = sequence.sampler.sample(masked)
         logprobs: tuple[TokenLogprob, ...] = ()
         if params.logprobs is not None:
@@ -369,7 +374,7 @@ class TorchEngine:
             sequence.matcher.accept(token)
         reason: FinishReason | None = None
         text = ""
-        if token in self.loaded.stop_token_ids or (
+        if (token in self.loaded.stop_token_ids and not params.ignore_eos) or (
             sequence.matcher is not None and sequence.matcher.finished
         ):
             reason = "stop"

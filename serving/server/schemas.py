@@ -26,6 +26,8 @@ class Request(BaseModel):
     seed: int | None = None
     stream: bool = False
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
+    min_tokens: int = Field(default=0, ge=0)
+    ignore_eos: bool = False
     structured_outputs: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
 
@@ -49,6 +51,8 @@ class Request(BaseModel):
             stop=tuple(self.stop or ()),
             seed=self.seed,
             logprobs=logprobs,
+            min_tokens=self.min_tokens,
+            ignore_eos=self.ignore_eos,
         )
 
     def json_schema(self) -> dict[str, Any] | None:

@@ -185,3 +185,30 @@ def test_tiny_pretrained_model_greedy_equals_transformers(test_model: Path) -> N
         assert "".join(o.text for o in out[0]).strip()
     finally:
         engine.shutdown()
+
+
+def test_min_tokens_and_ignore_eos_hold_off_the_end(
+    tiny_engine: TorchEngine, tiny_llama: Path
+) -> None:
+    from dataclasses import replace
+
+    from serving.engine.loading import load_model
+
+    ids = ids_of(tiny_engine, PROMPTS[0])
+    _, out = asyncio.run(collect(tiny_engine, EngineRequest(ids, greedy(8))))
+    favourite = tokens(out[0])[0]  # the token greedy decoding emits first
+    config = EngineConfig(model=str(tiny_llama), max_context=256)
+    engine = TorchEngine(config, loaded=replace(load_model(config), stop_token_ids=(favourite,)))
+    try:
+        _, stopped = asyncio.run(collect(engine, EngineRequest(ids, greedy(8))))
+        assert tokens(stopped[0]) == [favourite] and stopped[0][-1].finish_reason == "stop"
+        ignore = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+        _, kept = asyncio.run(collect(engine, EngineRequest(ids, ignore)))
+        assert tokens(kept[0]) == tokens(out[0]) and kept[0][-1].finish_reason == "length"
+        held = SamplingParams(temperature=0.0, max_tokens=8, min_tokens=8)
+        _, forced = asyncio.run(collect(engine, EngineRequest(ids, held)))
+        assert len(tokens(forced[0])) == 8 and favourite not in tokens(forced[0])
+    finally:
+        engine.shutdown()
+    with pytest.raises(ValueError, match="min_tokens"):
+        SamplingParams(max_tokens=4, min_tokens=5)
