@@ -165,13 +165,16 @@ def create_app(
                 "not_found_error",
             )
 
-    def spec(body: Body, ids: list[int], logprobs: int | None, **extra: Any) -> EngineRequest:
+    def spec(
+        body: Body, ids: list[int], logprobs: int | None, prompt_logprobs: int | None
+    ) -> EngineRequest:
+        """The engine request for a validated body; a 400 when the engine cannot serve it."""
         try:
             params = body.sampling(DEFAULT_MAX_TOKENS, logprobs)
             schema = body.json_schema()
         except ValueError as err:
             raise ApiError(400, str(err)) from err
-        request = EngineRequest(tuple(ids), params, body.prompt_logprobs, schema, **extra)
+        request = EngineRequest(tuple(ids), params, prompt_logprobs, schema)
         try:
             llm.engine.check(request)
         except RequestRejected as err:
@@ -249,10 +252,7 @@ def create_app(
         prompt_logprobs = body.prompt_logprobs
         if body.echo and body.logprobs is not None:
             prompt_logprobs = body.logprobs
-        request = spec(body, ids, body.logprobs)
-        request = EngineRequest(
-            request.prompt_ids, request.params, prompt_logprobs, request.json_schema
-        )
+        request = spec(body, ids, body.logprobs, prompt_logprobs)
         identity, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
 
@@ -313,7 +313,7 @@ def create_app(
         except RequestRejected as err:
             raise ApiError(400, str(err)) from err
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        request = spec(body, ids, logprobs)
+        request = spec(body, ids, logprobs, body.prompt_logprobs)
         identity, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             first: set[int] = set()
