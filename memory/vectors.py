@@ -95,7 +95,6 @@ class ChromaVectorIndex:
             raise ValueError("give exactly one of path (embedded) or url (server)")
         settings = ChromaSettings(anonymized_telemetry=False)
         self.location = str(path or url)
-        self.location_path = path
         try:
             if path is not None:
                 path.mkdir(parents=True, exist_ok=True)

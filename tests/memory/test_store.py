@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from memory import ChromaVectorIndex, Database, InvalidRecord, MemoryStore, NewEpisode, NotFound
@@ -62,7 +64,7 @@ def test_delete_paths_remove_vectors(store: MemoryStore, chroma: ChromaVectorInd
 
 
 def test_reconcile_repairs_missing_stale_extra_and_orphans(
-    database: Database, chroma: ChromaVectorIndex, embedder: HashEmbedder
+    database: Database, chroma: ChromaVectorIndex, embedder: HashEmbedder, tmp_path: Path
 ) -> None:
     store = MemoryStore(database, chroma, embedder)
     ids = add_texts(store, "book", TEXTS)
@@ -74,7 +76,7 @@ def test_reconcile_repairs_missing_stale_extra_and_orphans(
     chroma.upsert(99_999, [1], vectors, [1])  # orphan collection: no such namespace
     calls = embedder.calls
     reopened, report = MemoryStore.open(
-        database, ChromaVectorIndex(path=chroma.location_path), embedder
+        database, ChromaVectorIndex(path=tmp_path / "chroma"), embedder
     )
     assert (report.restored, report.refreshed, report.removed) == (1, 1, 1)
     assert report.dropped_namespaces == [99_999]
