@@ -6,6 +6,7 @@ Library errors (``memory``, ``serving``) become user-facing messages only here, 
 from __future__ import annotations
 
 from memory.errors import (
+    InvalidQuery,
     InvalidRecord,
     NotFound,
     SchemaOutOfDate,
@@ -28,6 +29,10 @@ class HomeNotWritable(MnemeError):
     """``MNEME_HOME`` cannot be created or written."""
 
 
+class UnreadableDocument(MnemeError):
+    """A file cannot be turned into text; the message names the file, the problem and the fix."""
+
+
 # Exit codes: 1 = something is broken (doctor), 2 = usage / configuration, 3 = store, 4 = model.
 EXIT_BROKEN = 1
 EXIT_USAGE = 2
@@ -37,7 +42,9 @@ EXIT_MODEL = 4
 _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (SettingsError, EXIT_USAGE),
     (HomeNotWritable, EXIT_USAGE),
+    (UnreadableDocument, EXIT_USAGE),
     (InvalidRecord, EXIT_USAGE),
+    (InvalidQuery, EXIT_USAGE),
     (NotFound, EXIT_USAGE),
     (SchemaOutOfDate, EXIT_STORE),
     (StoreCorrupt, EXIT_STORE),

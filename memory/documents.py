@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from memory.database import Database
+from memory.episodes import Vectors, insert_episodes
 from memory.errors import InvalidRecord, NotFound
 from memory.namespaces import namespace_row
-from memory.records import Document
+from memory.records import Document, Episode, NewEpisode
 from memory.tables import DocumentRow
+
+
+def sha256(text: str) -> str:
+    """Hex SHA-256 of ``text`` in UTF-8: how a document's text is identified."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def to_document(row: DocumentRow) -> Document:
@@ -54,12 +60,75 @@ class SqlDocumentStore:
                 name=name.strip(),
                 source=source,
                 char_count=len(text),
-                sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                sha256=sha256(text),
                 meta=dict(metadata or {}),
             )
             session.add(row)
             session.flush()
             return to_document(row)
+
+    def ingest(
+        self,
+        namespace: str,
+        name: str,
+        text: str,
+        episodes: Sequence[NewEpisode],
+        embeddings: Vectors | None,
+        *,
+        source: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[Document, list[Episode]]:
+        """Record a document and its episodes in one transaction: all of it, or nothing."""
+        if not name.strip():
+            raise InvalidRecord("a document needs a non-empty name")
+        with self.database.session() as session:
+            space = namespace_row(session, namespace)
+            row = DocumentRow(
+                namespace_id=space.id,
+                name=name.strip(),
+                source=source,
+                char_count=len(text),
+                sha256=sha256(text),
+                meta=dict(metadata or {}),
+            )
+            session.add(row)
+            session.flush()
+            stored = insert_episodes(session, space, episodes, embeddings, document_id=row.id)
+            return to_document(row), stored
+
+    def extend(
+        self,
+        namespace: str,
+        document_id: int,
+        text: str,
+        episodes: Sequence[NewEpisode],
+        embeddings: Vectors | None,
+        metadata: Mapping[str, Any],
+    ) -> tuple[Document, list[Episode]]:
+        """A growing document (a stream) is now ``text``: store its new episodes and metadata
+        in one transaction."""
+        with self.database.session() as session:
+            row = self._row(session, namespace, document_id)
+            space = namespace_row(session, namespace)
+            row.char_count = len(text)
+            row.sha256 = sha256(text)
+            row.meta = dict(metadata)
+            stored = insert_episodes(session, space, episodes, embeddings, document_id=row.id)
+            session.flush()
+            return to_document(row), stored
+
+    def find(
+        self, namespace: str, *, name: str | None = None, digest: str | None = None
+    ) -> list[Document]:
+        """Documents of the namespace with this name and/or SHA-256 of their text, oldest first."""
+        with self.database.session() as session:
+            space = namespace_row(session, namespace)
+            query = select(DocumentRow).where(DocumentRow.namespace_id == space.id)
+            if name is not None:
+                query = query.where(DocumentRow.name == name)
+            if digest is not None:
+                query = query.where(DocumentRow.sha256 == digest)
+            return [to_document(row) for row in session.scalars(query.order_by(DocumentRow.id))]
 
     def _row(self, session: Session, namespace: str, document_id: int) -> DocumentRow:
         space = namespace_row(session, namespace)

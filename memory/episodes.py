@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from memory.database import Database
 from memory.errors import InvalidRecord, NotFound
 from memory.namespaces import namespace_row
-from memory.records import Episode, EpisodeVersion, NewEpisode
-from memory.tables import DocumentRow, EpisodeRow, EpisodeVersionRow, utcnow
+from memory.records import Episode, EpisodeVersion, NewEpisode, Retention
+from memory.tables import DocumentRow, EpisodeRow, EpisodeVersionRow, NamespaceRow, utcnow
 
 Vectors = npt.NDArray[np.float32]
 
@@ -76,6 +76,73 @@ def _check(episode: NewEpisode, dimension: int, vector: Vectors | None) -> int:
     return end
 
 
+def check_documents(session: Session, namespace_id: int, ids: set[int | None]) -> None:
+    """Raise :class:`NotFound` unless every document id is in the namespace."""
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return
+    found = set(
+        session.scalars(
+            select(DocumentRow.id).where(
+                DocumentRow.namespace_id == namespace_id, DocumentRow.id.in_(wanted)
+            )
+        )
+    )
+    if missing := sorted(wanted - found):
+        raise NotFound(f"documents {missing} do not exist in this namespace")
+
+
+def insert_episodes(
+    session: Session,
+    space: NamespaceRow,
+    episodes: Sequence[NewEpisode],
+    embeddings: Vectors | None,
+    document_id: int | None = None,
+) -> list[Episode]:
+    """Append episodes after the namespace's last one, inside the caller's transaction.
+
+    ``document_id``, when given, overrides each episode's own.
+    """
+    if embeddings is not None and len(embeddings) != len(episodes):
+        raise InvalidRecord(f"{len(episodes)} episodes but {len(embeddings)} embeddings")
+    now = utcnow()
+    last = session.scalar(
+        select(func.max(EpisodeRow.ordinal)).where(EpisodeRow.namespace_id == space.id)
+    )
+    ordinal = -1 if last is None else last
+    rows = []
+    for index, episode in enumerate(episodes):
+        vector = None if embeddings is None else embeddings[index]
+        end = _check(episode, space.embedding_dim, vector)
+        ordinal += 1
+        rows.append(
+            EpisodeRow(
+                namespace_id=space.id,
+                document_id=episode.document_id if document_id is None else document_id,
+                ordinal=ordinal,
+                text=episode.text,
+                start_char=episode.start_char,
+                end_char=end,
+                token_count=episode.token_count,
+                surprise_mean=episode.surprise_mean,
+                surprise_max=episode.surprise_max,
+                importance=episode.importance,
+                pinned=episode.pinned,
+                summary=episode.summary,
+                embedding=None if vector is None else vector.astype("<f4").tobytes(),
+                version=1,
+                meta=dict(episode.metadata),
+                created_at=now,
+                updated_at=now,
+                accessed_at=now,
+                expires_at=episode.expires_at,
+            )
+        )
+    session.add_all(rows)
+    session.flush()
+    return [to_episode(row) for row in rows]
+
+
 class SqlEpisodeStore:
     """Episodes of a namespace in SQL. Every method takes the namespace name: nothing crosses."""
 
@@ -93,62 +160,10 @@ class SqlEpisodeStore:
         ``embeddings`` (n, dim) float32, row i for episode i, are kept in SQL so the vector
         index can always be rebuilt from here. All or nothing: a bad episode writes none.
         """
-        if embeddings is not None and len(embeddings) != len(episodes):
-            raise InvalidRecord(f"{len(episodes)} episodes but {len(embeddings)} embeddings")
-        now = utcnow()
         with self.database.session() as session:
             space = namespace_row(session, namespace)
-            self._check_documents(session, space.id, {e.document_id for e in episodes})
-            last = session.scalar(
-                select(func.max(EpisodeRow.ordinal)).where(EpisodeRow.namespace_id == space.id)
-            )
-            ordinal = -1 if last is None else last
-            rows = []
-            for index, episode in enumerate(episodes):
-                vector = None if embeddings is None else embeddings[index]
-                end = _check(episode, space.embedding_dim, vector)
-                ordinal += 1
-                rows.append(
-                    EpisodeRow(
-                        namespace_id=space.id,
-                        document_id=episode.document_id,
-                        ordinal=ordinal,
-                        text=episode.text,
-                        start_char=episode.start_char,
-                        end_char=end,
-                        token_count=episode.token_count,
-                        surprise_mean=episode.surprise_mean,
-                        surprise_max=episode.surprise_max,
-                        importance=episode.importance,
-                        pinned=episode.pinned,
-                        summary=episode.summary,
-                        embedding=None if vector is None else vector.astype("<f4").tobytes(),
-                        version=1,
-                        meta=dict(episode.metadata),
-                        created_at=now,
-                        updated_at=now,
-                        accessed_at=now,
-                        expires_at=episode.expires_at,
-                    )
-                )
-            session.add_all(rows)
-            session.flush()
-            return [to_episode(row) for row in rows]
-
-    @staticmethod
-    def _check_documents(session: Session, namespace_id: int, ids: set[int | None]) -> None:
-        wanted = {i for i in ids if i is not None}
-        if not wanted:
-            return
-        found = set(
-            session.scalars(
-                select(DocumentRow.id).where(
-                    DocumentRow.namespace_id == namespace_id, DocumentRow.id.in_(wanted)
-                )
-            )
-        )
-        if missing := sorted(wanted - found):
-            raise NotFound(f"documents {missing} do not exist in this namespace")
+            check_documents(session, space.id, {e.document_id for e in episodes})
+            return insert_episodes(session, space, episodes, embeddings)
 
     def _row(self, session: Session, namespace: str, episode_id: int) -> EpisodeRow:
         space = namespace_row(session, namespace)
@@ -190,6 +205,34 @@ class SqlEpisodeStore:
                 query = query.where(EpisodeRow.document_id == document_id)
             rows = session.scalars(query.order_by(EpisodeRow.ordinal).limit(limit))
             return [to_episode(row) for row in rows]
+
+    def at_ordinals(self, namespace: str, ordinals: Sequence[int]) -> list[Episode]:
+        """The episodes at the given order positions (those that exist), in order."""
+        if not ordinals:
+            return []
+        with self.database.session() as session:
+            space = namespace_row(session, namespace)
+            rows = session.scalars(
+                select(EpisodeRow)
+                .where(EpisodeRow.namespace_id == space.id, EpisodeRow.ordinal.in_(ordinals))
+                .order_by(EpisodeRow.ordinal)
+            )
+            return [to_episode(row) for row in rows]
+
+    def retention(self, namespace: str) -> list[Retention]:
+        """What forgetting needs of every episode, without loading texts or embeddings."""
+        with self.database.session() as session:
+            space = namespace_row(session, namespace)
+            rows = session.execute(
+                select(
+                    EpisodeRow.id,
+                    EpisodeRow.importance,
+                    EpisodeRow.pinned,
+                    EpisodeRow.accessed_at,
+                    EpisodeRow.expires_at,
+                ).where(EpisodeRow.namespace_id == space.id)
+            )
+            return [Retention(*row) for row in rows]
 
     def count(self, namespace: str) -> int:
         with self.database.session() as session:

@@ -25,3 +25,7 @@ class NotFound(StoreError):
 
 class InvalidRecord(StoreError):
     """A record to write is malformed (empty text, bad offsets, wrong embedding size)."""
+
+
+class InvalidQuery(StoreError):
+    """A search or a memory operation was asked with bad arguments (empty query, no budget)."""

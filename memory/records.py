@@ -78,6 +78,17 @@ class EpisodeVersion:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """An episode's fields that decide whether it is forgotten."""
+
+    episode_id: int
+    importance: float
+    pinned: bool
+    accessed_at: datetime
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Document:
     """A source text ingested into a namespace."""
 

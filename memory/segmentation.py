@@ -43,7 +43,7 @@ class ScoredToken:
 class TokenScorer(Protocol):
     """What memory needs from an LLM for surprise (``app`` wires it to ``LLM.token_logprobs``)."""
 
-    def score(self, text: str) -> list[ScoredToken]:
+    async def score(self, text: str) -> list[ScoredToken]:
         """Tokens of ``text`` in order; ``start``/``end`` are character offsets into ``text``.
 
         Offsets must be non-decreasing and within the text; tokens must cover it in order.
@@ -138,7 +138,7 @@ def surprise_boundaries(
     return out
 
 
-def _split_long(
+def split_long(
     text: str, spans: list[tuple[int, int]], limit: int, count: Callable[[str], int]
 ) -> list[tuple[int, int]]:
     """Cut each span longer than ``limit`` tokens at word boundaries into pieces ≤ ``limit``."""
@@ -276,17 +276,22 @@ def _events(
 
 
 def segment_by_surprise(
-    text: str, scorer: TokenScorer, config: SegmenterConfig, embedder: Embedder | None = None
+    text: str,
+    tokens: Sequence[ScoredToken],
+    config: SegmenterConfig,
+    embedder: Embedder | None = None,
 ) -> list[Event]:
     """Events where token surprise spikes, snapped to sentence ends (EM-LLM surprise step).
 
-    A boundary token at the start of a sentence cuts before that sentence; one inside a sentence
-    cuts at its end. Refinement needs sentence vectors, so it runs only when ``embedder`` is
-    given; with a scorer alone it is skipped. Raises ValueError on tokens out of order or range.
+    ``tokens`` are ``text`` scored by a :class:`TokenScorer` (see :mod:`memory.scoring` for
+    texts longer than its context). A boundary token at the start of a sentence cuts before that
+    sentence; one inside a sentence cuts at its end. Refinement needs sentence vectors, so it
+    runs only when ``embedder`` is given. Raises ValueError on tokens out of order or range.
     """
     if not text:
         return []
-    tokens = scorer.score(text)
+    if not tokens:
+        raise ValueError("no scored tokens for a non-empty text")
     starts = np.array([token.start for token in tokens], dtype=np.int64)
     if np.any(np.diff(starts) < 0) or any(not 0 <= t.start <= t.end <= len(text) for t in tokens):
         raise ValueError("scorer returned token offsets out of order or outside the text")
@@ -343,7 +348,7 @@ def _segment_units(
     spans = sentence_spans(text)
     if not final:
         spans = spans[:-1]  # the last sentence may still grow (or its closing whitespace may)
-    units = _split_long(text, spans, config.max_tokens, count_tokens)
+    units = split_long(text, spans, config.max_tokens, count_tokens)
     if not units:
         return [], 0
     counts = [count_tokens(text[a:b]) for a, b in units]
@@ -369,14 +374,19 @@ def _segment_units(
     return _events(units, refined, counts, signal), len(refined) - 1
 
 
-def segment_by_embedding(text: str, embedder: Embedder, config: SegmenterConfig) -> list[Event]:
+def segment_by_embedding(
+    text: str,
+    embedder: Embedder,
+    config: SegmenterConfig,
+    count_tokens: Callable[[str], int] = approximate_tokens,
+) -> list[Event]:
     """Events where sentence novelty spikes (the fallback when the LLM gives no logprobs).
 
     Novelty of sentence i is 1 - cosine(v_i, mean of the ``novelty_context`` previous vectors);
     a new event starts at sentence i if its novelty exceeds mu + gamma*sigma of the
-    ``sentence_window`` sentences before it. Sizes are approximate tokens (words x 1.3).
+    ``sentence_window`` sentences before it. Sizes are counted by ``count_tokens``.
     """
-    return _segment_units(text, embedder, config, approximate_tokens, final=True)[0]
+    return _segment_units(text, embedder, config, count_tokens, final=True)[0]
 
 
 def segment_fixed(

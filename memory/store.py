@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from memory.errors import InvalidRecord
 from memory.jobs import SqlJobStore
 from memory.namespaces import SqlNamespaceStore
 from memory.reconcile import ReconcileReport, reconcile
-from memory.records import Episode, Namespace, NewEpisode, SearchHit
+from memory.records import Document, Episode, Namespace, NewEpisode, SearchHit
 from memory.vectors import VectorIndex
 
 
@@ -68,8 +69,50 @@ class MemoryStore:
             else (np.asarray(embeddings, dtype=np.float32))
         )
         stored = self.episodes.add(namespace, episodes, vectors)
-        self.index.upsert(space.id, [e.id for e in stored], vectors, [e.version for e in stored])
+        self._index(space.id, stored, vectors)
         return stored
+
+    def add_document(
+        self,
+        namespace: str,
+        name: str,
+        text: str,
+        episodes: Sequence[NewEpisode],
+        embeddings: Vectors,
+        *,
+        source: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> tuple[Document, list[Episode]]:
+        """Store a document with its episodes atomically in SQL, then index their vectors."""
+        space = self.namespace(namespace)
+        document, stored = self.documents.ingest(
+            namespace, name, text, episodes, embeddings, source=source, metadata=metadata
+        )
+        self._index(space.id, stored, embeddings)
+        return document, stored
+
+    def extend_document(
+        self,
+        namespace: str,
+        document_id: int,
+        text: str,
+        episodes: Sequence[NewEpisode],
+        embeddings: Vectors,
+        metadata: Mapping[str, Any],
+    ) -> tuple[Document, list[Episode]]:
+        """A growing document is now ``text``: its new episodes in SQL atomically, then indexed."""
+        space = self.namespaces.get(namespace)
+        document, stored = self.documents.extend(
+            namespace, document_id, text, episodes, embeddings, metadata
+        )
+        self._index(space.id, stored, embeddings)
+        return document, stored
+
+    def _index(self, namespace_id: int, stored: Sequence[Episode], vectors: Vectors) -> None:
+        if stored:
+            self.index.upsert(
+                namespace_id, [e.id for e in stored], vectors, [e.version for e in stored]
+            )
 
     def search(self, namespace: str, query: str | Vectors, k: int = 10) -> list[SearchHit]:
         """The ``k`` episodes most similar to ``query`` (text or unit vector), best first."""

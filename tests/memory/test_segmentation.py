@@ -35,23 +35,18 @@ def join(sentences: list[str]) -> str:
     return " ".join(sentences)
 
 
-class ScriptedScorer:
-    """A TokenScorer: whitespace words are tokens; surprise 10 at chosen tokens, else 1."""
-
-    def __init__(self, spikes: set[int]) -> None:
-        self.spikes = spikes
-
-    def score(self, text: str) -> list[ScoredToken]:
-        words = list(re.finditer(r"\S+\s*", text))
-        return [
-            ScoredToken(
-                text=m.group(),
-                start=m.start(),
-                end=m.end(),
-                surprise=None if i == 0 else (10.0 if i in self.spikes else 1.0),
-            )
-            for i, m in enumerate(words)
-        ]
+def scripted(text: str, spikes: set[int]) -> list[ScoredToken]:
+    """Scored tokens: whitespace words are tokens; surprise 10 at chosen tokens, else 1."""
+    words = list(re.finditer(r"\S+\s*", text))
+    return [
+        ScoredToken(
+            text=m.group(),
+            start=m.start(),
+            end=m.end(),
+            surprise=None if i == 0 else (10.0 if i in spikes else 1.0),
+        )
+        for i, m in enumerate(words)
+    ]
 
 
 def assert_covers(events: list[Event], text: str) -> None:
@@ -80,7 +75,7 @@ def test_empty_text_gives_no_events() -> None:
     config = SegmenterConfig()
     assert segment_by_embedding("", HashEmbedder(), config) == []
     assert segment_fixed("", config) == []
-    assert segment_by_surprise("", ScriptedScorer(set()), config) == []
+    assert segment_by_surprise("", [], config) == []
     stream = StreamingSegmenter(config, HashEmbedder())
     assert stream.feed("") == [] and stream.finish() == []
 
@@ -113,7 +108,7 @@ def test_scorer_spikes_become_boundaries_at_sentence_ends() -> None:
     text = join(sentences)
     # Sentences have 6 words: a spike on word 12 starts sentence 2; one on word 39 (mid
     # sentence 6) snaps forward to the end of sentence 6.
-    events = segment_by_surprise(text, ScriptedScorer({12, 39}), SegmenterConfig(refine=False))
+    events = segment_by_surprise(text, scripted(text, {12, 39}), SegmenterConfig(refine=False))
     assert_covers(events, text)
     assert [e.start for e in events] == [
         0,
@@ -136,7 +131,7 @@ def test_size_bounds_hold() -> None:
     for events in (
         segment_by_embedding(text, HashEmbedder(), config),
         segment_fixed(text, config),
-        segment_by_surprise(text, ScriptedScorer(spikes), config, HashEmbedder()),
+        segment_by_surprise(text, scripted(text, spikes), config, HashEmbedder()),
     ):
         assert_covers(events, text)
         assert all(config.min_tokens <= e.token_count <= config.max_tokens for e in events)
@@ -152,10 +147,10 @@ def test_refinement_moves_misplaced_boundary_to_topic_shift(metric: str) -> None
     spike = 6 * 13 + 2  # inside the fourth baking sentence: the cut snaps after it
     base = SegmenterConfig(min_tokens=8, max_tokens=400, refine_metric=metric)  # type: ignore[arg-type]
     unrefined = segment_by_surprise(
-        text, ScriptedScorer({spike}), SegmenterConfig(min_tokens=8, max_tokens=400, refine=False)
+        text, scripted(text, {spike}), SegmenterConfig(min_tokens=8, max_tokens=400, refine=False)
     )
     assert [e.start for e in unrefined] == [0, len(join(sailing + baking[:4])) + 1]
-    refined = segment_by_surprise(text, ScriptedScorer({spike}), base, HashEmbedder())
+    refined = segment_by_surprise(text, scripted(text, {spike}), base, HashEmbedder())
     assert [e.start for e in refined] == [0, shift]
     assert_covers(refined, text)
 

@@ -1,0 +1,510 @@
+"""EpisodicMemory: EM-LLM's episodic memory at the text level, over a :class:`MemoryStore`.
+
+Text of any length is cut into events (:mod:`memory.segmenters`), each stored as an episode
+(SQL, then the vector index) and recalled in two stages (:mod:`memory.retrieval`) within a
+token budget. Async core; :class:`SyncEpisodicMemory` wraps it for scripts.
+
+Ingestion is atomic per document: segmentation and embedding happen first, in memory, then the
+document and all its episodes are written in one SQL transaction. A failure before that (the LLM
+endpoint down mid-way) leaves nothing behind; ingesting the same text again returns the
+document already stored instead of a copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from memory.documents import sha256
+from memory.episodes import Vectors
+from memory.errors import InvalidQuery, InvalidRecord, NotFound
+from memory.forgetting import ForgetPolicy, to_forget
+from memory.records import Document, Episode, EpisodeVersion, NewEpisode
+from memory.retrieval import Reason, Recall, neighbour_ordinals, pack
+from memory.segmentation import Event, StreamingSegmenter, approximate_tokens
+from memory.segmenters import Segmenter
+from memory.store import MemoryStore
+from memory.tables import utcnow
+
+T = TypeVar("T")
+
+Stage = Literal["segment", "embed", "store"]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestProgress:
+    """Where an ingestion is: ``done`` of ``total`` steps of ``stage``."""
+
+    stage: Stage
+    done: int
+    total: int
+
+
+OnProgress = Callable[[IngestProgress], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """What ``ingest`` stored; ``created`` is False when the same text was already there."""
+
+    document: Document
+    episodes: list[Episode]
+    tokens: int
+    seconds: float
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecallDefaults:
+    """Search settings used when a call does not give its own."""
+
+    budget_tokens: int = 1024
+    """Most tokens of episode text a search returns (counted by ``count_tokens``)."""
+    k_similar: int = 8
+    """Episodes taken by similarity to the query (stage one)."""
+    k_contiguous: int = 8
+    """Neighbours of those added from the contiguity buffer (stage two)."""
+    contiguity_decay: float = 0.9
+    """A neighbour's score: its hit's similarity x decay per step of distance (unitless)."""
+    embed_batch: int = 256
+    """Episodes embedded per call during ingestion (progress is reported per batch)."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    """A stream being appended to: its whole text, and the segmenter run from ``base`` on."""
+
+    document_id: int
+    segmenter: StreamingSegmenter
+    text: str
+    base: int  # where the current segmenter run starts (0, or after the last flush)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class EpisodicMemory:
+    """Episodes of one namespace: ingest, append, search, edit, pin, forget, history.
+
+    ``count_tokens`` is the configured tokenizer's counter: episodes' token counts and search
+    budgets are in its tokens. Every method is a coroutine; blocking store and embedding work
+    runs in worker threads.
+    """
+
+    def __init__(
+        self,
+        store: MemoryStore,
+        namespace: str,
+        segmenter: Segmenter,
+        *,
+        count_tokens: Callable[[str], int] = approximate_tokens,
+        defaults: RecallDefaults = RecallDefaults(),
+    ) -> None:
+        if not namespace.strip():
+            raise InvalidRecord("a namespace needs a non-empty name")
+        self.store = store
+        self.namespace = namespace
+        self.segmenter = segmenter
+        self.count_tokens = count_tokens
+        self.defaults = defaults
+        self._streams: dict[str, _Stream] = {}
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def ingest(
+        self,
+        text: str,
+        *,
+        name: str = "text",
+        source: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ttl: timedelta | None = None,
+        on_progress: OnProgress | None = None,
+    ) -> Ingested:
+        """Segment ``text`` into episodes and store them as one document, atomically."""
+        began = time.perf_counter()
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidRecord("the text to ingest is empty; give it some text")
+        await self._call(self.store.namespace, self.namespace)
+        existing = await self._call(self.store.documents.find, self.namespace, digest=sha256(text))
+        if existing:
+            document = existing[0]
+            episodes = await self._call(
+                self.store.episodes.page, self.namespace, document_id=document.id, limit=10**9
+            )
+            tokens = sum(e.token_count for e in episodes)
+            return Ingested(document, episodes, tokens, time.perf_counter() - began, False)
+
+        def segment_progress(done: int, total: int) -> None:
+            if on_progress is not None:
+                on_progress(IngestProgress("segment", done, total))
+
+        events = await self.segmenter.segment(text, segment_progress)
+        new, vectors = await self._prepare(text, events, ttl, on_progress)
+        document, stored = await self._call(
+            self.store.add_document,
+            self.namespace,
+            name,
+            text,
+            new,
+            vectors,
+            source=source,
+            metadata={"segmenter": self.segmenter.kind, **(metadata or {})},
+        )
+        if on_progress is not None:
+            on_progress(IngestProgress("store", 1, 1))
+        tokens = sum(e.token_count for e in stored)
+        return Ingested(document, stored, tokens, time.perf_counter() - began, True)
+
+    async def _prepare(
+        self,
+        text: str,
+        events: Sequence[Event],
+        ttl: timedelta | None,
+        on_progress: OnProgress | None,
+        offset: int = 0,
+    ) -> tuple[list[NewEpisode], Vectors]:
+        """Episodes for ``events`` of ``text`` (offsets shifted by ``offset``), and vectors."""
+        expires = None if ttl is None else utcnow() + ttl
+        texts = [text[e.start : e.end] for e in events]
+        counts = await self._call(lambda: [self.count_tokens(t) for t in texts])
+        new = [
+            NewEpisode(
+                text=body,
+                start_char=event.start + offset,
+                end_char=event.end + offset,
+                token_count=count,
+                surprise_mean=event.surprise_mean,
+                surprise_max=event.surprise_max,
+                expires_at=expires,
+            )
+            for body, event, count in zip(texts, events, counts, strict=True)
+            if body.strip()
+        ]
+        batch = self.defaults.embed_batch
+        parts: list[Vectors] = []
+        for first in range(0, len(new), batch):
+            chunk = [e.text for e in new[first : first + batch]]
+            parts.append(await self._call(self.store.embedder.embed, chunk))
+            if on_progress is not None:
+                on_progress(IngestProgress("embed", min(first + batch, len(new)), len(new)))
+        dim = self.store.embedder.dimension
+        vectors = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+        return new, vectors.astype(np.float32, copy=False)
+
+    async def append(self, text: str, *, stream: str = "stream") -> list[Episode]:
+        """Add ``text`` to the end of a growing document (a story, a log) named ``stream``.
+
+        Events are stored as soon as no later text can change them (see
+        :class:`~memory.segmentation.StreamingSegmenter`): the result equals ingesting the
+        stream in one pass. The open tail is kept with the document, so a restart continues
+        where it stopped; :meth:`flush` stores it when the stream pauses or ends.
+        """
+        if not isinstance(text, str):
+            raise InvalidRecord("append takes text (a str)")
+        state = await self._stream(stream)
+        async with state.lock:
+            state.text += text
+            events = await self._call(state.segmenter.feed, text)
+            return await self._store_stream(state, events)
+
+    async def flush(self, *, stream: str = "stream") -> list[Episode]:
+        """Store the open tail of ``stream`` as its last event(s).
+
+        Text appended later is segmented as a new run starting after the flushed text.
+        """
+        state = await self._stream(stream)
+        async with state.lock:
+            events = await self._call(state.segmenter.finish)
+            stored = await self._store_stream(state, events, closing=True)
+            self._streams.pop(stream, None)
+            return stored
+
+    async def _store_stream(
+        self, state: _Stream, events: list[Event], *, closing: bool = False
+    ) -> list[Episode]:
+        run = state.text[state.base :]
+        new, vectors = await self._prepare(run, events, None, None, offset=state.base)
+        document = await self._call(self.store.documents.get, self.namespace, state.document_id)
+        tail_from = int(document.metadata.get("tail_from", state.base))
+        if events:
+            tail_from = state.base + events[-1].end
+        metadata = {
+            **document.metadata,
+            "tail_from": tail_from,
+            "tail": state.text[tail_from:],
+            "base": len(state.text) if closing else state.base,
+        }
+        _, stored = await self._call(
+            self.store.extend_document,
+            self.namespace,
+            state.document_id,
+            state.text,
+            new,
+            vectors,
+            metadata,
+        )
+        return stored
+
+    async def _stream(self, name: str) -> _Stream:
+        if name in self._streams:
+            return self._streams[name]
+        await self._call(self.store.namespace, self.namespace)
+        found = await self._call(self.store.documents.find, self.namespace, name=name)
+        streams = [d for d in found if d.metadata.get("stream")]
+        if found and not streams:
+            raise InvalidRecord(
+                f"document {name!r} in namespace {self.namespace!r} was ingested whole, not "
+                "appended to; append to a stream under another name"
+            )
+        segmenter = self.segmenter.streaming()
+        if not streams:
+            empty = np.zeros((0, self.store.embedder.dimension), np.float32)
+            metadata = {"stream": True, "segmenter": self.segmenter.kind, "base": 0, "tail": ""}
+            document, _ = await self._call(
+                self.store.add_document, self.namespace, name, "", [], empty, metadata=metadata
+            )
+            state = _Stream(document.id, segmenter, "", 0)
+            self._streams[name] = state
+            return state
+        document = streams[0]
+        episodes = await self.episodes(document.id)
+        tail = str(document.metadata.get("tail", ""))
+        text = "".join([await self._original(e) for e in episodes]) + tail
+        base = int(document.metadata.get("base", 0))
+        state = _Stream(document.id, segmenter, text, base)
+        replayed = await self._call(segmenter.feed, text[base:])
+        stored = sum(1 for e in episodes if e.start_char >= base)
+        if len(replayed) < stored:
+            raise InvalidRecord(f"stream {name!r} cannot be replayed: its episodes changed")
+        if len(replayed) > stored:  # a crash between feed and store: store what was missed
+            await self._store_stream(state, replayed[stored:])
+        self._streams[name] = state
+        return state
+
+    async def _original(self, episode: Episode) -> str:
+        """The text an episode was stored with (streams replay it, edits notwithstanding)."""
+        if episode.version == 1:
+            return episode.text
+        history = await self._call(self.store.episodes.history, self.namespace, episode.id)
+        return history[0].text
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def search(
+        self,
+        query: str,
+        *,
+        budget_tokens: int | None = None,
+        k_similar: int | None = None,
+        k_contiguous: int | None = None,
+    ) -> list[Recall]:
+        """Episodes for ``query`` within ``budget_tokens``, in document order (two stages)."""
+        budget = self.defaults.budget_tokens if budget_tokens is None else budget_tokens
+        k_s = self.defaults.k_similar if k_similar is None else k_similar
+        k_c = self.defaults.k_contiguous if k_contiguous is None else k_contiguous
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidQuery("the query is empty; ask for something")
+        if budget < 1 or k_s < 1 or k_c < 0:
+            raise InvalidQuery(
+                f"budget_tokens={budget}, k_similar={k_s}, k_contiguous={k_c}: need "
+                "budget_tokens >= 1, k_similar >= 1 and k_contiguous >= 0"
+            )
+        query_tokens = self.count_tokens(query)
+        if query_tokens > budget:
+            raise InvalidQuery(
+                f"the query is {query_tokens} tokens, more than the budget of {budget}; "
+                "shorten it or raise the budget"
+            )
+        now = utcnow()
+
+        def live(episode: Episode) -> bool:
+            return episode.expires_at is None or episode.expires_at > now
+
+        hits = await self._call(self.store.search, self.namespace, query, k_s * 2)
+        similar = [(h.episode, h.score) for h in hits if live(h.episode)][:k_s]
+        candidates: list[tuple[Episode, float, Reason]] = [(e, s, "similarity") for e, s in similar]
+        by_ordinal = {e.ordinal: (e, s) for e, s in similar}
+        wanted = neighbour_ordinals([e.ordinal for e, _ in similar], k_c)
+        around = await self._call(
+            self.store.episodes.at_ordinals, self.namespace, [o for o, _, _ in wanted]
+        )
+        found = {e.ordinal: e for e in around}
+        for ordinal, hit, distance in wanted:
+            neighbour = found.get(ordinal)
+            parent, score = by_ordinal[hit]
+            if neighbour is None or not live(neighbour):
+                continue
+            if neighbour.document_id != parent.document_id:
+                continue  # contiguity is within a document
+            decayed = score * self.defaults.contiguity_decay**distance
+            candidates.append((neighbour, decayed, "contiguity"))
+        recalled = await self._call(pack, candidates, budget, self.count_tokens)
+        if recalled:
+            await self._call(
+                self.store.touch, self.namespace, [r.episode_id for r in recalled], now
+            )
+        return recalled
+
+    async def get(self, episode_id: int) -> Episode:
+        return await self._call(self.store.episodes.get, self.namespace, episode_id)
+
+    async def history(self, episode_id: int) -> list[EpisodeVersion]:
+        """Earlier states of an episode, oldest first (the current one is :meth:`get`)."""
+        return await self._call(self.store.episodes.history, self.namespace, episode_id)
+
+    async def documents(self) -> list[Document]:
+        """Documents and streams of the namespace, oldest first (none if it does not exist)."""
+        try:
+            return await self._call(self.store.documents.all, self.namespace)
+        except NotFound:
+            return []
+
+    async def episodes(self, document_id: int | None = None) -> list[Episode]:
+        """Every episode (of one document, if given), in order."""
+        return await self._call(
+            self.store.episodes.page, self.namespace, document_id=document_id, limit=10**9
+        )
+
+    # -- changing and forgetting -----------------------------------------------------------
+
+    async def edit(
+        self,
+        episode_id: int,
+        *,
+        text: str | None = None,
+        importance: float | None = None,
+        reason: str | None = None,
+    ) -> Episode:
+        """Change an episode's text or importance; the state before is kept (see history)."""
+        if importance is not None and importance < 0:
+            raise InvalidRecord(f"importance {importance} is negative; use a value >= 0")
+        return await self._call(
+            self.store.edit,
+            self.namespace,
+            episode_id,
+            text=text,
+            importance=importance,
+            reason=reason,
+        )
+
+    async def pin(self, episode_id: int, pinned: bool = True) -> Episode:
+        """Pin (or unpin) an episode: pinned episodes are never forgotten."""
+        return await self._call(
+            self.store.edit,
+            self.namespace,
+            episode_id,
+            pinned=pinned,
+            reason="pin" if pinned else "unpin",
+        )
+
+    async def forget(
+        self,
+        episode_ids: Sequence[int] = (),
+        *,
+        policy: ForgetPolicy | None = None,
+        now: datetime | None = None,
+    ) -> list[int]:
+        """Delete the given episodes, every expired one, and (with ``policy``) the faded ones.
+
+        Pinned episodes are never forgotten: naming one explicitly raises, so nothing is
+        deleted by a call that asked for the impossible. Returns the ids deleted.
+        """
+        explicit = await self._call(self.store.episodes.get_many, self.namespace, episode_ids)
+        missing = sorted(set(episode_ids) - {e.id for e in explicit})
+        if missing:
+            raise NotFound(f"episodes {missing} do not exist in namespace {self.namespace!r}")
+        if pinned := [e.id for e in explicit if e.pinned]:
+            raise InvalidRecord(f"episodes {pinned} are pinned; unpin them before forgetting")
+        items = await self._call(self.store.episodes.retention, self.namespace)
+        doomed = set(episode_ids) | set(to_forget(items, now or utcnow(), policy))
+        if not doomed:
+            return []
+        return await self._call(self.store.delete, self.namespace, sorted(doomed))
+
+    async def delete_document(self, document_id: int) -> None:
+        await self._call(self.store.delete_document, self.namespace, document_id)
+
+
+class SyncEpisodicMemory:
+    """Blocking twins of :class:`EpisodicMemory`'s methods, for scripts and Streamlit.
+
+    Calls run on one private event loop in a daemon thread (so an async LLM client inside the
+    segmenter keeps its connections); close with :meth:`close` or a ``with`` block.
+    """
+
+    def __init__(self, memory: EpisodicMemory) -> None:
+        self.memory = memory
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def ingest(self, text: str, **kwargs: Any) -> Ingested:
+        return self._run(self.memory.ingest(text, **kwargs))
+
+    def append(self, text: str, *, stream: str = "stream") -> list[Episode]:
+        return self._run(self.memory.append(text, stream=stream))
+
+    def flush(self, *, stream: str = "stream") -> list[Episode]:
+        return self._run(self.memory.flush(stream=stream))
+
+    def search(self, query: str, **kwargs: Any) -> list[Recall]:
+        return self._run(self.memory.search(query, **kwargs))
+
+    def get(self, episode_id: int) -> Episode:
+        return self._run(self.memory.get(episode_id))
+
+    def history(self, episode_id: int) -> list[EpisodeVersion]:
+        return self._run(self.memory.history(episode_id))
+
+    def documents(self) -> list[Document]:
+        return self._run(self.memory.documents())
+
+    def episodes(self, document_id: int | None = None) -> list[Episode]:
+        return self._run(self.memory.episodes(document_id))
+
+    def edit(self, episode_id: int, **kwargs: Any) -> Episode:
+        return self._run(self.memory.edit(episode_id, **kwargs))
+
+    def pin(self, episode_id: int, pinned: bool = True) -> Episode:
+        return self._run(self.memory.pin(episode_id, pinned))
+
+    def forget(self, episode_ids: Sequence[int] = (), **kwargs: Any) -> list[int]:
+        return self._run(self.memory.forget(episode_ids, **kwargs))
+
+    def delete_document(self, document_id: int) -> None:
+        self._run(self.memory.delete_document(document_id))
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> SyncEpisodicMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = [
+    "EpisodicMemory",
+    "ForgetPolicy",
+    "IngestProgress",
+    "Ingested",
+    "Recall",
+    "RecallDefaults",
+    "SyncEpisodicMemory",
+]

@@ -1,0 +1,258 @@
+"""EpisodicMemory over real SQL (SQLite and PostgreSQL) and a real Chroma, with a fake embedder."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from memory import InvalidRecord, MemoryStore, NotFound
+from memory.episodic import EpisodicMemory, IngestProgress, SyncEpisodicMemory
+from memory.errors import InvalidQuery
+from memory.forgetting import ForgetPolicy
+from memory.retrieval import neighbour_ordinals
+from memory.scoring import plan_windows, score_text, scored_from_pieces
+from memory.segmentation import ScoredToken, SegmenterConfig, approximate_tokens
+from memory.segmenters import EmbeddingSegmenter, FixedSegmenter, SurpriseSegmenter
+from memory.tables import utcnow
+from tests.fakes import HashEmbedder
+
+TOPICS = [
+    "The lighthouse keeper polished the great lens every evening before the storm.",
+    "Merchants in the spice market argued over saffron prices and copper coins.",
+    "The orchestra tuned violins while the conductor studied the symphony score.",
+    "Glaciers carved the valley as ice sheets retreated over thousands of years.",
+    "The chess champion sacrificed her queen to trap the opposing king.",
+    "Bakers kneaded sourdough at dawn while ovens warmed the narrow bakery.",
+]
+
+
+def story(repeats: int = 4) -> str:
+    """Paragraphs on distinct topics, each a few sentences on the same words."""
+    return "\n".join(" ".join([topic] * repeats) for topic in TOPICS)
+
+
+def fixed_memory(store: MemoryStore, namespace: str = "ns", max_tokens: int = 40) -> EpisodicMemory:
+    config = SegmenterConfig(min_tokens=4, max_tokens=max_tokens)
+    return EpisodicMemory(store, namespace, FixedSegmenter(config))
+
+
+def run(coroutine):  # type: ignore[no-untyped-def]
+    return asyncio.run(coroutine)
+
+
+def test_ingest_covers_the_text_and_is_idempotent(store: MemoryStore) -> None:
+    memory = fixed_memory(store)
+    text = story()
+    seen: list[IngestProgress] = []
+    first = run(memory.ingest(text, name="book", source="/tmp/book.txt", on_progress=seen.append))
+    assert first.created and first.document.name == "book"
+    spans = [(e.start_char, e.end_char) for e in first.episodes]
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert "".join(e.text for e in first.episodes) == text
+    assert first.tokens == sum(approximate_tokens(e.text) for e in first.episodes)
+    assert {p.stage for p in seen} == {"segment", "embed", "store"}
+    again = run(memory.ingest(text, name="copy"))
+    assert not again.created and again.document.id == first.document.id
+    assert [e.id for e in again.episodes] == [e.id for e in first.episodes]
+    assert len(run(memory.documents())) == 1
+
+
+def test_empty_text_and_empty_query_are_refused(store: MemoryStore) -> None:
+    memory = fixed_memory(store)
+    with pytest.raises(InvalidRecord, match="empty"):
+        run(memory.ingest("  \n "))
+    with pytest.raises(NotFound, match="does not exist"):
+        run(memory.search("anything"))
+    run(memory.ingest(story()))
+    with pytest.raises(InvalidQuery, match="empty"):
+        run(memory.search(" "))
+    with pytest.raises(InvalidQuery, match="more than the budget"):
+        run(memory.search("word " * 50, budget_tokens=10))
+    with pytest.raises(InvalidQuery, match="k_similar"):
+        run(memory.search("chess", k_similar=0))
+
+
+def test_search_finds_the_topic_within_budget_in_document_order(store: MemoryStore) -> None:
+    memory = fixed_memory(store)
+    run(memory.ingest(story()))
+    hits = run(memory.search("chess champion queen king", budget_tokens=120, k_similar=2))
+    assert hits and sum(h.tokens for h in hits) <= 120
+    assert [h.ordinal for h in hits] == sorted(h.ordinal for h in hits)
+    best = max((h for h in hits if h.reason == "similarity"), key=lambda h: h.score)
+    assert "chess" in best.text
+    text = story()
+    assert all(text[h.start : h.end] == h.text for h in hits)
+
+
+def test_contiguity_buffer_brings_the_following_event(store: MemoryStore) -> None:
+    """The question matches one event; the answer sits in the next one."""
+    filler = " ".join(TOPICS)
+    text = (
+        f"{filler}\nThe vault code was chosen by the old archivist in winter.\n"
+        "Forty-two seventeen nine is what she wrote on the brass plate.\n"
+        f"{filler}"
+    )
+    store_memory = EpisodicMemory(
+        store, "ns", FixedSegmenter(SegmenterConfig(min_tokens=2, max_tokens=16))
+    )
+    run(store_memory.ingest(text))
+    without = run(store_memory.search("vault code archivist", k_similar=1, k_contiguous=0))
+    assert not any("Forty-two" in h.text for h in without)
+    hits = run(store_memory.search("vault code archivist", k_similar=1, k_contiguous=2))
+    answer = [h for h in hits if "Forty-two" in h.text]
+    assert answer and answer[0].reason == "contiguity"
+    assert answer[0].score < max(h.score for h in hits if h.reason == "similarity")
+
+
+def test_neighbours_are_nearest_first_after_before_and_capped() -> None:
+    assert neighbour_ordinals([10, 3], 5) == [(11, 10, 1), (9, 10, 1), (4, 3, 1), (2, 3, 1),
+                                              (12, 10, 2)]  # fmt: skip
+    assert neighbour_ordinals([0], 2) == [(1, 0, 1), (2, 0, 2)]
+    assert neighbour_ordinals([5, 6], 2) == [(4, 5, 1), (7, 6, 1)]
+    assert neighbour_ordinals([], 3) == []
+
+
+def test_namespaces_do_not_cross(store: MemoryStore) -> None:
+    run(fixed_memory(store, "a").ingest(story()))
+    run(fixed_memory(store, "b").ingest("Completely different words about astronomy and stars."))
+    hits = run(fixed_memory(store, "b").search("chess champion queen"))
+    assert all("chess" not in h.text for h in hits)
+
+
+def test_edit_is_versioned_and_reembedded(store: MemoryStore) -> None:
+    memory = fixed_memory(store)
+    ingested = run(memory.ingest(story()))
+    target = ingested.episodes[0]
+    run(memory.edit(target.id, text="Astronomers mapped the nebula with a telescope.", reason="x"))
+    assert run(memory.get(target.id)).version == 2
+    assert run(memory.history(target.id))[0].text == target.text
+    hits = run(memory.search("nebula telescope astronomers", k_similar=1, k_contiguous=0))
+    assert hits[0].episode_id == target.id
+    with pytest.raises(InvalidRecord, match="negative"):
+        run(memory.edit(target.id, importance=-1))
+
+
+def test_forgetting_explicit_ttl_policy_and_pins(store: MemoryStore) -> None:
+    memory = fixed_memory(store)
+    episodes = run(memory.ingest(story())).episodes
+    short = run(memory.ingest("Temporary note about the parking meter.", ttl=timedelta(0)))
+    pinned, explicit, faded = episodes[0], episodes[1], episodes[2]
+    run(memory.pin(pinned.id))
+    with pytest.raises(InvalidRecord, match="pinned"):
+        run(memory.forget([pinned.id]))
+    assert all("parking" not in h.text for h in run(memory.search("parking meter")))
+    gone = run(memory.forget([explicit.id]))
+    assert explicit.id in gone and short.episodes[0].id in gone  # expired go with any forget
+    run(memory.edit(faded.id, importance=0.01))
+    later = utcnow() + timedelta(days=1)
+    gone = run(memory.forget(policy=ForgetPolicy(half_life=timedelta(days=30)), now=later))
+    assert gone == [faded.id]
+    much_later = utcnow() + timedelta(days=3650)
+    gone = run(memory.forget(policy=ForgetPolicy(), now=much_later))
+    assert pinned.id not in gone and run(memory.get(pinned.id)).pinned
+    with pytest.raises(NotFound):
+        run(memory.forget([10**9]))
+
+
+def test_append_equals_one_pass_and_survives_restart(store: MemoryStore) -> None:
+    text = story(3)
+    pieces = re.findall(r".{1,37}", text, flags=re.S)
+    config = SegmenterConfig(min_tokens=4, max_tokens=30)
+    embedder = store.embedder
+    whole = run(EpisodicMemory(store, "one", EmbeddingSegmenter(embedder, config)).ingest(text))
+    memory = EpisodicMemory(store, "streamed", EmbeddingSegmenter(embedder, config))
+    half = len(pieces) // 2
+    for piece in pieces[:half]:
+        run(memory.append(piece, stream="log"))
+    restarted = EpisodicMemory(store, "streamed", EmbeddingSegmenter(embedder, config))
+    for piece in pieces[half:]:
+        run(restarted.append(piece, stream="log"))
+    run(restarted.flush(stream="log"))
+    streamed = run(restarted.episodes())
+    assert [(e.start_char, e.end_char) for e in streamed] == [
+        (e.start_char, e.end_char) for e in whole.episodes
+    ]
+    document = run(restarted.documents())[0]
+    assert document.char_count == len(text) and document.metadata["tail"] == ""
+    with pytest.raises(InvalidRecord, match="ingested whole"):
+        run(EpisodicMemory(store, "one", FixedSegmenter(config)).append("x", stream="text"))
+
+
+def test_sync_wrapper(store: MemoryStore) -> None:
+    with SyncEpisodicMemory(fixed_memory(store)) as memory:
+        memory.ingest(story())
+        assert memory.search("bakers sourdough ovens")
+        assert memory.documents()
+
+
+# -- surprise scoring in windows -------------------------------------------------------------
+
+
+class WordScorer:
+    """A TokenScorer with a context limit: words are tokens; surprise is the word's length."""
+
+    def __init__(self, context: int) -> None:
+        self.context = context
+        self.calls: list[str] = []
+
+    async def score(self, text: str) -> list[ScoredToken]:
+        words = list(re.finditer(r"\S+\s*", text))
+        assert len(words) <= self.context, "window larger than the context"
+        self.calls.append(text)
+        return [
+            ScoredToken(m.group(), m.start(), m.end(), None if i == 0 else float(len(m.group())))
+            for i, m in enumerate(words)
+        ]
+
+
+def test_windows_cover_the_text_once_with_overlap() -> None:
+    text = story(6)
+    windows = plan_windows(text, lambda t: len(t.split()), context_tokens=60, overlap_tokens=12)
+    assert windows[0].start == 0 and windows[-1].end == len(text)
+    assert all(a.end == b.start for a, b in zip(windows, windows[1:], strict=False))
+    assert all(w.context < w.start for w in windows[1:])
+    scorer = WordScorer(context=60)
+    tokens = run(
+        score_text(text, scorer, lambda t: len(t.split()), context_tokens=60, overlap_tokens=12)
+    )
+    assert "".join(t.text for t in tokens) == text
+    assert [t.start for t in tokens] == sorted(t.start for t in tokens)
+    assert len(scorer.calls) == len(windows) > 3
+    assert sum(t.surprise is None for t in tokens) == 1  # only the text's first token
+
+
+def test_surprise_segmenter_ingests_through_windows(store: MemoryStore) -> None:
+    config = SegmenterConfig(min_tokens=4, max_tokens=40)
+    segmenter = SurpriseSegmenter(
+        WordScorer(context=50), config, context_tokens=50, embedder=store.embedder
+    )
+    memory = EpisodicMemory(store, "ns", segmenter)
+    ingested = run(memory.ingest(story()))
+    assert "".join(e.text for e in ingested.episodes) == story()
+    assert ingested.document.metadata["segmenter"] == "surprise"
+    assert all(e.surprise_max >= e.surprise_mean > 0 for e in ingested.episodes)
+
+
+def test_pieces_align_with_text_even_when_they_do_not_spell_it() -> None:
+    text = "Café au lait, s'il vous plaît."
+    pieces = ["Caf", "\ufffd", " au", " lait", ",", " s", "'il", " vous", " pla\ufffd", "t."]
+    tokens = scored_from_pieces(text, pieces, [None, *[1.0] * (len(pieces) - 1)])
+    starts = [t.start for t in tokens]
+    assert starts == sorted(starts) and all(0 <= t.start <= t.end <= len(text) for t in tokens)
+    assert tokens[2].start == text.index(" au")
+    assert tokens[-1].end == len(text)
+
+
+def test_fake_embedder_vectors_are_what_is_indexed(store: MemoryStore) -> None:
+    """The episodes' stored embeddings are the embedder's vectors of their texts."""
+    memory = fixed_memory(store)
+    ingested = run(memory.ingest(story()))
+    space = store.namespaces.get("ns")
+    ids, vectors = store.episodes.embeddings(space.id, [e.id for e in ingested.episodes])
+    expected = HashEmbedder().embed([e.text for e in sorted(ingested.episodes, key=lambda e: e.id)])
+    assert np.allclose(vectors, expected)
