@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from app.doc_cli import doc_cli
 from app.doctor import run_checks
 from app.errors import EXIT_BROKEN, KNOWN_ERRORS, SettingsError, exit_code
 from app.runtime import open_database
@@ -30,6 +31,7 @@ llm_cli = typer.Typer(
     help="The LLM backend: serve a model over the OpenAI API.", no_args_is_help=True
 )
 cli.add_typer(llm_cli, name="llm")
+cli.add_typer(doc_cli, name="doc")
 
 _state: dict[str, Any] = {"debug": False}
 

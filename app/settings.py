@@ -8,10 +8,10 @@ A bad value fails at start-up with a :class:`~app.errors.SettingsError` naming t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -66,6 +66,30 @@ class Settings(BaseSettings):
     llm_timeout_s: Annotated[float, Field(gt=0)] = Field(
         default=60.0, description="Seconds before an LLM request is abandoned."
     )
+    llm_context_tokens: Annotated[int, Field(gt=16)] | None = Field(
+        default=None,
+        description="Context of the LLM in tokens (surprise windows); unset = the built-in "
+        "engine's, or 4096 for a server.",
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        description="Tokenizer that counts budgets: a tiktoken name or a local model folder; "
+        "unset = the LLM model's, else cl100k_base.",
+    )
+    segmenter: Literal["auto", "surprise", "embedding", "fixed"] = Field(
+        default="auto",
+        description="How documents are cut into episodes; auto = surprise when the LLM gives "
+        "logprobs, else embedding novelty.",
+    )
+    event_min_tokens: Annotated[int, Field(ge=1)] = Field(
+        default=16, description="Smallest episode in tokens."
+    )
+    event_max_tokens: Annotated[int, Field(ge=8)] = Field(
+        default=192, description="Largest episode in tokens."
+    )
+    recall_budget_tokens: Annotated[int, Field(ge=16)] = Field(
+        default=1024, description="Default token budget of a search."
+    )
 
     @field_validator("home", mode="before")
     @classmethod
@@ -102,7 +126,7 @@ class Settings(BaseSettings):
     def _check_llm_base_url(cls, value: str | None) -> str | None:
         return _http_url(value, "http://localhost:8000/v1")
 
-    @field_validator("embedding_model", "llm_model", "llm_api_key")
+    @field_validator("embedding_model", "llm_model", "llm_api_key", "tokenizer")
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
         if value is None:
@@ -110,6 +134,15 @@ class Settings(BaseSettings):
         if value.strip() == "":
             raise ValueError("is empty; unset the variable to use the default")
         return value.strip()
+
+    @model_validator(mode="after")
+    def _check_event_sizes(self) -> Settings:
+        if self.event_min_tokens > self.event_max_tokens:
+            raise ValueError(
+                f"MNEME_EVENT_MIN_TOKENS={self.event_min_tokens} is above "
+                f"MNEME_EVENT_MAX_TOKENS={self.event_max_tokens}; make the minimum the smaller"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:
@@ -143,5 +176,6 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for error in err.errors():
             message = str(error["msg"]).removeprefix("Value error, ")
-            problems.append(f"{_variable_name(error['loc'])}: {message}")
+            where = f"{_variable_name(error['loc'])}: " if error["loc"] else ""
+            problems.append(where + message)
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from err

@@ -8,11 +8,14 @@ are packed greedily, best first, into the token budget and returned in document 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from memory.records import Episode
+
+_WORD = re.compile(r"\S+\s*")
 
 Reason = Literal["similarity", "contiguity"]
 
@@ -55,27 +58,55 @@ def neighbour_ordinals(ranked: Sequence[int], k_contiguous: int) -> list[tuple[i
     return out
 
 
+MIN_CLIP_TOKENS = 32
+"""A similarity hit too long for what is left of the budget is cut to fit if at least this
+many tokens are left (its first words; the offsets say where the cut falls)."""
+
+
+def clip(text: str, limit: int, count_tokens: Callable[[str], int]) -> str:
+    """The longest prefix of ``text`` ending at a word boundary within ``limit`` tokens."""
+    ends = [m.end() for m in _WORD.finditer(text)]
+    low, high = 0, len(ends)  # ends[:low] fit; find the largest count that fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        if count_tokens(text[: ends[middle - 1]]) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return text[: ends[low - 1]] if low else ""
+
+
 def pack(
     candidates: Sequence[tuple[Episode, float, Reason]],
     budget_tokens: int,
     count_tokens: Callable[[str], int],
 ) -> list[Recall]:
-    """Greedy by score: each candidate that still fits the budget goes in; document order out."""
+    """Greedy by score: each candidate that still fits the budget goes in; document order out.
+
+    A similarity hit that does not fit is clipped to what is left when that is at least
+    :data:`MIN_CLIP_TOKENS`, so a small budget still returns the best passage's beginning.
+    """
     chosen: list[Recall] = []
     left = budget_tokens
     for episode, score, reason in sorted(candidates, key=lambda c: -c[1]):
-        tokens = count_tokens(episode.text)
+        text = episode.text
+        tokens = count_tokens(text)
         if tokens > left:
-            continue
+            if reason != "similarity" or left < MIN_CLIP_TOKENS:
+                continue
+            text = clip(text, left, count_tokens)
+            if not text.strip():
+                continue
+            tokens = count_tokens(text)
         left -= tokens
         chosen.append(
             Recall(
                 episode_id=episode.id,
                 document_id=episode.document_id,
                 ordinal=episode.ordinal,
-                text=episode.text,
+                text=text,
                 start=episode.start_char,
-                end=episode.end_char,
+                end=episode.start_char + len(text),
                 tokens=tokens,
                 score=score,
                 reason=reason,

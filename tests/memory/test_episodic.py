@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from datetime import timedelta
 
@@ -52,7 +53,7 @@ def test_ingest_covers_the_text_and_is_idempotent(store: MemoryStore) -> None:
     assert first.created and first.document.name == "book"
     spans = [(e.start_char, e.end_char) for e in first.episodes]
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     assert "".join(e.text for e in first.episodes) == text
     assert first.tokens == sum(approximate_tokens(e.text) for e in first.episodes)
     assert {p.stage for p in seen} == {"segment", "embed", "store"}
@@ -214,7 +215,7 @@ def test_windows_cover_the_text_once_with_overlap() -> None:
     text = story(6)
     windows = plan_windows(text, lambda t: len(t.split()), context_tokens=60, overlap_tokens=12)
     assert windows[0].start == 0 and windows[-1].end == len(text)
-    assert all(a.end == b.start for a, b in zip(windows, windows[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(windows))
     assert all(w.context < w.start for w in windows[1:])
     scorer = WordScorer(context=60)
     tokens = run(
@@ -253,6 +254,15 @@ def test_fake_embedder_vectors_are_what_is_indexed(store: MemoryStore) -> None:
     memory = fixed_memory(store)
     ingested = run(memory.ingest(story()))
     space = store.namespaces.get("ns")
-    ids, vectors = store.episodes.embeddings(space.id, [e.id for e in ingested.episodes])
+    _ids, vectors = store.episodes.embeddings(space.id, [e.id for e in ingested.episodes])
     expected = HashEmbedder().embed([e.text for e in sorted(ingested.episodes, key=lambda e: e.id)])
     assert np.allclose(vectors, expected)
+
+
+def test_small_budget_clips_the_best_hit_to_fit(store: MemoryStore) -> None:
+    memory = fixed_memory(store, max_tokens=200)
+    run(memory.ingest(story(6)))
+    hits = run(memory.search("chess champion queen", budget_tokens=40, k_contiguous=0))
+    assert len(hits) == 1 and "chess" in hits[0].text
+    assert hits[0].tokens <= 40 and story(6)[hits[0].start : hits[0].end] == hits[0].text
+    assert run(memory.search("chess champion queen", budget_tokens=20)) == []

@@ -1,0 +1,166 @@
+"""Composition of episodic memory for a collection: store, segmenter, token counter, LLM.
+
+A *collection* is a memory namespace. The LLM is loaded only when something needs it (surprise
+scoring, ask, summarize), so ``mneme doc search`` never loads a model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import cached_property
+from typing import Literal
+
+from app.runtime import open_llm, open_memory
+from app.scorer import LLMTokenScorer
+from app.settings import Settings
+from memory import MemoryStore
+from memory.episodic import EpisodicMemory, RecallDefaults
+from memory.scoring import Progress
+from memory.segmentation import Event, SegmenterConfig, StreamingSegmenter
+from memory.segmenters import (
+    EmbeddingSegmenter,
+    FixedSegmenter,
+    Segmenter,
+    SegmenterKind,
+    SurpriseSegmenter,
+)
+from serving.errors import LogprobsUnsupported
+from serving.llm import LLM
+from serving.tokens import token_counter
+
+log = logging.getLogger(__name__)
+
+SegmenterChoice = Literal["auto", "surprise", "embedding", "fixed"]
+
+SERVER_CONTEXT_TOKENS = 4096
+"""Context assumed for an OpenAI-compatible server when MNEME_LLM_CONTEXT_TOKENS is unset."""
+
+
+class SurpriseOrNovelty:
+    """Surprise while the LLM gives logprobs; embedding novelty from the first refusal on.
+
+    ``kind`` tells which one cut the last text (it is recorded with the document).
+    """
+
+    def __init__(self, surprise: Segmenter, fallback: Segmenter) -> None:
+        self._surprise = surprise
+        self._fallback = fallback
+        self._refused = False
+        self.kind: SegmenterKind = "surprise"
+
+    async def segment(self, text: str, on_progress: Progress | None = None) -> list[Event]:
+        if not self._refused:
+            try:
+                events = await self._surprise.segment(text, on_progress)
+                self.kind = "surprise"
+                return events
+            except LogprobsUnsupported as err:
+                log.warning("%s; segmenting by embedding novelty instead", err)
+                self._refused = True
+        self.kind = "embedding"
+        return await self._fallback.segment(text, on_progress)
+
+    def streaming(self) -> StreamingSegmenter:
+        return self._fallback.streaming()
+
+
+class LazySurprise:
+    """A :class:`SurpriseSegmenter` built on first use, so the LLM loads only when needed."""
+
+    kind: SegmenterKind = "surprise"
+
+    def __init__(self, build: Callable[[], SurpriseSegmenter], streaming: Segmenter) -> None:
+        self._build = build
+        self._built: SurpriseSegmenter | None = None
+        self._streaming = streaming
+
+    async def segment(self, text: str, on_progress: Progress | None = None) -> list[Event]:
+        if self._built is None:
+            self._built = self._build()
+        return await self._built.segment(text, on_progress)
+
+    def streaming(self) -> StreamingSegmenter:
+        return self._streaming.streaming()
+
+
+class Reading:
+    """What ``mneme doc`` and the services need: memory per collection, one LLM, one counter.
+
+    Close it when done (it owns the LLM once loaded).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: MemoryStore | None = None,
+        llm: LLM | None = None,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._llm = llm
+
+    @cached_property
+    def store(self) -> MemoryStore:
+        return self._store if self._store is not None else open_memory(self.settings)[0]
+
+    @property
+    def llm(self) -> LLM:
+        if self._llm is None:
+            self._llm = open_llm(self.settings)
+        return self._llm
+
+    @cached_property
+    def count_tokens(self) -> Callable[[str], int]:
+        return token_counter(self.settings.tokenizer or self.settings.llm_model).count
+
+    @property
+    def segmenter_config(self) -> SegmenterConfig:
+        return SegmenterConfig(
+            min_tokens=self.settings.event_min_tokens, max_tokens=self.settings.event_max_tokens
+        )
+
+    def context_tokens(self) -> int:
+        if self.settings.llm_context_tokens is not None:
+            return self.settings.llm_context_tokens
+        engine = getattr(self.llm, "engine", None)
+        context = getattr(engine, "max_context", None)
+        return context if isinstance(context, int) else SERVER_CONTEXT_TOKENS
+
+    def segmenter(self, choice: SegmenterChoice | None = None) -> Segmenter:
+        kind = choice or self.settings.segmenter
+        config = self.segmenter_config
+        embedding = EmbeddingSegmenter(self.store.embedder, config, self.count_tokens)
+        if kind == "embedding":
+            return embedding
+        if kind == "fixed":
+            return FixedSegmenter(config, self.count_tokens)
+
+        def build() -> SurpriseSegmenter:
+            return SurpriseSegmenter(
+                LLMTokenScorer(self.llm),
+                config,
+                context_tokens=self.context_tokens(),
+                embedder=self.store.embedder,
+                count_tokens=self.count_tokens,
+            )
+
+        surprise = LazySurprise(build, embedding)
+        if kind == "surprise":
+            return surprise
+        return SurpriseOrNovelty(surprise, embedding)
+
+    def memory(self, collection: str, segmenter: SegmenterChoice | None = None) -> EpisodicMemory:
+        return EpisodicMemory(
+            self.store,
+            collection,
+            self.segmenter(segmenter),
+            count_tokens=self.count_tokens,
+            defaults=RecallDefaults(budget_tokens=self.settings.recall_budget_tokens),
+        )
+
+    def close(self) -> None:
+        closer = getattr(self._llm, "close", None)
+        if callable(closer):
+            closer()
