@@ -266,3 +266,25 @@ def test_small_budget_clips_the_best_hit_to_fit(store: MemoryStore) -> None:
     assert len(hits) == 1 and "chess" in hits[0].text
     assert hits[0].tokens <= 40 and story(6)[hits[0].start : hits[0].end] == hits[0].text
     assert run(memory.search("chess champion queen", budget_tokens=20)) == []
+
+
+class FailingScorer(WordScorer):
+    """Scores two windows, then the endpoint 'goes down'."""
+
+    async def score(self, text: str) -> list[ScoredToken]:
+        if len(self.calls) >= 2:
+            raise ConnectionError("endpoint went away")
+        return await super().score(text)
+
+
+def test_failure_mid_ingest_stores_nothing_and_a_retry_succeeds(store: MemoryStore) -> None:
+    config = SegmenterConfig(min_tokens=4, max_tokens=40)
+    failing = SurpriseSegmenter(FailingScorer(context=50), config, context_tokens=50,
+                                concurrency=1)  # fmt: skip
+    with pytest.raises(ConnectionError):
+        run(EpisodicMemory(store, "ns", failing).ingest(story(), name="book"))
+    assert run(EpisodicMemory(store, "ns", failing).documents()) == []
+    assert store.episodes.count("ns") == 0
+    working = SurpriseSegmenter(WordScorer(context=50), config, context_tokens=50)
+    done = run(EpisodicMemory(store, "ns", working).ingest(story(), name="book"))
+    assert done.created and store.episodes.count("ns") == len(done.episodes)

@@ -1,0 +1,47 @@
+"""app.reading: the segmenter choice, and falling back to embedding novelty without logprobs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from app.reading import Reading
+from app.settings import load_settings
+from memory import MemoryStore
+from serving.errors import LogprobsUnsupported
+from tests.memory.test_episodic import story
+
+
+class NoLogprobsLLM:
+    """An LLM endpoint that gives no logprobs (the part of the LLM Protocol surprise uses)."""
+
+    model = "no-logprobs"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def token_logprobs(self, text: str) -> Any:
+        self.calls += 1
+        raise LogprobsUnsupported("http://example/v1 gives no log-probabilities")
+
+
+def test_auto_falls_back_to_embedding_novelty(store: MemoryStore, tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path, llm_context_tokens=256)
+    llm = NoLogprobsLLM()
+    reading = Reading(settings, store=store, llm=llm)  # type: ignore[arg-type]
+    memory = reading.memory("ns", "auto")
+    first = asyncio.run(memory.ingest(story(), name="one"))
+    assert first.document.metadata["segmenter"] == "embedding"
+    refused = llm.calls  # the windows already in flight when the first refusal came
+    asyncio.run(memory.ingest(story(2), name="two"))
+    assert llm.calls == refused  # the refusal is remembered
+    assert "".join(e.text for e in first.episodes) == story()
+
+
+def test_choices_build_the_named_segmenter(store: MemoryStore, tmp_path: Path) -> None:
+    reading = Reading(load_settings(home=tmp_path), store=store)
+    assert reading.segmenter("fixed").kind == "fixed"
+    assert reading.segmenter("embedding").kind == "embedding"
+    assert reading.segmenter("surprise").kind == "surprise"  # built lazily: no model loaded
+    assert reading._llm is None
