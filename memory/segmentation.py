@@ -26,7 +26,11 @@ import numpy.typing as npt
 
 from memory.embedder import Embedder
 
-_SENTENCE_END = re.compile("[.!?\u2026]+[\"')\\]\u2019\u201d]*\\s+|\n\\s*")
+# A sentence ends at . ! ? … (with closing quotes) before whitespace, at a blank line, or at a
+# line break not followed by a lowercase letter (a hard-wrapped sentence goes on in lowercase).
+_SENTENCE_END = re.compile(
+    "[.!?\u2026]+[\"')\\]\u2019\u201d]*\\s+|\n[ \t]*\n\\s*|\n(?![ \t]*[a-z])\\s*"
+)
 _WORD_PIECE = re.compile(r"\S+\s*")
 
 
@@ -105,7 +109,8 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     """Character spans of the sentences of ``text``, covering it in order with no gaps.
 
     A sentence ends after ``.``, ``!``, ``?`` or ``…`` (and closing quotes) followed by
-    whitespace, or at a newline; the trailing whitespace belongs to the sentence before it.
+    whitespace, at a blank line, or at a line break unless the next line starts in lowercase
+    (hard-wrapped prose); the trailing whitespace belongs to the sentence before it.
     """
     spans: list[tuple[int, int]] = []
     start = 0

@@ -62,12 +62,13 @@ def sentence_ends(text: str) -> set[int]:
 
 
 def test_sentence_spans_cover_text_without_gaps() -> None:
-    text = 'One. Two!  Three?\n\nFour… "Five." six\nseven'
+    text = 'One. Two!  Three?\n\nFour… "Five." six\nseven\nEight and\nnine\n\nten\n2024 log'
     spans = sentence_spans(text)
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
     assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     assert [text[a:b].strip() for a, b in spans] == [
-        "One.", "Two!", "Three?", "Four…", '"Five."', "six", "seven"
+        "One.", "Two!", "Three?", "Four…", '"Five."', "six\nseven", "Eight and\nnine", "ten",
+        "2024 log",
     ]  # fmt: skip
 
 
