@@ -195,11 +195,9 @@ def ask(
     as_json: JsonOption = False,
 ) -> None:
     """Answer QUESTION from a collection, citing the passages used."""
-    from agents.reader import DocumentReader
-
     with _reading() as reading:
         _existing(reading, collection)
-        reader = DocumentReader(reading.memory(collection), reading.llm)
+        reader = reading.reader(collection)
         answer = _run(reader.ask(question, budget_tokens=budget_tokens))
     citations = [
         {
@@ -227,11 +225,9 @@ def summarize(
     as_json: JsonOption = False,
 ) -> None:
     """Summarise a collection (or one document) hierarchically: events, sections, whole."""
-    from agents.reader import DocumentReader
-
     with _reading() as reading:
         _existing(reading, collection)
-        reader = DocumentReader(reading.memory(collection), reading.llm)
+        reader = reading.reader(collection)
         summary = _run(reader.summarize(document_id=document))
     data = {
         "summary": summary.text,

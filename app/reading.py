@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Literal
 
+from agents.reader import DocumentReader, ReaderConfig
 from app.runtime import open_llm, open_memory
 from app.scorer import LLMTokenScorer
 from app.settings import Settings
@@ -159,6 +160,21 @@ class Reading:
             count_tokens=self.count_tokens,
             defaults=RecallDefaults(budget_tokens=self.settings.recall_budget_tokens),
         )
+
+    def reader(self, collection: str) -> DocumentReader:
+        """A document reader whose prompts fit the LLM's context (with room for the reply)."""
+        context = self.context_tokens()
+        answer = min(256, context // 16)
+        reply = 2 * answer + 96  # the most a reply may run to (see agents.reader)
+        prompt = min(3072, context - reply - 64)  # 64: the chat template's own tokens
+        config = ReaderConfig(
+            budget_tokens=min(self.settings.recall_budget_tokens, prompt // 2),
+            max_prompt_tokens=prompt,
+            section_tokens=min(2048, prompt * 2 // 3),
+            summary_tokens=answer,
+            answer_tokens=answer,
+        )
+        return DocumentReader(self.memory(collection), self.llm, config)
 
     def close(self) -> None:
         closer = getattr(self._llm, "close", None)

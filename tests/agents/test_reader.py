@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from itertools import pairwise
 from typing import Any, TypeVar
 
 import pytest
@@ -48,6 +49,11 @@ _ENTRY = re.compile(r"Entry (\d+)")
 _PASSAGE = re.compile(r"^\[(\d+)\] (.*)$", re.MULTILINE)
 
 
+def first_entry(text: str) -> str:
+    first = re.search(r"Entry \d+ [^.]*\.", text)
+    return first.group(0) if first else text.strip().splitlines()[-1]
+
+
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
@@ -55,13 +61,20 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 class RecordingLLM:
     """Implements :class:`serving.llm.LLM` without a model, recording every prompt.
 
-    A summary is the first sentence of the prompt's text that names an entry (else its last
-    line); a JSON answer cites the passages holding ``keyword``, plus ``extra`` numbers.
+    A summary is ``summarise(user message)``: by default the first sentence that names an
+    entry (else the message's last line). A JSON answer cites the passages holding
+    ``keyword``, then the ``extra`` numbers.
     """
 
-    def __init__(self, keyword: str = "", extra: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        keyword: str = "",
+        extra: Sequence[int] = (),
+        summarise: Callable[[str], str] | None = None,
+    ) -> None:
         self.keyword = keyword
         self.extra = list(extra)
+        self.summarise = summarise or first_entry
         self.prompts: list[list[ChatMessage]] = []
         self.in_flight = 0
         self.most_in_flight = 0
@@ -81,9 +94,7 @@ class RecordingLLM:
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         await asyncio.sleep(0.001)  # let other calls start, so concurrency shows
         self.in_flight -= 1
-        text = messages[-1].content
-        first = re.search(r"Entry \d+ [^.]*\.", text)
-        summary = first.group(0) if first else text.strip().splitlines()[-1]
+        summary = self.summarise(messages[-1].content)
         return Completion(self.model, (Choice(0, summary, "stop"),), 0, 0)
 
     async def _stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[StreamDelta]:
@@ -129,10 +140,11 @@ def store(
     return MemoryStore(sqlite_database, chroma, embedder)
 
 
-def episodic(store: MemoryStore, max_tokens: int) -> EpisodicMemory:
-    return EpisodicMemory(
-        store, "ns", FixedSegmenter(SegmenterConfig(min_tokens=4, max_tokens=max_tokens))
-    )
+def episodic(
+    store: MemoryStore, max_tokens: int, count: Callable[[str], int] = approximate_tokens
+) -> EpisodicMemory:
+    config = SegmenterConfig(min_tokens=2, max_tokens=max_tokens)
+    return EpisodicMemory(store, "ns", FixedSegmenter(config, count), count_tokens=count)
 
 
 SMALL = ReaderConfig(max_prompt_tokens=160, section_tokens=60, summary_tokens=20, concurrency=3)
@@ -213,14 +225,30 @@ def test_bad_questions_and_empty_namespaces_are_refused(store: MemoryStore) -> N
 def test_the_retrieval_budget_shrinks_to_keep_the_prompt_bounded(store: MemoryStore) -> None:
     question = "Which keeper polished the lens before the storm?"
     wide = RecordingLLM(keyword="lens")
-    run(DocumentReader(episodic(store, 40), wide).ingest(STORY, name="story"))
-    run(DocumentReader(episodic(store, 40), wide).ask(question))
+    unbounded = DocumentReader(episodic(store, 40), wide)
+    run(unbounded.ingest(STORY, name="story"))
+    run(unbounded.ask(question))
     assert prompt_tokens(wide.prompts[0]) > 200  # unbounded, this question fills a larger prompt
     narrow = RecordingLLM(keyword="lens")
     config = ReaderConfig(max_prompt_tokens=200, section_tokens=100, summary_tokens=20)
     answer = run(DocumentReader(episodic(store, 40), narrow, config).ask(question))
     assert answer.citations and all("lens" in c.text for c in answer.citations)
     assert prompt_tokens(narrow.prompts[-1]) <= 200
+
+
+def test_passages_are_dropped_when_their_numbering_overflows_the_prompt(
+    store: MemoryStore,
+) -> None:
+    """Forty 4-token episodes: the budget packs ten, whose "[n]" labels push the prompt over."""
+    llm = RecordingLLM(keyword="heron")
+    config = ReaderConfig(max_prompt_tokens=108, section_tokens=40, summary_tokens=10)
+    reader = DocumentReader(episodic(store, 4), llm, config)
+    text = " ".join(f"Heron {i} waded." for i in range(40))
+    assert len(run(reader.ingest(text, name="herons")).episodes) == 40
+    answer = run(reader.ask("Where did heron 7 wade?"))
+    assert 1 < len(answer.passages) < 10
+    assert "Heron 7 waded." in [p.text.strip() for p in answer.passages]
+    assert prompt_tokens(llm.prompts[0]) <= 108
 
 
 # -- summarize --------------------------------------------------------------------------------
@@ -258,7 +286,11 @@ def test_summary_of_a_long_text_is_hierarchical_and_bounded(store: MemoryStore) 
 
 
 def _entries(prompt: Sequence[ChatMessage]) -> list[int]:
-    return [int(n) for n in _ENTRY.findall(prompt[-1].content)]
+    return _entries_in(prompt[-1].content)
+
+
+def _entries_in(text: str) -> list[int]:
+    return [int(n) for n in _ENTRY.findall(text)]
 
 
 def test_an_episode_larger_than_a_section_is_cut_to_fit(store: MemoryStore) -> None:
@@ -279,25 +311,69 @@ def test_a_short_document_is_one_call_and_documents_stay_apart(store: MemoryStor
     reader = DocumentReader(episodic(store, 13), llm, SMALL)
     with pytest.raises(NotFound, match="holds no documents"):
         run(reader.summarize())
-    ledger = run(reader.ingest(LEDGER, name="ledger"))
+    ledger = run(reader.ingest(LEDGER[: LEDGER.index("Entry 6 ")], name="ledger"))
     short_text = " ".join(TOPICS[:2])
     short = run(reader.ingest(short_text, name="short"))
+    assert ledger.tokens == 78 and short.tokens <= 34  # sections of 52 + 26 tokens, then 33
     summary = run(reader.summarize(document_id=short.document.id))
     assert summary.calls == 1 and summary.levels == [[summary.text]]
     assert summary.text == short_text  # the fake's summary of entry-less text: its last line
     ids = [ledger.document.id, short.document.id]
-    with pytest.raises(
-        NotFound,
-        match=re.escape(f"document 9999 does not exist in namespace 'ns'; its documents are {ids}"),
-    ):
+    known = f"document 9999 does not exist in namespace 'ns'; its documents are {ids}"
+    with pytest.raises(NotFound, match=re.escape(known)):
         run(reader.summarize(document_id=9999))
     llm.prompts.clear()
     whole = run(reader.summarize())
-    # 16 sections of the ledger and one of the short text: no section spans both documents
-    assert len(whole.levels[0]) == 17
-    level0 = [p[-1].content for p in llm.prompts[:17]]
-    assert sum("lighthouse" in p for p in level0) == 1
-    assert not any("lighthouse" in p and "Entry" in p for p in level0)
+    # the short text would fit beside the ledger's last 26 tokens, but starts its own section
+    assert [len(level) for level in whole.levels] == [3, 1]
+    level0 = sorted((p[-1].content for p in llm.prompts[:3]), key=lambda p: "lighthouse" in p)
+    assert [_entries_in(p) for p in level0] == [[0, 1, 2, 3], [4, 5], []]
+    assert short_text in level0[2]
+
+
+def test_a_document_without_episodes_has_nothing_to_summarise(store: MemoryStore) -> None:
+    memory = episodic(store, 40)
+    llm = RecordingLLM()
+    reader = DocumentReader(memory, llm, SMALL)
+    assert run(memory.append("An open stream", stream="notes")) == []  # its tail stays open
+    (notes,) = run(memory.documents())
+    with pytest.raises(InvalidQuery, match="nothing to summarise: the document has no episodes"):
+        run(reader.summarize(document_id=notes.id))
+    assert llm.prompts == []
+
+
+def test_prompts_stay_bounded_when_token_counts_do_not_add_up(store: MemoryStore) -> None:
+    """A counter that charges more for a longer text than for its parts (like BPE merges
+    across boundaries could): packed sections overflow and must be split again."""
+
+    def superadditive(text: str) -> int:
+        words = len(text.split())
+        return words + words * words // 50
+
+    llm = RecordingLLM()
+    config = ReaderConfig(max_prompt_tokens=150, section_tokens=60, summary_tokens=20)
+    reader = DocumentReader(episodic(store, 12, superadditive), llm, config)
+    assert len(run(reader.ingest(LEDGER, name="ledger")).episodes) == 64
+    summary = run(reader.summarize())
+    sizes = [sum(superadditive(m.content) for m in p) for p in llm.prompts]
+    assert max(sizes) == summary.max_prompt_tokens <= 150
+    # five 12-token episodes fit a 60-token section by their counts, but not one prompt
+    assert len(summary.levels[0]) > 64 // 5 + 1
+    level0 = llm.prompts[: len(summary.levels[0])]
+    assert sorted(n for p in level0 for n in _entries(p)) == list(range(64))
+
+
+def test_long_summaries_are_cut_so_every_level_shrinks(store: MemoryStore) -> None:
+    """A model that ignores max_tokens and echoes its whole prompt still gets a summary."""
+    llm = RecordingLLM(summarise=lambda text: text)
+    reader = DocumentReader(episodic(store, 13), llm, SMALL)
+    run(reader.ingest(LEDGER, name="ledger"))
+    summary = run(reader.summarize())
+    lengths = [len(level) for level in summary.levels]
+    assert lengths[0] == 16 and lengths[-1] == 1
+    assert all(b <= (a + 1) // 2 for a, b in pairwise(lengths)), lengths
+    assert summary.max_prompt_tokens <= SMALL.max_prompt_tokens
+    assert all(prompt_tokens(p) <= SMALL.max_prompt_tokens for p in llm.prompts)
 
 
 def test_configurations_that_cannot_bound_a_prompt_are_refused(store: MemoryStore) -> None:

@@ -123,13 +123,18 @@ def test_delete_removes_the_collection(tmp_path: Path) -> None:
 
 
 @pytest.mark.model
-def test_surprise_ask_and_summarize_with_the_tiny_model(tmp_path: Path, test_model: Path) -> None:
+@pytest.mark.slow
+def test_surprise_ingest_with_the_tiny_model_then_ask_and_summarize(
+    tmp_path: Path, test_model: Path
+) -> None:
+    """Surprise from the tiny pretrained model; answers from the bundled SmolLM2-135M-Instruct
+    (the tiny model has no chat template)."""
     home = tmp_path / "home"
     book = write_book(tmp_path)
-    env = {"MNEME_LLM_MODEL": str(test_model)}
     data = run_json("doc", "ingest", str(book), "-c", "books", "--segmenter", "surprise",
-                    home=home, **env)  # fmt: skip
+                    home=home, MNEME_LLM_MODEL=str(test_model))  # fmt: skip
     assert data["segmenter"] == "surprise"
+    env = {"MNEME_LLM_CONTEXT_TOKENS": "2048"}
     answer = run_json("doc", "ask", "books", "Who polished the lens?", home=home, **env)
     assert isinstance(answer["answer"], str)
     assert answer["citations"] and all("start" in c for c in answer["citations"])  # type: ignore[attr-defined]
