@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+from collections.abc import Coroutine
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -20,6 +22,8 @@ from memory.segmentation import ScoredToken, SegmenterConfig, approximate_tokens
 from memory.segmenters import EmbeddingSegmenter, FixedSegmenter, SurpriseSegmenter
 from memory.tables import utcnow
 from tests.fakes import HashEmbedder
+
+T = TypeVar("T")
 
 TOPICS = [
     "The lighthouse keeper polished the great lens every evening before the storm.",
@@ -41,7 +45,7 @@ def fixed_memory(store: MemoryStore, namespace: str = "ns", max_tokens: int = 40
     return EpisodicMemory(store, namespace, FixedSegmenter(config))
 
 
-def run(coroutine):  # type: ignore[no-untyped-def]
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
