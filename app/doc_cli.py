@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from agents.reader import DocumentReader
 from app.loaders import load_document
 from app.reading import Reading, SegmenterChoice
 from app.settings import load_settings
@@ -59,6 +60,13 @@ def _existing(reading: Reading, collection: str) -> None:
             f"collection {collection!r} does not exist (collections: {known}); "
             "create it with `mneme doc ingest PATH --collection NAME`"
         )
+
+
+def _with_reader(collection: str, work: Callable[[DocumentReader], Coroutine[Any, Any, T]]) -> T:
+    """Run ``work`` with a reader of an existing collection."""
+    with _reading() as reading:
+        _existing(reading, collection)
+        return _run(work(reading.reader(collection)))
 
 
 @contextmanager
@@ -195,10 +203,7 @@ def ask(
     as_json: JsonOption = False,
 ) -> None:
     """Answer QUESTION from a collection, citing the passages used."""
-    with _reading() as reading:
-        _existing(reading, collection)
-        reader = reading.reader(collection)
-        answer = _run(reader.ask(question, budget_tokens=budget_tokens))
+    answer = _with_reader(collection, lambda r: r.ask(question, budget_tokens=budget_tokens))
     citations = [
         {
             "number": c.number,
@@ -225,10 +230,7 @@ def summarize(
     as_json: JsonOption = False,
 ) -> None:
     """Summarise a collection (or one document) hierarchically: events, sections, whole."""
-    with _reading() as reading:
-        _existing(reading, collection)
-        reader = reading.reader(collection)
-        summary = _run(reader.summarize(document_id=document))
+    summary = _with_reader(collection, lambda r: r.summarize(document_id=document))
     data = {
         "summary": summary.text,
         "levels": len(summary.levels),

@@ -51,21 +51,7 @@ class SqlDocumentStore:
         metadata: Mapping[str, Any] | None = None,
     ) -> Document:
         """Record a document (its name, size and checksum; the text itself lives in episodes)."""
-        if not name.strip():
-            raise InvalidRecord("a document needs a non-empty name")
-        with self.database.session() as session:
-            space = namespace_row(session, namespace)
-            row = DocumentRow(
-                namespace_id=space.id,
-                name=name.strip(),
-                source=source,
-                char_count=len(text),
-                sha256=sha256(text),
-                meta=dict(metadata or {}),
-            )
-            session.add(row)
-            session.flush()
-            return to_document(row)
+        return self.ingest(namespace, name, text, [], None, source=source, metadata=metadata)[0]
 
     def ingest(
         self,

@@ -30,18 +30,11 @@ from serving.llm import (
 )
 from serving.local import LocalLLM
 from tests.fakes import HashEmbedder
+from tests.texts import TOPICS, story
 
 T = TypeVar("T")
 
-TOPICS = [
-    "The lighthouse keeper polished the great lens every evening before the storm.",
-    "Merchants in the spice market argued over saffron prices and copper coins.",
-    "The orchestra tuned violins while the conductor studied the symphony score.",
-    "Glaciers carved the valley as ice sheets retreated over thousands of years.",
-    "The chess champion sacrificed her queen to trap the opposing king.",
-    "Bakers kneaded sourdough at dawn while ovens warmed the narrow bakery.",
-]
-STORY = "\n".join(" ".join([topic] * 4) for topic in TOPICS)
+STORY = story()
 
 # 64 sentences of 10 words each: 13 approximate tokens, one episode apiece at max_tokens=13.
 LEDGER = " ".join(f"Entry {i} says the grey heron crossed the river quietly." for i in range(64))

@@ -11,21 +11,12 @@ import pytest
 from serving.tokens import TiktokenCounter
 from tests.app.test_cli import mneme
 from tests.net import free_port
-
-TOPICS = [
-    "The lighthouse keeper polished the great lens every evening before the storm came in.",
-    "Merchants in the spice market argued over saffron prices and counted copper coins.",
-    "The orchestra tuned its violins while the conductor studied the symphony score.",
-    "Glaciers carved the valley as the ice sheets retreated over thousands of years.",
-    "The chess champion sacrificed her queen to trap the opposing king in the corner.",
-    "Bakers kneaded sourdough at dawn while the ovens warmed the narrow bakery.",
-]
+from tests.texts import story
 
 
 def write_book(folder: Path) -> Path:
     path = folder / "book.md"
-    paragraphs = [" ".join([topic] * 5) for topic in TOPICS]
-    path.write_text("# A small book\n\n" + "\n\n".join(paragraphs) + "\n", encoding="utf-8")
+    path.write_text("# A small book\n\n" + story(5, "\n\n") + "\n", encoding="utf-8")
     return path
 
 

@@ -10,7 +10,7 @@ from app.reading import Reading
 from app.settings import load_settings
 from memory import MemoryStore
 from serving.errors import LogprobsUnsupported
-from tests.memory.test_episodic import story
+from tests.texts import story
 
 
 class NoLogprobsLLM:

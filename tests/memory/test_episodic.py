@@ -22,22 +22,9 @@ from memory.segmentation import ScoredToken, SegmenterConfig, approximate_tokens
 from memory.segmenters import EmbeddingSegmenter, FixedSegmenter, SurpriseSegmenter
 from memory.tables import utcnow
 from tests.fakes import HashEmbedder
+from tests.texts import TOPICS, story
 
 T = TypeVar("T")
-
-TOPICS = [
-    "The lighthouse keeper polished the great lens every evening before the storm.",
-    "Merchants in the spice market argued over saffron prices and copper coins.",
-    "The orchestra tuned violins while the conductor studied the symphony score.",
-    "Glaciers carved the valley as ice sheets retreated over thousands of years.",
-    "The chess champion sacrificed her queen to trap the opposing king.",
-    "Bakers kneaded sourdough at dawn while ovens warmed the narrow bakery.",
-]
-
-
-def story(repeats: int = 4) -> str:
-    """Paragraphs on distinct topics, each a few sentences on the same words."""
-    return "\n".join(" ".join([topic] * repeats) for topic in TOPICS)
 
 
 def fixed_memory(store: MemoryStore, namespace: str = "ns", max_tokens: int = 40) -> EpisodicMemory:
