@@ -306,11 +306,54 @@ class EpisodicMemory:
         budget_tokens: int | None = None,
         k_similar: int | None = None,
         k_contiguous: int | None = None,
+        document_id: int | None = None,
+        within: Sequence[int] | None = None,
     ) -> list[Recall]:
-        """Episodes for ``query`` within ``budget_tokens``, in document order (two stages)."""
+        """Episodes for ``query`` within ``budget_tokens``, in document order (two stages).
+
+        ``document_id`` limits recall to one document. ``within`` limits it to the given episode
+        ids and makes their order the timeline that contiguity follows — a story branch passes
+        the episodes of its ancestors, so sibling branches never leak in.
+        """
         budget = self.defaults.budget_tokens if budget_tokens is None else budget_tokens
         k_s = self.defaults.k_similar if k_similar is None else k_similar
         k_c = self.defaults.k_contiguous if k_contiguous is None else k_contiguous
+        self._check_query(query, budget, k_s, k_c)
+        now = utcnow()
+        timeline = None if within is None else {eid: i for i, eid in enumerate(within)}
+
+        def eligible(episode: Episode) -> bool:
+            if episode.expires_at is not None and episode.expires_at <= now:
+                return False
+            if document_id is not None and episode.document_id != document_id:
+                return False
+            return timeline is None or episode.id in timeline
+
+        def position(episode: Episode) -> int:
+            return episode.ordinal if timeline is None else timeline[episode.id]
+
+        similar = await self._similar(query, k_s, eligible, filtered=document_id or timeline)
+        candidates: list[tuple[Episode, float, Reason]] = [(e, s, "similarity") for e, s in similar]
+        by_position = {position(e): (e, s) for e, s in similar}
+        wanted = neighbour_ordinals(list(by_position), k_c)
+        found = {position(e): e for e in await self._at(wanted, within)}
+        for where, hit, distance in wanted:
+            neighbour = found.get(where)
+            parent, score = by_position[hit]
+            if neighbour is None or not eligible(neighbour):
+                continue
+            if neighbour.document_id != parent.document_id:
+                continue  # contiguity is within a document
+            decayed = score * self.defaults.contiguity_decay**distance
+            candidates.append((neighbour, decayed, "contiguity"))
+        recalled = await self._call(pack, candidates, budget, self.count_tokens)
+        if recalled:
+            await self._call(
+                self.store.touch, self.namespace, [r.episode_id for r in recalled], now
+            )
+        return recalled
+
+    def _check_query(self, query: str, budget: int, k_s: int, k_c: int) -> None:
         if not isinstance(query, str) or not query.strip():
             raise InvalidQuery("the query is empty; ask for something")
         if budget < 1 or k_s < 1 or k_c < 0:
@@ -324,35 +367,31 @@ class EpisodicMemory:
                 f"the query is {query_tokens} tokens, more than the budget of {budget}; "
                 "shorten it or raise the budget"
             )
-        now = utcnow()
 
-        def live(episode: Episode) -> bool:
-            return episode.expires_at is None or episode.expires_at > now
+    async def _similar(
+        self, query: str, k: int, eligible: Callable[[Episode], bool], filtered: object
+    ) -> list[tuple[Episode, float]]:
+        """The ``k`` most similar eligible episodes; asks the index for more while a filter
+        leaves too few (up to 4 rounds, x4 each)."""
+        vector = (await self._call(self.store.embedder.embed, [query]))[0]
+        fetch = k * 8 if filtered else k * 2
+        for _ in range(4):
+            hits = await self._call(self.store.search, self.namespace, vector, fetch)
+            similar = [(h.episode, h.score) for h in hits if eligible(h.episode)]
+            if len(similar) >= k or len(hits) < fetch:
+                break
+            fetch *= 4
+        return similar[:k]
 
-        hits = await self._call(self.store.search, self.namespace, query, k_s * 2)
-        similar = [(h.episode, h.score) for h in hits if live(h.episode)][:k_s]
-        candidates: list[tuple[Episode, float, Reason]] = [(e, s, "similarity") for e, s in similar]
-        by_ordinal = {e.ordinal: (e, s) for e, s in similar}
-        wanted = neighbour_ordinals([e.ordinal for e, _ in similar], k_c)
-        around = await self._call(
-            self.store.episodes.at_ordinals, self.namespace, [o for o, _, _ in wanted]
-        )
-        found = {e.ordinal: e for e in around}
-        for ordinal, hit, distance in wanted:
-            neighbour = found.get(ordinal)
-            parent, score = by_ordinal[hit]
-            if neighbour is None or not live(neighbour):
-                continue
-            if neighbour.document_id != parent.document_id:
-                continue  # contiguity is within a document
-            decayed = score * self.defaults.contiguity_decay**distance
-            candidates.append((neighbour, decayed, "contiguity"))
-        recalled = await self._call(pack, candidates, budget, self.count_tokens)
-        if recalled:
-            await self._call(
-                self.store.touch, self.namespace, [r.episode_id for r in recalled], now
-            )
-        return recalled
+    async def _at(
+        self, wanted: Sequence[tuple[int, int, int]], within: Sequence[int] | None
+    ) -> list[Episode]:
+        """Episodes at the wanted positions: ordinals, or indexes into ``within``."""
+        if within is None:
+            ordinals = [where for where, _, _ in wanted]
+            return await self._call(self.store.episodes.at_ordinals, self.namespace, ordinals)
+        ids = [within[where] for where, _, _ in wanted if where < len(within)]
+        return await self._call(self.store.episodes.get_many, self.namespace, ids)
 
     async def get(self, episode_id: int) -> Episode:
         return await self._call(self.store.episodes.get, self.namespace, episode_id)

@@ -279,3 +279,29 @@ def test_failure_mid_ingest_stores_nothing_and_a_retry_succeeds(store: MemorySto
     working = SurpriseSegmenter(WordScorer(context=50), config, context_tokens=50)
     done = run(EpisodicMemory(store, "ns", working).ingest(story(), name="book"))
     assert done.created and store.episodes.count("ns") == len(done.episodes)
+
+
+def test_search_within_one_document(store: MemoryStore) -> None:
+    memory = fixed_memory(store)
+    first = run(memory.ingest(story(), name="one"))
+    second = run(memory.ingest(story(3), name="two"))
+    hits = run(memory.search("chess champion", document_id=second.document.id))
+    assert hits and {h.document_id for h in hits} == {second.document.id}
+    assert first.document.id != second.document.id
+
+
+def test_search_within_a_timeline_follows_its_order(store: MemoryStore) -> None:
+    """A branch sees only its own episodes, and contiguity follows the branch's order."""
+    memory = fixed_memory(store, max_tokens=20)
+    trunk = run(memory.append("The vault code was chosen by the old archivist. ", stream="s"))
+    trunk += run(memory.flush(stream="s"))
+    sibling = run(memory.append("Lost branch: the code was never written down. ", stream="s"))
+    sibling += run(memory.flush(stream="s"))
+    branch = run(memory.append("Forty-two seventeen nine is on the brass plate. ", stream="s"))
+    branch += run(memory.flush(stream="s"))
+    timeline = [e.id for e in trunk + branch]
+    hits = run(memory.search("vault code archivist", k_similar=1, k_contiguous=1,
+                             within=timeline))  # fmt: skip
+    texts = " ".join(h.text for h in hits)
+    assert "Forty-two" in texts and "Lost branch" not in texts
+    assert [h.reason for h in hits] == ["similarity", "contiguity"]
