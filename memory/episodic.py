@@ -73,6 +73,8 @@ class RecallDefaults:
     """Neighbours of those added from the contiguity buffer (stage two)."""
     contiguity_decay: float = 0.9
     """A neighbour's score: its hit's similarity x decay per step of distance (unitless)."""
+    contiguity_reach: int = 3
+    """Farthest neighbour of a hit the contiguity buffer considers (episodes)."""
     embed_batch: int = 256
     """Episodes embedded per call during ingestion (progress is reported per batch)."""
 
@@ -335,7 +337,12 @@ class EpisodicMemory:
         similar = await self._similar(query, k_s, eligible, filtered=document_id or timeline)
         candidates: list[tuple[Episode, float, Reason]] = [(e, s, "similarity") for e, s in similar]
         by_position = {position(e): (e, s) for e, s in similar}
-        wanted = neighbour_ordinals(list(by_position), k_c)
+        wanted = neighbour_ordinals(
+            [(position(e), s) for e, s in similar],
+            k_c,
+            self.defaults.contiguity_decay,
+            self.defaults.contiguity_reach,
+        )
         found = {position(e): e for e in await self._at(wanted, within)}
         for where, hit, distance in wanted:
             neighbour = found.get(where)

@@ -2,7 +2,8 @@
 
 Stage one takes the ``k_similar`` episodes nearest to the query. Stage two adds up to
 ``k_contiguous`` of their temporal neighbours — the events just after and before each hit, in
-the same document — because what follows a matching passage often holds the answer. Candidates
+the same document, ranked by the hit's similarity decayed with distance — because what follows
+a matching passage often holds the answer. Candidates
 are packed greedily, best first, into the token budget and returned in document order.
 """
 
@@ -39,22 +40,32 @@ class Recall:
     reason: Reason
 
 
-def neighbour_ordinals(ranked: Sequence[int], k_contiguous: int) -> list[tuple[int, int, int]]:
-    """(ordinal, hit ordinal, distance) of up to ``k_contiguous`` neighbours of the hits.
+def neighbour_ordinals(
+    hits: Sequence[tuple[int, float]], k_contiguous: int, decay: float, reach: int = 3
+) -> list[tuple[int, int, int]]:
+    """(position, hit position, distance) of the ``k_contiguous`` best neighbours of the hits.
 
-    Nearest first; at each distance the hits go in rank order, the episode after a hit before
-    the one preceding it. Hits themselves and repeats are skipped.
+    ``hits`` are (position, similarity). Each hit offers the episodes up to ``reach`` steps
+    after and before it, worth similarity x ``decay`` ^ distance; the best are taken, so a
+    strong hit brings a longer stretch of what follows it than a weak one. Ties go to the
+    episode after a hit, then to the nearer, then to the better-ranked hit. Hits themselves and
+    repeats are skipped.
     """
-    taken = set(ranked)
+    taken = {position for position, _ in hits}
+    offers = []
+    for rank, (hit, score) in enumerate(hits):
+        for distance in range(1, reach + 1):
+            for side, position in enumerate((hit + distance, hit - distance)):
+                if position >= 0 and position not in taken:
+                    worth = score * decay**distance
+                    offers.append((-worth, side, distance, rank, position, hit))
     out: list[tuple[int, int, int]] = []
-    distance = 1
-    while len(out) < k_contiguous and ranked and distance <= k_contiguous:
-        for hit in ranked:
-            for ordinal in (hit + distance, hit - distance):
-                if ordinal >= 0 and ordinal not in taken and len(out) < k_contiguous:
-                    taken.add(ordinal)
-                    out.append((ordinal, hit, distance))
-        distance += 1
+    for _, _, distance, _, position, hit in sorted(offers):
+        if len(out) == k_contiguous:
+            break
+        if position not in taken:
+            taken.add(position)
+            out.append((position, hit, distance))
     return out
 
 

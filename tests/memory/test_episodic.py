@@ -101,12 +101,18 @@ def test_contiguity_buffer_brings_the_following_event(store: MemoryStore) -> Non
     assert answer[0].score < max(h.score for h in hits if h.reason == "similarity")
 
 
-def test_neighbours_are_nearest_first_after_before_and_capped() -> None:
-    assert neighbour_ordinals([10, 3], 5) == [(11, 10, 1), (9, 10, 1), (4, 3, 1), (2, 3, 1),
-                                              (12, 10, 2)]  # fmt: skip
-    assert neighbour_ordinals([0], 2) == [(1, 0, 1), (2, 0, 2)]
-    assert neighbour_ordinals([5, 6], 2) == [(4, 5, 1), (7, 6, 1)]
-    assert neighbour_ordinals([], 3) == []
+def test_neighbours_are_ranked_by_decayed_similarity() -> None:
+    # A strong hit brings its whole reach (after first) before a weak hit's nearest neighbour.
+    assert neighbour_ordinals([(10, 0.9), (3, 0.5)], 5, decay=0.9) == [
+        (11, 10, 1), (9, 10, 1), (12, 10, 2), (8, 10, 2), (13, 10, 3)
+    ]  # fmt: skip
+    assert neighbour_ordinals([(10, 0.5), (3, 0.5)], 4, decay=0.9) == [
+        (11, 10, 1), (4, 3, 1), (9, 10, 1), (2, 3, 1)
+    ]  # fmt: skip
+    assert neighbour_ordinals([(0, 1.0)], 9, decay=0.9) == [(1, 0, 1), (2, 0, 2), (3, 0, 3)]
+    # 7 is worth more as the strong hit 5's second step (0.648) than as 6's first (0.63).
+    assert neighbour_ordinals([(5, 0.8), (6, 0.7)], 2, decay=0.9) == [(4, 5, 1), (7, 5, 2)]
+    assert neighbour_ordinals([], 3, decay=0.9) == []
 
 
 def test_namespaces_do_not_cross(store: MemoryStore) -> None:
