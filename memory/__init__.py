@@ -1,7 +1,8 @@
 """Mneme's memory: episodes in SQL (the truth) and a vector index derived from it.
 
 Public API: :class:`MemoryStore` over a :class:`Database`, a :class:`VectorIndex` and an
-:class:`Embedder`; the record types; the errors.
+:class:`Embedder`; :class:`SqlStoryStore` for the writer's story trees; the record types; the
+errors.
 """
 
 from memory.database import Database
@@ -16,6 +17,8 @@ from memory.errors import (
 )
 from memory.reconcile import ReconcileReport
 from memory.records import (
+    BibleEntry,
+    BibleKind,
     Document,
     Episode,
     EpisodeVersion,
@@ -23,12 +26,19 @@ from memory.records import (
     JobStatus,
     Namespace,
     NewEpisode,
+    NewStoryNode,
     SearchHit,
+    Story,
+    StoryMode,
+    StoryNode,
 )
 from memory.store import MemoryStore
+from memory.stories import SqlStoryStore
 from memory.vectors import ChromaVectorIndex, VectorHit, VectorIndex
 
 __all__ = [
+    "BibleEntry",
+    "BibleKind",
     "ChromaVectorIndex",
     "Database",
     "Document",
@@ -41,13 +51,18 @@ __all__ = [
     "MemoryStore",
     "Namespace",
     "NewEpisode",
+    "NewStoryNode",
     "NotFound",
     "ReconcileReport",
     "SchemaOutOfDate",
     "SearchHit",
+    "SqlStoryStore",
     "StoreCorrupt",
     "StoreError",
     "StoreUnavailable",
+    "Story",
+    "StoryMode",
+    "StoryNode",
     "VectorHit",
     "VectorIndex",
 ]

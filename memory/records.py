@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -133,3 +133,83 @@ class SearchHit:
 
     episode: Episode
     score: float
+
+
+class StoryMode(StrEnum):
+    NOVEL = "novel"  # the writer chooses among its own plans
+    INTERACTIVE = "interactive"  # the reader is the protagonist and picks or types an action
+
+
+@dataclass(frozen=True, slots=True)
+class Story:
+    """A RecurrentGPT story: its setting and the node of the story tree the writer is at.
+
+    The story owns ``namespace``, which holds its long-term (episodic) memory.
+    """
+
+    id: int
+    namespace_id: int
+    namespace: str
+    title: str
+    genre: str
+    premise: str
+    outline: str
+    mode: StoryMode
+    head_node_id: int | None  # None until the first node is written
+    created_at: datetime
+    updated_at: datetime
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NewStoryNode:
+    """One writer step to store: the paragraph written and the memory state after it."""
+
+    paragraph: str
+    instruction: str = ""  # the plan chosen or the reader's action; "" for the root
+    short_term_memory: str = ""
+    memory_reason: str = ""  # why the short-term memory changed as it did
+    plans: Sequence[str] = ()  # the next plans offered
+    episode_ids: Sequence[int] = ()  # long-term memory episodes made from ``paragraph``
+    prompt: Mapping[str, Any] = field(default_factory=dict)  # what was sent, for inspection
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoryNode:
+    """A stored step of a story tree. Restoring a node restores the writer's state at it."""
+
+    id: int
+    story_id: int
+    parent_id: int | None  # None for the root
+    depth: int  # 0 for the root, parent's depth + 1 otherwise
+    instruction: str
+    paragraph: str
+    short_term_memory: str
+    memory_reason: str
+    plans: tuple[str, ...]
+    episode_ids: tuple[int, ...]
+    prompt: Mapping[str, Any]
+    metadata: Mapping[str, Any]
+    created_at: datetime
+
+
+class BibleKind(StrEnum):
+    CHARACTER = "character"
+    PLACE = "place"
+    FACT = "fact"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class BibleEntry:
+    """A story-bible entry: what the writer must keep consistent about a character, place, fact."""
+
+    id: int
+    story_id: int
+    kind: BibleKind
+    name: str  # unique within the story
+    aliases: tuple[str, ...]
+    text: str
+    created_at: datetime
+    updated_at: datetime

@@ -162,3 +162,70 @@ class JobRow(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class StoryRow(Base):
+    __tablename__ = "stories"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # One story per namespace: the namespace holds the story's long-term (episodic) memory.
+    namespace_id: Mapped[int] = mapped_column(
+        ForeignKey("namespaces.id", ondelete="CASCADE"), unique=True
+    )
+    title: Mapped[str] = mapped_column(String(500))
+    genre: Mapped[str] = mapped_column(String(200))
+    premise: Mapped[str] = mapped_column(Text)
+    outline: Mapped[str] = mapped_column(Text)
+    mode: Mapped[str] = mapped_column(String(16))
+    # No foreign key: stories and story_nodes would reference each other, and the cycle makes
+    # cascading deletes order-dependent. SqlStoryStore only ever sets it to a node of the story.
+    head_node_id: Mapped[int | None] = mapped_column(Integer)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class StoryNodeRow(Base):
+    __tablename__ = "story_nodes"
+    __table_args__ = (
+        Index("ix_story_nodes_story_parent", "story_id", "parent_id"),
+        # At most one root per story, even with two writers racing.
+        Index(
+            "uq_story_nodes_root",
+            "story_id",
+            unique=True,
+            sqlite_where=text("parent_id IS NULL"),
+            postgresql_where=text("parent_id IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    story_id: Mapped[int] = mapped_column(ForeignKey("stories.id", ondelete="CASCADE"))
+    # No ON DELETE action: nodes go only with their story (story_id's cascade removes them all in
+    # one statement, after which no reference dangles). A cascade here would recurse once per
+    # level, and SQLite stops trigger recursion at depth 1000.
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("story_nodes.id"), index=True)
+    depth: Mapped[int] = mapped_column(Integer)  # 0 for the root
+    instruction: Mapped[str] = mapped_column(Text)
+    paragraph: Mapped[str] = mapped_column(Text)
+    short_term_memory: Mapped[str] = mapped_column(Text)
+    memory_reason: Mapped[str] = mapped_column(Text)
+    plans: Mapped[list[str]] = mapped_column(JSON, default=list)
+    episode_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    prompt: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class BibleEntryRow(Base):
+    __tablename__ = "bible_entries"
+    __table_args__ = (UniqueConstraint("story_id", "name", name="uq_bible_entries_story_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    story_id: Mapped[int] = mapped_column(ForeignKey("stories.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -9,7 +9,17 @@ from sqlalchemy import inspect
 
 from memory import Database, SchemaOutOfDate, StoreCorrupt, StoreUnavailable
 
-TABLES = {"namespaces", "documents", "episodes", "episode_versions", "jobs", "alembic_version"}
+TABLES = {
+    "stories",
+    "story_nodes",
+    "bible_entries",
+    "namespaces",
+    "documents",
+    "episodes",
+    "episode_versions",
+    "jobs",
+    "alembic_version",
+}
 
 
 def test_migration_from_empty_creates_every_table(tmp_path: Path) -> None:
