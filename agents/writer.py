@@ -1,0 +1,372 @@
+"""RecurrentWriter: long fiction paragraph by paragraph (RecurrentGPT, Zhou et al. 2023).
+
+RecurrentGPT replaces an RNN's hidden state with language: each step the model reads a short-term
+memory (a running summary it rewrites), passages recalled from long-term memory, the last
+paragraph and the chosen plan, and answers with the next paragraph, the updated short-term memory
+(with its reason) and three plans for what comes next. Here:
+
+- long-term memory is the story's :class:`~memory.episodic.EpisodicMemory`; each new paragraph is
+  ingested on its own (never the whole story again), and recall is limited to the current
+  node's ancestors, in their order (``search(within=...)``), so branches never see each other;
+- every step is a node of a story tree (:class:`~memory.stories.SqlStoryStore`) keeping its
+  short-term memory, plans and exactly what was sent, so undo, branch and regenerate restore
+  that node's state;
+- every part of the prompt has a token budget, so its size is bounded however long the story;
+- the reply is a validated JSON object (guided decoding where the backend has it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from memory.episodic import EpisodicMemory
+from memory.errors import InvalidRecord
+from memory.records import BibleEntry, NewStoryNode, Story, StoryNode
+from memory.retrieval import clip
+from memory.stories import SqlStoryStore
+from serving.llm import LLM, ChatMessage, SamplingParams
+
+Mode = Literal["novel", "interactive"]
+
+
+@dataclass(frozen=True, slots=True)
+class WriterConfig:
+    """Token budgets of each prompt part, and sampling; ``app`` builds one and passes it in."""
+
+    short_term_tokens: int = 300
+    """Most tokens of short-term memory shown (and asked for)."""
+    recall_tokens: int = 600
+    """Most tokens of recalled long-term memory per step."""
+    last_paragraph_tokens: int = 400
+    """Most tokens of the last paragraph shown (its end, if longer)."""
+    bible_tokens: int = 300
+    """Most tokens of story-bible entries per step."""
+    outline_tokens: int = 300
+    """Most tokens of the outline shown."""
+    instruction_tokens: int = 200
+    """Most tokens of the plan or the reader's action."""
+    paragraph_tokens: int = 350
+    """Size of a paragraph asked for (tokens); bounds the reply."""
+    temperature: float = 0.8
+    """Sampling temperature of generation."""
+    top_p: float = 0.95
+
+
+class MemoryUpdate(BaseModel):
+    reason: str = Field(max_length=600, description="Why the short-term memory changed.")
+    short_term_memory: str = Field(
+        min_length=1, max_length=2400, description="The rewritten running summary."
+    )
+
+
+class StepReply(BaseModel):
+    """What the model answers each step."""
+
+    paragraph: str = Field(min_length=1, max_length=2800)
+    memory_update: MemoryUpdate
+    plans: list[str] = Field(min_length=3, max_length=3)
+
+
+class StartReply(BaseModel):
+    """What the model answers when a story starts."""
+
+    title: str = Field(min_length=1, max_length=120)
+    outline: str = Field(min_length=1, max_length=1600)
+    paragraphs: list[str] = Field(min_length=1, max_length=3)
+    short_term_memory: str = Field(min_length=1, max_length=2400)
+    plans: list[str] = Field(min_length=3, max_length=3)
+
+
+_PLAN_CHARS = 400
+
+
+def _reply_tokens(config: WriterConfig) -> int:
+    """Tokens a reply may take: the paragraph, the memory, its reason, three plans and the JSON
+    around them. A reply cut short is repaired by ``generate_json`` (bounded retries)."""
+    return config.paragraph_tokens + config.short_term_tokens + 3 * 80 + 100 + 120
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A prompt and its parts' sizes (the token-budget view)."""
+
+    messages: list[ChatMessage]
+    parts: dict[str, int]
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "parts": {name: {"tokens": tokens} for name, tokens in self.parts.items()},
+            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
+        }
+
+
+_NOVEL = (
+    "You are a novelist writing a long story one paragraph at a time. You keep a short-term "
+    "memory: a concise running summary of what matters now. Answer with JSON only."
+)
+_INTERACTIVE = (
+    "You are the narrator of an interactive story. The reader is the protagonist: write in the "
+    "second person ('you'), answer the reader's action, and offer three options for what they "
+    "might do next. You keep a short-term memory of what matters now. Answer with JSON only."
+)
+
+
+def _words(text: str) -> set[str]:
+    """Content words: four letters or more (so "the", "and", "was" never make a match)."""
+    return set(re.findall(r"[a-z0-9']{4,}", text.lower()))
+
+
+class RecurrentWriter:
+    """Writes a story in a tree of steps, each with its own memory state."""
+
+    def __init__(
+        self,
+        stories: SqlStoryStore,
+        memory_for: Callable[[str], EpisodicMemory],
+        llm: LLM,
+        config: WriterConfig = WriterConfig(),
+    ) -> None:
+        self.stories = stories
+        self.memory_for = memory_for
+        self.llm = llm
+        self.config = config
+
+    # -- starting ---------------------------------------------------------------------------
+
+    async def start(
+        self, namespace: str, *, genre: str, premise: str, mode: Mode = "novel"
+    ) -> tuple[Story, StoryNode]:
+        """A new story from a genre and a premise: title, outline, first paragraphs, first
+        short-term memory and three plans. ``namespace`` will hold its long-term memory."""
+        if not genre.strip() or not premise.strip():
+            raise InvalidRecord("a story needs a genre and a premise; give both")
+        memory = self.memory_for(namespace)
+        count = memory.count_tokens
+        person = "second person, the reader is the protagonist" if mode == "interactive" else ""
+        user = (
+            f"Genre: {genre.strip()}\nPremise: {clip(premise.strip(), 400, count)}\n\n"
+            "Start the story. Give a title, an outline of the whole story (a few sentences), "
+            f"the first one to three paragraphs{' (' + person + ')' if person else ''}, a "
+            "short-term memory summarising what the reader must keep in mind, and three "
+            "different plans for the next paragraph."
+        )
+        system = _INTERACTIVE if mode == "interactive" else _NOVEL
+        messages = [ChatMessage("system", system), ChatMessage("user", user)]
+        prompt = Prompt(messages, {"instructions": count(system) + count(user)})
+        reply = await self.llm.generate_json(messages, StartReply, self._params())
+        memory.store.namespace(namespace)
+        story = self.stories.create(
+            namespace,
+            title=reply.title.strip(),
+            genre=genre.strip(),
+            premise=premise.strip(),
+            outline=reply.outline.strip(),
+            mode=mode,
+        )
+        text = "\n\n".join(p.strip() for p in reply.paragraphs if p.strip())
+        episode_ids = await self._remember(memory, text)
+        root = self.stories.add_node(
+            story.id,
+            None,
+            NewStoryNode(
+                instruction="",
+                paragraph=text,
+                short_term_memory=clip(
+                    reply.short_term_memory, self.config.short_term_tokens, count
+                ),
+                memory_reason="the story starts",
+                plans=[p.strip()[:_PLAN_CHARS] for p in reply.plans],
+                episode_ids=episode_ids,
+                prompt=prompt.record(),
+            ),
+        )
+        return self.stories.get(story.id), root
+
+    # -- stepping ---------------------------------------------------------------------------
+
+    async def step(
+        self,
+        story_id: int,
+        *,
+        plan: str | None = None,
+        action: str | None = None,
+        parent_id: int | None = None,
+    ) -> StoryNode:
+        """Write the paragraph after ``parent_id`` (default: the head) following ``plan`` (or,
+        in interactive mode, the reader's ``action``); the new node becomes the head."""
+        story = self.stories.get(story_id)
+        parent = self.stories.node(story_id, parent_id or self._head(story))
+        instruction = (action if story.mode == "interactive" and action else plan) or ""
+        if not instruction.strip():
+            instruction = parent.plans[0] if parent.plans else "Continue the story."
+        memory = self.memory_for(self._namespace(story))
+        prompt = await self.prompt(story, parent, instruction, memory)
+        reply = await self.llm.generate_json(prompt.messages, StepReply, self._params())
+        paragraph = reply.paragraph.strip()
+        episode_ids = await self._remember(memory, paragraph)
+        count = memory.count_tokens
+        return self.stories.add_node(
+            story_id,
+            parent.id,
+            NewStoryNode(
+                instruction=instruction.strip(),
+                paragraph=paragraph,
+                short_term_memory=clip(
+                    reply.memory_update.short_term_memory, self.config.short_term_tokens, count
+                ),
+                memory_reason=reply.memory_update.reason.strip(),
+                plans=[p.strip()[:_PLAN_CHARS] for p in reply.plans],
+                episode_ids=episode_ids,
+                prompt=prompt.record(),
+            ),
+        )
+
+    async def regenerate(self, story_id: int, node_id: int) -> StoryNode:
+        """Another take on a step: a sibling of ``node_id`` with the same instruction."""
+        node = self.stories.node(story_id, node_id)
+        if node.parent_id is None:
+            raise InvalidRecord("the opening cannot be regenerated; start a new story instead")
+        story = self.stories.get(story_id)
+        key = "action" if story.mode == "interactive" else "plan"
+        return await self.step(story_id, parent_id=node.parent_id, **{key: node.instruction})
+
+    def undo(self, story_id: int) -> StoryNode:
+        """Move the head back to its parent (the undone step stays, as a branch)."""
+        story = self.stories.get(story_id)
+        head = self.stories.node(story_id, self._head(story))
+        if head.parent_id is None:
+            raise InvalidRecord("nothing to undo: the story is at its opening")
+        self.stories.set_head(story_id, head.parent_id)
+        return self.stories.node(story_id, head.parent_id)
+
+    def switch(self, story_id: int, node_id: int) -> StoryNode:
+        """Continue from any node (another branch): the next step sees that node's memory."""
+        self.stories.set_head(story_id, node_id)
+        return self.stories.node(story_id, node_id)
+
+    def edit_memory(self, story_id: int, node_id: int, short_term_memory: str) -> StoryNode:
+        """The writer's own short-term memory for a node (the next step reads it)."""
+        if not short_term_memory.strip():
+            raise InvalidRecord("short-term memory cannot be empty; write a sentence or two")
+        return self.stories.update_node(story_id, node_id, short_term_memory=short_term_memory)
+
+    def text(self, story_id: int, node_id: int | None = None) -> str:
+        """The story from its opening to ``node_id`` (default: the head)."""
+        story = self.stories.get(story_id)
+        path = self.stories.path(story_id, node_id or self._head(story))
+        return "\n\n".join(node.paragraph for node in path)
+
+    # -- the prompt -------------------------------------------------------------------------
+
+    async def prompt(
+        self, story: Story, parent: StoryNode, instruction: str, memory: EpisodicMemory
+    ) -> Prompt:
+        """The step's prompt, every part within its budget (so bounded in story length)."""
+        config, count = self.config, memory.count_tokens
+        path = self.stories.path(story.id, parent.id)
+        timeline = [eid for node in path[:-1] for eid in node.episode_ids]
+        instruction = clip(instruction.strip(), config.instruction_tokens, count)
+        last = _tail(parent.paragraph, config.last_paragraph_tokens, count)
+        query = clip(f"{instruction}\n{last[-600:]}", config.recall_tokens // 2, count)
+        recalled = (
+            await memory.search(query, budget_tokens=config.recall_tokens, within=timeline)
+            if timeline and query.strip()
+            else []
+        )
+        bible = self._bible(story.id, f"{instruction}\n{last}", count)
+        parts = {
+            "story": f"Title: {story.title}\nGenre: {story.genre}\nOutline: "
+            + clip(story.outline, config.outline_tokens, count),
+            "short-term memory": clip(parent.short_term_memory, config.short_term_tokens, count),
+            "story bible": "\n".join(f"- {e.name} ({e.kind}): {e.text}" for e in bible),
+            "recalled events": "\n---\n".join(r.text.strip() for r in recalled),
+            "last paragraph": last,
+            "instruction": instruction,
+        }
+        ask = "Reader's action" if story.mode == "interactive" else "Plan for the next paragraph"
+        body = "\n\n".join(
+            [
+                f"{parts['story']}",
+                f"Short-term memory:\n{parts['short-term memory']}",
+                *([f"Story bible:\n{parts['story bible']}"] if bible else []),
+                *([f"Earlier events:\n{parts['recalled events']}"] if recalled else []),
+                f"Last paragraph:\n{last}",
+                f"{ask}:\n{instruction}",
+                f"Write the next paragraph (about {config.paragraph_tokens} tokens at most), "
+                "rewrite the short-term memory (say why it changed), and give three different "
+                "plans for the paragraph after it.",
+            ]
+        )
+        system = _INTERACTIVE if story.mode == "interactive" else _NOVEL
+        sizes = {name: count(text) for name, text in parts.items()}
+        sizes["instructions"] = count(system) + count(body) - sum(sizes.values())
+        return Prompt([ChatMessage("system", system), ChatMessage("user", body)], sizes)
+
+    def _bible(self, story_id: int, context: str, count: Callable[[str], int]) -> list[BibleEntry]:
+        """Entries mentioned in ``context`` (name or alias) first, then by shared words, within
+        the bible budget."""
+        entries = self.stories.entries(story_id)
+        lowered, words = context.lower(), _words(context)
+
+        def rank(entry: BibleEntry) -> tuple[int, int]:
+            names = [entry.name, *entry.aliases]
+            mentioned = any(n.lower() in lowered for n in names if n.strip())
+            return (0 if mentioned else 1, -len(_words(entry.text) & words))
+
+        chosen, left = [], self.config.bible_tokens
+        for entry in sorted(entries, key=rank):
+            if rank(entry) == (1, 0):
+                break  # neither mentioned nor sharing a word
+            size = count(f"- {entry.name} ({entry.kind}): {entry.text}")
+            if size <= left:
+                chosen.append(entry)
+                left -= size
+        return chosen
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _remember(self, memory: EpisodicMemory, paragraph: str) -> list[int]:
+        """Ingest one paragraph into long-term memory; its episode ids, in order."""
+        if not paragraph.strip():
+            return []
+        done = await memory.ingest(paragraph, name="paragraph")
+        return [e.id for e in done.episodes]
+
+    def _params(self) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=_reply_tokens(self.config),
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+        )
+
+    def _namespace(self, story: Story) -> str:
+        return story.namespace
+
+    @staticmethod
+    def _head(story: Story) -> int:
+        if story.head_node_id is None:
+            raise InvalidRecord(f"story {story.id} has no opening yet; start it first")
+        return story.head_node_id
+
+
+def _tail(text: str, limit: int, count: Callable[[str], int]) -> str:
+    """The end of ``text`` within ``limit`` tokens, starting at a word."""
+    if count(text) <= limit:
+        return text
+    words = text.split(" ")
+    low, high = 0, len(words)
+    while low < high:  # smallest start index whose tail fits
+        middle = (low + high) // 2
+        if count(" ".join(words[middle:])) <= limit:
+            high = middle
+        else:
+            low = middle + 1
+    return " ".join(words[low:])
+
+
+__all__: Sequence[str] = ["RecurrentWriter", "StartReply", "StepReply", "WriterConfig"]

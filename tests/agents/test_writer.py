@@ -1,0 +1,242 @@
+"""RecurrentWriter over real SQL + Chroma, with a scripted LLM behind the real JSON repair loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from agents.writer import RecurrentWriter, WriterConfig
+from memory import ChromaVectorIndex, Database, MemoryStore
+from memory.episodic import EpisodicMemory
+from memory.errors import InvalidRecord
+from memory.segmentation import SegmenterConfig
+from memory.segmenters import FixedSegmenter
+from memory.stories import SqlStoryStore
+from serving.errors import StructuredOutputError
+from serving.llm import GREEDY, ChatMessage, Completion, SamplingParams, Schema, StreamDelta
+from serving.structured import validated
+from tests.fakes import HashEmbedder
+
+T = TypeVar("T")
+
+Reply = Callable[[str, int], str]  # (user prompt, call number) -> raw reply text
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def step_reply(paragraph: str, memory: str = "The hero is at sea.") -> str:
+    return json.dumps(
+        {
+            "paragraph": paragraph,
+            "memory_update": {"reason": "new events", "short_term_memory": memory},
+            "plans": ["Go north.", "Go south.", "Wait for dawn."],
+        }
+    )
+
+
+START = json.dumps(
+    {
+        "title": "The Salt Road",
+        "outline": "A courier crosses the desert with a sealed letter.",
+        "paragraphs": ["Mara left the oasis at dawn with the sealed letter."],
+        "short_term_memory": "Mara carries a sealed letter across the desert.",
+        "plans": ["She meets a caravan.", "A storm rises.", "She opens the letter."],
+    }
+)
+
+
+class ScriptedLLM:
+    """The LLM Protocol's JSON path: raw replies from a script, validated by the real loop."""
+
+    model = "scripted"
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.prompts: list[str] = []
+
+    async def generate_json(
+        self, messages: Sequence[ChatMessage], schema: type[Schema], params: SamplingParams = GREEDY
+    ) -> Schema:
+        async def generate(conversation: Sequence[ChatMessage]) -> str:
+            self.prompts.append(conversation[-1].content)
+            return self.reply(messages[-1].content, len(self.prompts))
+
+        return await validated(generate, messages, schema)
+
+    async def chat(
+        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
+    ) -> Completion:
+        raise NotImplementedError
+
+    async def complete(self, prompt: str, params: SamplingParams = GREEDY) -> Completion:
+        raise NotImplementedError
+
+    def stream_chat(
+        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
+    ) -> AsyncIterator[StreamDelta]:
+        raise NotImplementedError
+
+    def stream_complete(
+        self, prompt: str, params: SamplingParams = GREEDY
+    ) -> AsyncIterator[StreamDelta]:
+        raise NotImplementedError
+
+    async def token_logprobs(self, text: str) -> list[Any]:
+        raise NotImplementedError
+
+    async def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+def echo(user: str, call: int) -> str:
+    """Start, then a paragraph that names the instruction it was given."""
+    if "Start the story" in user:
+        return START
+    instruction = user.split(":\n")[-1].split("\n\nWrite the next")[0].strip()
+    return step_reply(f"Step {call}. Following '{instruction}', the journey went on.")
+
+
+def writer_for(
+    store: MemoryStore, llm: ScriptedLLM, config: WriterConfig | None = None
+) -> RecurrentWriter:
+    segmenter = FixedSegmenter(SegmenterConfig(min_tokens=4, max_tokens=120))
+    return RecurrentWriter(
+        SqlStoryStore(store.database),
+        lambda ns: EpisodicMemory(store, ns, segmenter),
+        llm,  # type: ignore[arg-type]
+        config or WriterConfig(),
+    )
+
+
+def test_start_then_steps_grow_one_branch(store: MemoryStore) -> None:
+    writer = writer_for(store, ScriptedLLM(echo))
+    story, root = run(writer.start("story-1", genre="adventure", premise="A courier and a letter."))
+    assert story.title == "The Salt Road" and story.head_node_id == root.id
+    assert len(root.plans) == 3 and root.episode_ids
+    node = run(writer.step(story.id, plan="She meets a caravan."))
+    assert node.parent_id == root.id and "She meets a caravan." in node.paragraph
+    assert node.short_term_memory == "The hero is at sea."
+    parts = node.prompt["parts"]
+    assert set(parts) >= {"short-term memory", "last paragraph", "instruction", "instructions"}
+    assert all(p["tokens"] >= 0 for p in parts.values())
+    assert writer.text(story.id).count("\n\n") == 1
+
+
+def test_branches_never_see_each_other(store: MemoryStore) -> None:
+    llm = ScriptedLLM(echo)
+    writer = writer_for(store, llm)
+    story, root = run(writer.start("story-1", genre="adventure", premise="A courier."))
+    first = run(writer.step(story.id, plan="The ZEBRA herd crossed the dunes."))
+    run(writer.step(story.id, plan="Night fell over the ZEBRA herd."))
+    writer.undo(story.id)
+    writer.undo(story.id)
+    other = run(writer.step(story.id, plan="A storm rises."))
+    assert other.parent_id == root.id
+    run(writer.step(story.id, plan="The dunes again."))
+    assert "ZEBRA" not in llm.prompts[-1]  # the sibling branch's paragraphs are not recalled
+    writer.switch(story.id, first.id)
+    assert "ZEBRA" in writer.text(story.id)
+    with pytest.raises(InvalidRecord, match="nothing to undo"):
+        writer.switch(story.id, root.id)
+        writer.undo(story.id)
+
+
+def test_recall_brings_back_an_early_event_on_the_branch(store: MemoryStore) -> None:
+    llm = ScriptedLLM(echo)
+    writer = writer_for(store, llm, WriterConfig(recall_tokens=200))
+    story, _ = run(writer.start("story-1", genre="adventure", premise="A courier."))
+    run(writer.step(story.id, plan="The lighthouse keeper gave Mara a brass compass."))
+    for i in range(6):
+        run(writer.step(story.id, plan=f"Walk day {i}."))
+    run(writer.step(story.id, plan="Mara takes out the brass compass from the lighthouse keeper."))
+    assert "Earlier events" in llm.prompts[-1] and "brass compass" in llm.prompts[-1]
+
+
+def test_regenerate_is_a_sibling_with_the_same_plan(store: MemoryStore) -> None:
+    writer = writer_for(store, ScriptedLLM(echo))
+    story, root = run(writer.start("story-1", genre="adventure", premise="A courier."))
+    node = run(writer.step(story.id, plan="A storm rises."))
+    again = run(writer.regenerate(story.id, node.id))
+    assert again.parent_id == root.id and again.instruction == node.instruction
+    assert again.id != node.id
+    with pytest.raises(InvalidRecord, match="opening"):
+        run(writer.regenerate(story.id, root.id))
+
+
+def test_edited_memory_is_what_the_next_step_reads(store: MemoryStore) -> None:
+    llm = ScriptedLLM(echo)
+    writer = writer_for(store, llm)
+    story, root = run(writer.start("story-1", genre="adventure", premise="A courier."))
+    writer.edit_memory(story.id, root.id, "Mara secretly fears the sea.")
+    run(writer.step(story.id, plan="Go on."))
+    assert "Mara secretly fears the sea." in llm.prompts[-1]
+    with pytest.raises(InvalidRecord, match="empty"):
+        writer.edit_memory(story.id, root.id, "  ")
+
+
+def test_malformed_reply_is_repaired_and_hostile_one_changes_nothing(store: MemoryStore) -> None:
+    replies = {2: 'Sure! Here is the paragraph: {"paragraph": ', 3: step_reply("Fixed.")}
+    llm = ScriptedLLM(lambda user, call: START if call == 1 else replies[call])
+    writer = writer_for(store, llm)
+    story, _ = run(writer.start("story-1", genre="adventure", premise="A courier."))
+    node = run(writer.step(story.id, plan="Go on."))
+    assert node.paragraph == "Fixed." and len(llm.prompts) == 3
+    hostile = ScriptedLLM(lambda user, call: '{"paragraph": 5, "plans": "DROP TABLE stories"}')
+    writer = writer_for(store, hostile)
+    before = writer.stories.tree(story.id)
+    with pytest.raises(StructuredOutputError):
+        run(writer.step(story.id, plan="Go on."))
+    assert writer.stories.tree(story.id) == before
+    assert writer.stories.get(story.id).head_node_id == node.id
+
+
+def test_interactive_mode_answers_the_readers_action(store: MemoryStore) -> None:
+    llm = ScriptedLLM(echo)
+    writer = writer_for(store, llm)
+    story, _ = run(writer.start("story-1", genre="mystery", premise="You wake in a locked room.",
+                                mode="interactive"))  # fmt: skip
+    node = run(writer.step(story.id, action="I try the door handle."))
+    assert "I try the door handle." in node.paragraph
+    assert "Reader's action" in llm.prompts[-1]
+
+
+def test_bible_entries_mentioned_are_in_the_prompt(store: MemoryStore) -> None:
+    llm = ScriptedLLM(echo)
+    writer = writer_for(store, llm)
+    story, _ = run(writer.start("story-1", genre="adventure", premise="A courier."))
+    writer.stories.upsert_entry(story.id, kind="character", name="Idris",
+                                text="A one-eyed caravan master who owes Mara a debt.")  # fmt: skip
+    writer.stories.upsert_entry(story.id, kind="place", name="Qasr",
+                                text="A ruined fortress on the salt flats.")  # fmt: skip
+    run(writer.step(story.id, plan="Idris appears at the well."))
+    assert "one-eyed caravan master" in llm.prompts[-1]
+    assert "ruined fortress" not in llm.prompts[-1]
+
+
+@pytest.mark.slow
+def test_prompt_stays_bounded_over_500_steps(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'w.db'}")
+    database.upgrade()
+    store, _ = MemoryStore.open(database, ChromaVectorIndex(path=tmp_path / "c"), HashEmbedder())
+    long = " ".join(["The caravan moved through the endless dunes under a white sun."] * 12)
+    llm = ScriptedLLM(lambda user, call: START if call == 1 else step_reply(
+        f"{long} Day {call}.", memory=" ".join(["Mara remembers everything."] * 80)))  # fmt: skip
+    config = WriterConfig()
+    writer = writer_for(store, llm, config)
+    story, _ = run(writer.start("long", genre="adventure", premise="A courier."))
+    sizes = []
+    for i in range(500):
+        node = run(writer.step(story.id, plan=f"Day {i}: keep walking through the dunes."))
+        sizes.append(sum(p["tokens"] for p in node.prompt["parts"].values()))
+    budgets = (config.short_term_tokens, config.recall_tokens, config.last_paragraph_tokens,
+               config.bible_tokens, config.outline_tokens, config.instruction_tokens)  # fmt: skip
+    bound = sum(budgets) + 400  # + the fixed instructions
+    assert max(sizes) <= bound
+    assert sizes[-1] <= sizes[9] * 1.1
