@@ -257,9 +257,7 @@ class RecurrentWriter:
 
     def text(self, story_id: int, node_id: int | None = None) -> str:
         """The story from its opening to ``node_id`` (default: the head)."""
-        story = self.stories.get(story_id)
-        path = self.stories.path(story_id, node_id or self._head(story))
-        return "\n\n".join(node.paragraph for node in path)
+        return story_text(self.stories, story_id, node_id)
 
     # -- the prompt -------------------------------------------------------------------------
 
@@ -354,6 +352,14 @@ class RecurrentWriter:
         return story.head_node_id
 
 
+def story_text(stories: SqlStoryStore, story_id: int, node_id: int | None = None) -> str:
+    """A story's paragraphs from its opening to ``node_id`` (default: the head); "" if none."""
+    target = node_id or stories.get(story_id).head_node_id
+    if target is None:
+        return ""
+    return "\n\n".join(node.paragraph for node in stories.path(story_id, target))
+
+
 def _tail(text: str, limit: int, count: Callable[[str], int]) -> str:
     """The end of ``text`` within ``limit`` tokens, starting at a word."""
     if count(text) <= limit:
@@ -369,4 +375,10 @@ def _tail(text: str, limit: int, count: Callable[[str], int]) -> str:
     return " ".join(words[low:])
 
 
-__all__: Sequence[str] = ["RecurrentWriter", "StartReply", "StepReply", "WriterConfig"]
+__all__: Sequence[str] = [
+    "RecurrentWriter",
+    "StartReply",
+    "StepReply",
+    "WriterConfig",
+    "story_text",
+]

@@ -1,0 +1,31 @@
+"""app.writing: a story's lifetime through the composition, with the scripted LLM."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from app.reading import Reading
+from app.settings import load_settings
+from app.writing import Writing, story_namespace
+from memory import MemoryStore
+from tests.agents.test_writer import ScriptedLLM, echo
+
+
+def test_story_lifetime(store: MemoryStore, tmp_path: Path) -> None:
+    reading = Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo))  # type: ignore[arg-type]
+    writing = Writing(reading)
+    story, _ = asyncio.run(writing.start("adventure", "A courier crosses the desert."))
+    asyncio.run(writing.writer.step(story.id, plan="A storm rises."))
+    markdown = writing.markdown(story.id)
+    assert markdown.startswith("# The Salt Road") and "A storm rises." in markdown
+    assert store.episodes.count(story.namespace) >= 2
+    writing.delete(story.id)
+    assert writing.stories.all() == []
+    assert story.namespace not in [n.name for n in store.namespaces.all()]
+
+
+def test_namespaces_are_fresh_and_safe() -> None:
+    first, second = story_namespace("The Salt Road!"), story_namespace("The Salt Road!")
+    assert first != second and first.startswith("story-the-salt-road-")
+    assert story_namespace("???").startswith("story-untitled-")
