@@ -14,6 +14,8 @@ from app.reading import Reading
 from memory.records import Story, StoryNode
 from memory.stories import SqlStoryStore
 
+__all__ = ["Story", "StoryNode", "Writing", "story_namespace"]
+
 
 def story_namespace(title: str) -> str:
     """A fresh namespace for a story's long-term memory: ``story-<slug>-<8 hex>``."""

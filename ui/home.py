@@ -5,10 +5,10 @@ from __future__ import annotations
 import streamlit as st
 
 from app.overview import overview
+from ui import write
 
 
-def main() -> None:
-    st.set_page_config(page_title="Mneme", page_icon="📜", layout="wide")
+def home() -> None:
     st.title("Mneme")
     st.caption("Write and read text far longer than any model's context.")
     info = overview()
@@ -21,6 +21,15 @@ def main() -> None:
     col_episodes.metric("Episodes", info.episodes)
     col_documents.metric("Documents", info.documents)
     st.write(f"Database: `{info.database}` (migration `{info.revision}`)")
+
+
+def main() -> None:
+    st.set_page_config(page_title="Mneme", page_icon="📜", layout="wide")
+    pages = [
+        st.Page(home, title="Home", default=True),
+        st.Page(write.main, title="Write", url_path="write"),
+    ]
+    st.navigation(pages).run()
 
 
 main()

@@ -1,0 +1,80 @@
+"""The writer's page with Streamlit's AppTest: real stores, the scripted LLM via the studio."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app import studio as studio_module
+from app.reading import Reading
+from app.settings import load_settings
+from app.studio import Studio
+from memory import MemoryStore
+from tests.agents.test_writer import ScriptedLLM, echo
+
+SCRIPT = "from ui.write import main\nmain()\n"
+
+
+@pytest.fixture
+def studio(store: MemoryStore, tmp_path: Path) -> Iterator[Studio]:
+    reading = Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo))  # type: ignore[arg-type]
+    studio = Studio(reading)
+    studio_module.use(studio)
+    yield studio
+    studio_module.use(None)
+
+
+def started(studio: Studio) -> AppTest:
+    app = AppTest.from_string(SCRIPT, default_timeout=60).run()
+    assert not app.exception
+    assert "No story yet" in app.sidebar.info[0].value
+    app.sidebar.text_input[0].input("adventure")
+    app.sidebar.text_area[0].input("A courier crosses the desert with a sealed letter.")
+    app.sidebar.button[0].click().run()
+    assert not app.exception and not app.error
+    return app
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_start_write_undo_and_memory(studio: Studio) -> None:
+    app = started(studio)
+    assert app.header[0].value == "The Salt Road"
+    plans = [t for t in app.text_area if t.label.startswith("Option")]
+    assert len(plans) == 3
+    next(b for b in app.button if b.label == "Write this").click().run()
+    assert not app.exception and not app.error
+    assert "step 1" in app.caption[0].value
+    story = studio.writing.stories.all()[0]
+    assert len(studio.writing.stories.tree(story.id)) == 2
+    next(b for b in app.button if b.label == "Undo").click().run()
+    assert "step 0" in app.caption[0].value
+    memory = next(t for t in app.text_area if t.label == "Short-term memory")
+    memory.input("Mara fears the sea.").run()
+    next(b for b in app.button if b.label == "Save memory").click().run()
+    assert app.success and "Saved" in app.success[0].value
+    story = studio.writing.stories.get(story.id)
+    assert story.head_node_id is not None
+    head = studio.writing.stories.node(story.id, story.head_node_id)
+    assert head.parent_id is None and head.short_term_memory == "Mara fears the sea."
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_budget_tab_shows_the_prompt_parts(studio: Studio) -> None:
+    app = started(studio)
+    next(b for b in app.button if b.label == "Write this").click().run()
+    assert any(m.label == "Prompt tokens" and int(m.value) > 0 for m in app.metric)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_llm_failure_is_a_message_not_a_traceback(studio: Studio) -> None:
+    studio.reading._llm = ScriptedLLM(lambda user, call: "not json at all")  # type: ignore[assignment]
+    app = AppTest.from_string(SCRIPT, default_timeout=60).run()
+    app.sidebar.text_input[0].input("adventure")
+    app.sidebar.text_area[0].input("A premise.")
+    app.sidebar.button[0].click().run()
+    assert not app.exception
+    assert "no valid StartReply" in app.error[0].value
+    assert app.sidebar.text_area[0].value == "A premise."  # what was typed is kept
