@@ -27,7 +27,7 @@ from memory.episodes import Vectors
 from memory.errors import InvalidQuery, InvalidRecord, NotFound
 from memory.forgetting import ForgetPolicy, to_forget
 from memory.records import Document, Episode, EpisodeVersion, NewEpisode
-from memory.retrieval import Reason, Recall, neighbour_ordinals, pack
+from memory.retrieval import Reach, Reason, Recall, neighbour_positions, neighbours, pack
 from memory.segmentation import Event, StreamingSegmenter, approximate_tokens
 from memory.segmenters import Segmenter
 from memory.store import MemoryStore
@@ -71,10 +71,8 @@ class RecallDefaults:
     """Episodes taken by similarity to the query (stage one)."""
     k_contiguous: int = 8
     """Neighbours of those added from the contiguity buffer (stage two)."""
-    contiguity_decay: float = 0.9
-    """A neighbour's score: its hit's similarity x decay per step of distance (unitless)."""
-    contiguity_reach: int = 3
-    """Farthest neighbour of a hit the contiguity buffer considers (episodes)."""
+    reach: Reach = field(default_factory=Reach)
+    """How far the contiguity buffer follows a hit (tokens after and before) and its decay."""
     embed_batch: int = 256
     """Episodes embedded per call during ingestion (progress is reported per batch)."""
 
@@ -336,23 +334,15 @@ class EpisodicMemory:
 
         similar = await self._similar(query, k_s, eligible, filtered=document_id or timeline)
         candidates: list[tuple[Episode, float, Reason]] = [(e, s, "similarity") for e, s in similar]
-        by_position = {position(e): (e, s) for e, s in similar}
-        wanted = neighbour_ordinals(
-            [(position(e), s) for e, s in similar],
-            k_c,
-            self.defaults.contiguity_decay,
-            self.defaults.contiguity_reach,
-        )
-        found = {position(e): e for e in await self._at(wanted, within)}
-        for where, hit, distance in wanted:
-            neighbour = found.get(where)
-            parent, score = by_position[hit]
-            if neighbour is None or not eligible(neighbour):
-                continue
-            if neighbour.document_id != parent.document_id:
-                continue  # contiguity is within a document
-            decayed = score * self.defaults.contiguity_decay**distance
-            candidates.append((neighbour, decayed, "contiguity"))
+        hits = [(e, position(e), s) for e, s in similar]
+        fetched = await self._at(neighbour_positions([p for _, p, _ in hits]), within)
+        found = {position(e): e for e in fetched}
+
+        def same(hit: Episode, neighbour: Episode) -> bool:
+            return eligible(neighbour) and neighbour.document_id == hit.document_id
+
+        near = neighbours(hits, found, k_c, self.defaults.reach, same)
+        candidates += [(e, worth, "contiguity") for e, worth in near]
         recalled = await self._call(pack, candidates, budget, self.count_tokens)
         if recalled:
             await self._call(
@@ -390,14 +380,11 @@ class EpisodicMemory:
             fetch *= 4
         return similar[:k]
 
-    async def _at(
-        self, wanted: Sequence[tuple[int, int, int]], within: Sequence[int] | None
-    ) -> list[Episode]:
-        """Episodes at the wanted positions: ordinals, or indexes into ``within``."""
+    async def _at(self, positions: Sequence[int], within: Sequence[int] | None) -> list[Episode]:
+        """Episodes at the given positions: ordinals, or indexes into ``within``."""
         if within is None:
-            ordinals = [where for where, _, _ in wanted]
-            return await self._call(self.store.episodes.at_ordinals, self.namespace, ordinals)
-        ids = [within[where] for where, _, _ in wanted if where < len(within)]
+            return await self._call(self.store.episodes.at_ordinals, self.namespace, positions)
+        ids = [within[where] for where in positions if where < len(within)]
         return await self._call(self.store.episodes.get_many, self.namespace, ids)
 
     async def get(self, episode_id: int) -> Episode:

@@ -2,8 +2,9 @@
 
 Stage one takes the ``k_similar`` episodes nearest to the query. Stage two adds up to
 ``k_contiguous`` of their temporal neighbours — the events just after and before each hit, in
-the same document, ranked by the hit's similarity decayed with distance — because what follows
-a matching passage often holds the answer. Candidates
+the same document, within a reach measured in tokens (more after a hit than before it), ranked
+by the hit's similarity decayed with distance — because what follows a matching passage often
+holds the answer. Candidates
 are packed greedily, best first, into the token budget and returned in document order.
 """
 
@@ -26,7 +27,7 @@ class Recall:
     """One recalled episode: a citation (document, character offsets) with why it was chosen.
 
     ``score`` is cosine similarity for a similarity hit; for a neighbour, its hit's similarity
-    times ``contiguity_decay`` per step of distance.
+    decayed with the tokens between them (see :class:`Reach`).
     """
 
     episode_id: int
@@ -40,32 +41,64 @@ class Recall:
     reason: Reason
 
 
-def neighbour_ordinals(
-    hits: Sequence[tuple[int, float]], k_contiguous: int, decay: float, reach: int = 3
-) -> list[tuple[int, int, int]]:
-    """(position, hit position, distance) of the ``k_contiguous`` best neighbours of the hits.
+NEIGHBOUR_SCAN = 8
+"""Episodes looked at on each side of a hit when filling its contiguity reach."""
 
-    ``hits`` are (position, similarity). Each hit offers the episodes up to ``reach`` steps
-    after and before it, worth similarity x ``decay`` ^ distance; the best are taken, so a
-    strong hit brings a longer stretch of what follows it than a weak one. Ties go to the
-    episode after a hit, then to the nearer, then to the better-ranked hit. Hits themselves and
-    repeats are skipped.
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """How far the contiguity buffer follows a hit, in tokens of text between them."""
+
+    after_tokens: int = 128
+    """Neighbours starting within this many tokens after the hit's end are offered."""
+    before_tokens: int = 32
+    """Neighbours ending within this many tokens before the hit's start are offered."""
+    decay: float = 0.9
+    """A neighbour is worth the hit's similarity x decay^(1 + gap / 128 tokens)."""
+
+
+def neighbour_positions(hits: Sequence[int]) -> list[int]:
+    """Positions to fetch so that :func:`neighbours` can walk each hit's reach."""
+    wanted = {p + d for p in hits for d in range(-NEIGHBOUR_SCAN, NEIGHBOUR_SCAN + 1)}
+    return sorted(p for p in wanted - set(hits) if p >= 0)
+
+
+def neighbours(
+    hits: Sequence[tuple[Episode, int, float]],
+    found: dict[int, Episode],
+    k_contiguous: int,
+    reach: Reach,
+    same: Callable[[Episode, Episode], bool],
+) -> list[tuple[Episode, float]]:
+    """The ``k_contiguous`` best neighbours of the hits, each with its worth.
+
+    ``hits`` are (episode, position, similarity); ``found`` maps positions to episodes. From
+    each hit the walk goes forward while the gap (tokens of the episodes in between) is under
+    ``reach.after_tokens``, and backward under ``reach.before_tokens``, stopping at a missing
+    position or one ``same`` rejects (another document, an expired episode). Reach in tokens,
+    not episodes, so small events (surprise) and large ones (fixed windows) cover the same text.
+    The best offers by worth are taken, ties to the nearer, then to the one after a hit; hits
+    and repeats are skipped.
     """
-    taken = {position for position, _ in hits}
-    offers = []
-    for rank, (hit, score) in enumerate(hits):
-        for distance in range(1, reach + 1):
-            for side, position in enumerate((hit + distance, hit - distance)):
-                if position >= 0 and position not in taken:
-                    worth = score * decay**distance
-                    offers.append((-worth, side, distance, rank, position, hit))
-    out: list[tuple[int, int, int]] = []
-    for _, _, distance, _, position, hit in sorted(offers):
+    taken = {position for _, position, _ in hits}
+    offers: list[tuple[float, int, int, int, int, Episode]] = []
+    for rank, (hit, position, score) in enumerate(hits):
+        for side, (step, limit) in enumerate(((1, reach.after_tokens), (-1, reach.before_tokens))):
+            gap = 0
+            for distance in range(1, NEIGHBOUR_SCAN + 1):
+                neighbour = found.get(position + step * distance)
+                if neighbour is None or gap >= limit or not same(hit, neighbour):
+                    break
+                worth = score * reach.decay ** (1 + gap / 128)
+                offers.append((-worth, gap, side, rank, position + step * distance, neighbour))
+                gap += neighbour.token_count
+    out: list[tuple[Episode, float]] = []
+    for negative, _, _, _, position, neighbour in sorted(offers, key=lambda o: o[:5]):
         if len(out) == k_contiguous:
             break
         if position not in taken:
             taken.add(position)
-            out.append((position, hit, distance))
+            out.append((neighbour, -negative))
     return out
 
 

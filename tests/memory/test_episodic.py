@@ -16,7 +16,8 @@ from memory import InvalidRecord, MemoryStore, NotFound
 from memory.episodic import EpisodicMemory, IngestProgress, SyncEpisodicMemory
 from memory.errors import InvalidQuery
 from memory.forgetting import ForgetPolicy
-from memory.retrieval import neighbour_ordinals
+from memory.records import Episode
+from memory.retrieval import Reach, neighbour_positions, neighbours
 from memory.scoring import plan_windows, score_text, scored_from_pieces
 from memory.segmentation import ScoredToken, SegmenterConfig, approximate_tokens
 from memory.segmenters import EmbeddingSegmenter, FixedSegmenter, SurpriseSegmenter
@@ -101,18 +102,45 @@ def test_contiguity_buffer_brings_the_following_event(store: MemoryStore) -> Non
     assert answer[0].score < max(h.score for h in hits if h.reason == "similarity")
 
 
-def test_neighbours_are_ranked_by_decayed_similarity() -> None:
-    # A strong hit brings its whole reach (after first) before a weak hit's nearest neighbour.
-    assert neighbour_ordinals([(10, 0.9), (3, 0.5)], 5, decay=0.9) == [
-        (11, 10, 1), (9, 10, 1), (12, 10, 2), (8, 10, 2), (13, 10, 3)
+def chain(sizes: list[int]) -> dict[int, Episode]:
+    """Episodes at positions 0..n-1 of one document, with the given token counts."""
+    now = utcnow()
+    return {
+        i: Episode(
+            i, 1, 1, i, f"e{i}", 0, 1, size, 0.0, 0.0, 1.0, False, None, 1, now, now, now, None, {}
+        )
+        for i, size in enumerate(sizes)
+    }
+
+
+def test_neighbours_follow_a_reach_in_tokens() -> None:
+    found = chain([40] * 20)
+
+    def same(a: Episode, b: Episode) -> bool:
+        return True
+
+    near = neighbours([(found[10], 10, 0.8)], found, 20, Reach(128, 32), same)
+    # Forward: gaps 0, 40, 80, 120 (< 128); backward: gap 0 only (< 32).
+    assert sorted(e.id for e, _ in near) == [9, 11, 12, 13, 14]
+    worth = {e.id: w for e, w in near}
+    assert worth[11] == worth[9] == pytest.approx(0.8 * 0.9)
+    assert worth[11] > worth[12] > worth[13] > worth[14]
+    # Small events reach further in episodes, large ones less: the same text either way.
+    small = chain([10] * 40)
+    assert len(neighbours([(small[20], 20, 0.8)], small, 40, Reach(128, 32), same)) == 8 + 4
+    big = chain([200] * 5)
+    assert [e.id for e, _ in neighbours([(big[2], 2, 0.8)], big, 9, Reach(128, 32), same)] == [
+        3, 1
     ]  # fmt: skip
-    assert neighbour_ordinals([(10, 0.5), (3, 0.5)], 4, decay=0.9) == [
-        (11, 10, 1), (4, 3, 1), (9, 10, 1), (2, 3, 1)
-    ]  # fmt: skip
-    assert neighbour_ordinals([(0, 1.0)], 9, decay=0.9) == [(1, 0, 1), (2, 0, 2), (3, 0, 3)]
-    # 7 is worth more as the strong hit 5's second step (0.648) than as 6's first (0.63).
-    assert neighbour_ordinals([(5, 0.8), (6, 0.7)], 2, decay=0.9) == [(4, 5, 1), (7, 5, 2)]
-    assert neighbour_ordinals([], 3, decay=0.9) == []
+
+
+def test_neighbours_prefer_strong_hits_and_stop_at_rejected_ones() -> None:
+    found = chain([40] * 20)
+    hits = [(found[3], 3, 0.9), (found[12], 12, 0.5)]
+    near = neighbours(hits, found, 3, Reach(128, 32), lambda a, b: b.id != 5)
+    assert [e.id for e, _ in near] == [4, 2, 13]  # 5 is rejected, so the walk from 3 stops
+    assert neighbours([], found, 3, Reach(), lambda a, b: True) == []
+    assert neighbour_positions([0, 10]) == [p for p in range(0, 19) if p not in (0, 10)]
 
 
 def test_namespaces_do_not_cross(store: MemoryStore) -> None:
