@@ -52,6 +52,8 @@ test-vllm: $(STAMP) vllm-venv
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.store
 	$(BIN)/python -m benchmarks.engine
+	$(BIN)/python -m benchmarks.retrieval
+	$(BIN)/python -m benchmarks.writer
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -499,6 +499,7 @@ class Options:
     json: Path | None
     data: Path
     tiny: Path
+    recall_only: bool = False
 
 
 def parse(argv: Sequence[str] | None = None) -> Options:
@@ -508,6 +509,9 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--quick", action="store_true", help="small inputs: under 3 minutes")
     parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
     parser.add_argument("--seed", type=int, default=0, help="seed of needle order and depths")
+    parser.add_argument(
+        "--recall-only", action="store_true", help="skip the throughput and latency sections"
+    )
     parser.add_argument("--data", type=Path, default=EVAL_DATA, help="the eval-data folder")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -523,6 +527,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         corpus_tokens=30_000 if quick else 1_000_000,
         queries=30 if quick else 200,
         seed=args.seed,
+        recall_only=bool(args.recall_only),
         json=args.json,
         data=args.data.resolve(),
         tiny=(args.data / "tinystories-260k" / "hf").resolve(),
@@ -695,6 +700,8 @@ async def run(options: Options, folder: Path, report: Report) -> None:
         header = ["system", "rule", f"k_s+k_c ({documents[0].name})"]
         print(table([*header, *(f"recall@{b}" for b in options.budgets)], report.ablation))
 
+        if options.recall_only:
+            return
         novels = options.data / "gutenberg-novels"
         book = truncate(read_book(novels / options.book), options.book_tokens, count_tokens)
         rows = await throughput(retrievers, book, count_tokens)
@@ -743,7 +750,8 @@ def settings(
         f"{scaled.gamma}, refined with the embedder",
         "- EpisodicMemory search: k_similar = k_contiguous = ceil(budget / (2 x mean episode "
         f"tokens of the namespace)), e.g. {ks} at {', '.join(map(str, options.budgets))} for "
-        "80-token events; contiguity decay 0.9",
+        "80-token events; contiguity reach 128 tokens after a hit and 32 before, decay 0.9 per "
+        "128 tokens",
         f"- baseline: RecursiveCharacterTextSplitter({CHUNK_SIZE} characters, overlap "
         f"{CHUNK_OVERLAP}), top chunks asked for = {chunks} (budget // 32), packed greedily by "
         "score",
