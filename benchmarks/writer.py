@@ -18,7 +18,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,8 @@ from memory.segmentation import SegmenterConfig
 from memory.segmenters import EmbeddingSegmenter
 from memory.stories import SqlStoryStore
 from serving.embeddings import SentenceTransformerEmbedder
-from serving.llm import GREEDY, ChatMessage, Completion, SamplingParams, Schema, StreamDelta
-from serving.structured import parse_reply
 from serving.tokens import TiktokenCounter
+from tests.fakes import ScriptedLLM
 
 _PROSE = (
     "the caravan moved slowly across dunes while wind carried salt and sand over the old road "
@@ -43,26 +42,20 @@ _PROSE = (
 WORDS = _PROSE.split()
 
 
-class FastLLM:
-    """Answers each step at once with a realistic reply; counts the seconds it spent."""
-
-    model = "fast-fake"
+class FastReplies:
+    """Replies at once with a realistic paragraph; counts the seconds spent making replies."""
 
     def __init__(self, seed: int = 0) -> None:
         self.rng = np.random.default_rng(seed)
         self.seconds = 0.0
-        self.calls = 0
 
     def _paragraph(self) -> str:
         words = self.rng.choice(WORDS, size=int(self.rng.integers(150, 221)))
         sentences = [" ".join(words[i : i + 15]).capitalize() + "." for i in range(0, 150, 15)]
         return " ".join(sentences)
 
-    async def generate_json(
-        self, messages: Sequence[ChatMessage], schema: type[Schema], params: SamplingParams = GREEDY
-    ) -> Schema:
+    def __call__(self, user: str, call: int) -> str:
         began = time.perf_counter()
-        self.calls += 1
         memory = " ".join(self._paragraph().split()[:60])
         reply: dict[str, Any] = {
             "paragraph": self._paragraph(),
@@ -73,33 +66,9 @@ class FastLLM:
             "paragraphs": [self._paragraph()],
             "short_term_memory": memory,
         }
-        parsed = parse_reply(json.dumps(reply), schema)
+        text = json.dumps(reply)
         self.seconds += time.perf_counter() - began
-        return parsed
-
-    async def chat(
-        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
-    ) -> Completion:
-        raise NotImplementedError
-
-    async def complete(self, prompt: str, params: SamplingParams = GREEDY) -> Completion:
-        raise NotImplementedError
-
-    def stream_chat(
-        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
-    ) -> AsyncIterator[StreamDelta]:
-        raise NotImplementedError
-
-    def stream_complete(
-        self, prompt: str, params: SamplingParams = GREEDY
-    ) -> AsyncIterator[StreamDelta]:
-        raise NotImplementedError
-
-    async def token_logprobs(self, text: str) -> list[Any]:
-        raise NotImplementedError
-
-    async def count_tokens(self, text: str) -> int:
-        return len(text.split())
+        return text
 
 
 async def run(steps: int, folder: Path) -> list[dict[str, float]]:
@@ -110,22 +79,22 @@ async def run(steps: int, folder: Path) -> list[dict[str, float]]:
     )
     count = TiktokenCounter("cl100k_base").count
     segmenter = EmbeddingSegmenter(store.embedder, SegmenterConfig(), count)
-    llm = FastLLM()
+    replies = FastReplies()
     writer = RecurrentWriter(
         SqlStoryStore(database),
         lambda ns: EpisodicMemory(store, ns, segmenter, count_tokens=count),
-        llm,
+        ScriptedLLM(replies),
         WriterConfig(),
     )
     story, _ = await writer.start("bench", genre="adventure", premise="A courier crosses a desert.")
     rows = []
     for step in range(1, steps + 1):
-        llm.seconds = 0.0
+        replies.seconds = 0.0
         began = time.perf_counter()
         node = await writer.step(story.id, plan=f"Day {step}: the caravan goes on.")
         total = time.perf_counter() - began
         parts = {name: float(p["tokens"]) for name, p in node.prompt["parts"].items()}
-        rows.append({"step": step, "overhead_ms": (total - llm.seconds) * 1000,
+        rows.append({"step": step, "overhead_ms": (total - replies.seconds) * 1000,
                      "prompt": sum(parts.values()), **parts})  # fmt: skip
     return rows
 
@@ -159,7 +128,10 @@ def main() -> None:
     machine = platform.processor() or platform.machine()
     print(f"- {steps} steps in {seconds:.0f} s on {machine}; SQLite + Chroma embedded, "
           "all-MiniLM-L6-v2 on CPU, tokens counted with cl100k_base")  # fmt: skip
-    print("- fake LLM answers at once (150-220-word paragraphs); overhead = step time - LLM time\n")
+    print(
+        "- scripted LLM answers at once (150-220-word paragraphs); overhead = step time minus "
+        "the time spent making replies (JSON validation counts as overhead)\n"
+    )
     print(table(rows, marks))
     first, last = rows[marks[0] - 1], rows[marks[-1] - 1]
     growth = last["prompt"] / first["prompt"] - 1

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from serving.llm import GREEDY, ChatMessage, Completion, SamplingParams, Schema, StreamDelta
+from serving.structured import validated
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -41,3 +45,51 @@ class HashEmbedder:
             norm = np.linalg.norm(out[row])
             out[row] = out[row] / norm if norm else 1.0 / np.sqrt(self._dimension)
         return out
+
+
+Reply = Callable[[str, int], str]
+"""(the last user message, call number) -> the raw reply text."""
+
+
+class ScriptedLLM:
+    """The LLM Protocol's JSON path: raw replies from a script, validated by the real repair
+    loop (``serving.structured.validated``). The other methods are not scripted and raise."""
+
+    model = "scripted"
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.prompts: list[str] = []
+
+    async def generate_json(
+        self, messages: Sequence[ChatMessage], schema: type[Schema], params: SamplingParams = GREEDY
+    ) -> Schema:
+        async def generate(conversation: Sequence[ChatMessage]) -> str:
+            self.prompts.append(conversation[-1].content)
+            return self.reply(messages[-1].content, len(self.prompts))
+
+        return await validated(generate, messages, schema)
+
+    async def chat(
+        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
+    ) -> Completion:
+        raise NotImplementedError
+
+    async def complete(self, prompt: str, params: SamplingParams = GREEDY) -> Completion:
+        raise NotImplementedError
+
+    def stream_chat(
+        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
+    ) -> AsyncIterator[StreamDelta]:
+        raise NotImplementedError
+
+    def stream_complete(
+        self, prompt: str, params: SamplingParams = GREEDY
+    ) -> AsyncIterator[StreamDelta]:
+        raise NotImplementedError
+
+    async def token_logprobs(self, text: str) -> list[Any]:
+        raise NotImplementedError
+
+    async def count_tokens(self, text: str) -> int:
+        return len(text.split())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,13 +18,9 @@ from memory.segmentation import SegmenterConfig
 from memory.segmenters import FixedSegmenter
 from memory.stories import SqlStoryStore
 from serving.errors import StructuredOutputError
-from serving.llm import GREEDY, ChatMessage, Completion, SamplingParams, Schema, StreamDelta
-from serving.structured import validated
-from tests.fakes import HashEmbedder
+from tests.fakes import HashEmbedder, ScriptedLLM
 
 T = TypeVar("T")
-
-Reply = Callable[[str, int], str]  # (user prompt, call number) -> raw reply text
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -52,49 +48,6 @@ START = json.dumps(
 )
 
 
-class ScriptedLLM:
-    """The LLM Protocol's JSON path: raw replies from a script, validated by the real loop."""
-
-    model = "scripted"
-
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-        self.prompts: list[str] = []
-
-    async def generate_json(
-        self, messages: Sequence[ChatMessage], schema: type[Schema], params: SamplingParams = GREEDY
-    ) -> Schema:
-        async def generate(conversation: Sequence[ChatMessage]) -> str:
-            self.prompts.append(conversation[-1].content)
-            return self.reply(messages[-1].content, len(self.prompts))
-
-        return await validated(generate, messages, schema)
-
-    async def chat(
-        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
-    ) -> Completion:
-        raise NotImplementedError
-
-    async def complete(self, prompt: str, params: SamplingParams = GREEDY) -> Completion:
-        raise NotImplementedError
-
-    def stream_chat(
-        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
-    ) -> AsyncIterator[StreamDelta]:
-        raise NotImplementedError
-
-    def stream_complete(
-        self, prompt: str, params: SamplingParams = GREEDY
-    ) -> AsyncIterator[StreamDelta]:
-        raise NotImplementedError
-
-    async def token_logprobs(self, text: str) -> list[Any]:
-        raise NotImplementedError
-
-    async def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-
 def echo(user: str, call: int) -> str:
     """Start, then a paragraph that names the instruction it was given."""
     if "Start the story" in user:
@@ -110,7 +63,7 @@ def writer_for(
     return RecurrentWriter(
         SqlStoryStore(store.database),
         lambda ns: EpisodicMemory(store, ns, segmenter),
-        llm,  # type: ignore[arg-type]
+        llm,
         config or WriterConfig(),
     )
 

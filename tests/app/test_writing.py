@@ -9,11 +9,12 @@ from app.reading import Reading
 from app.settings import load_settings
 from app.writing import Writing, story_namespace
 from memory import MemoryStore
-from tests.agents.test_writer import ScriptedLLM, echo
+from tests.agents.test_writer import echo
+from tests.fakes import ScriptedLLM
 
 
 def test_story_lifetime(store: MemoryStore, tmp_path: Path) -> None:
-    reading = Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo))  # type: ignore[arg-type]
+    reading = Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo))
     writing = Writing(reading)
     story, _ = asyncio.run(writing.start("adventure", "A courier crosses the desert."))
     asyncio.run(writing.writer.step(story.id, plan="A storm rises."))

@@ -13,14 +13,15 @@ from app.reading import Reading
 from app.settings import load_settings
 from app.studio import Studio
 from memory import MemoryStore
-from tests.agents.test_writer import ScriptedLLM, echo
+from tests.agents.test_writer import echo
+from tests.fakes import ScriptedLLM
 
 SCRIPT = "from ui.write import main\nmain()\n"
 
 
 @pytest.fixture
 def studio(store: MemoryStore, tmp_path: Path) -> Iterator[Studio]:
-    reading = Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo))  # type: ignore[arg-type]
+    reading = Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo))
     studio = Studio(reading)
     studio_module.use(studio)
     yield studio
@@ -70,7 +71,7 @@ def test_budget_tab_shows_the_prompt_parts(studio: Studio) -> None:
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 def test_llm_failure_is_a_message_not_a_traceback(studio: Studio) -> None:
-    studio.reading._llm = ScriptedLLM(lambda user, call: "not json at all")  # type: ignore[assignment]
+    studio.reading._llm = ScriptedLLM(lambda user, call: "not json at all")
     app = AppTest.from_string(SCRIPT, default_timeout=60).run()
     app.sidebar.text_input[0].input("adventure")
     app.sidebar.text_area[0].input("A premise.")
