@@ -17,6 +17,7 @@ from app.scorer import LLMTokenScorer
 from app.settings import Settings
 from memory import MemoryStore
 from memory.episodic import EpisodicMemory, RecallDefaults
+from memory.episodic import IngestProgress as IngestProgress  # re-exported for the UI
 from memory.scoring import Progress
 from memory.segmentation import Event, SegmenterConfig, StreamingSegmenter
 from memory.segmenters import (

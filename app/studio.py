@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from app.errors import KNOWN_ERRORS
@@ -54,7 +55,11 @@ class Studio:
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the studio's loop and wait for it."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        return self.submit(coroutine).result()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        """Start a coroutine on the studio's loop; the page polls the future (and can cancel)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def call(self, work: Callable[[], T]) -> tuple[T | None, str | None]:
         """(result, None), or (None, the one-line message) when Mneme knows the error."""

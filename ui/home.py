@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.overview import overview
-from ui import write
+from ui import read, write
 
 
 def home() -> None:
@@ -28,6 +28,7 @@ def main() -> None:
     pages = [
         st.Page(home, title="Home", default=True),
         st.Page(write.main, title="Write", url_path="write"),
+        st.Page(read.main, title="Read", url_path="read"),
     ]
     st.navigation(pages).run()
 

@@ -1,0 +1,98 @@
+"""The long-document page: upload, ingest with progress, ask with citations, summarise."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from app.errors import KNOWN_ERRORS
+from app.loaders import load_document
+from app.reading import IngestProgress
+from app.studio import Studio, current
+
+_STAGES = {"segment": "Cutting into episodes", "embed": "Embedding", "store": "Storing"}
+
+
+def _ingest(
+    s: Studio, collection: str, upload: st.runtime.uploaded_file_manager.UploadedFile
+) -> None:
+    suffix = Path(upload.name).suffix
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"upload{suffix}"
+        path.write_bytes(upload.getvalue())
+        loaded, error = s.call(lambda: load_document(path))
+    if error or loaded is None:
+        st.error((error or "").replace(str(path), upload.name))
+        return
+    latest: list[IngestProgress] = []
+    memory = s.reading.memory(collection)
+    future = s.submit(memory.ingest(loaded.text, name=loaded.title or upload.name,
+                                    source=upload.name, on_progress=latest.append))  # fmt: skip
+    bar = st.progress(0.0, text="Starting…")
+    while not future.done():
+        if latest:
+            step = latest[-1]
+            bar.progress(min(step.done / max(step.total, 1), 1.0), text=_STAGES[step.stage])
+        time.sleep(0.2)
+    try:
+        done = future.result()
+    except KNOWN_ERRORS as err:
+        bar.empty()
+        st.error(f"{upload.name}: {err}")
+        return
+    bar.empty()
+    verb = "Ingested" if done.created else "Already held"
+    st.success(f"{verb} {upload.name}: {len(done.episodes)} episodes, {done.tokens:,} tokens "
+               f"in {done.seconds:.1f} s")  # fmt: skip
+
+
+def _ask(s: Studio, collection: str) -> None:
+    with st.form("ask"):
+        question = st.text_input("Question", key="question")
+        asked = st.form_submit_button("Ask")
+    if not asked or not question.strip():
+        return
+    with st.spinner("Reading…"):
+        answer, error = s.call(lambda: s.run(s.reading.reader(collection).ask(question)))
+    if error or answer is None:
+        st.error(error)
+        return
+    st.markdown(answer.text)
+    for citation in answer.citations:
+        with st.expander(f"[{citation.number}] characters {citation.start}-{citation.end}"):
+            st.write(citation.text)
+
+
+def _summary(s: Studio, collection: str) -> None:
+    if st.button("Summarise"):
+        with st.spinner("Summarising section by section…"):
+            summary, error = s.call(lambda: s.run(s.reading.reader(collection).summarize()))
+        if error or summary is None:
+            st.error(error)
+            return
+        st.markdown(summary.text)
+        st.caption(f"{summary.calls} model calls over {len(summary.levels)} levels; largest "
+                   f"prompt {summary.max_prompt_tokens} tokens")  # fmt: skip
+
+
+def main() -> None:
+    st.title("Read")
+    s = current()
+    collection = st.text_input("Collection", value=st.session_state.get("collection", "documents"))
+    st.session_state["collection"] = collection
+    upload = st.file_uploader("Add a document (text, Markdown, PDF, DOCX, EPUB)")
+    if upload is not None and st.button("Ingest"):
+        _ingest(s, collection, upload)
+    documents, error = s.call(lambda: s.run(s.reading.memory(collection).documents()))
+    if error:
+        st.error(error)
+        return
+    if not documents:
+        st.info("Nothing in this collection yet: add a document above.")
+        return
+    st.caption(", ".join(f"{d.name} ({d.char_count:,} characters)" for d in documents))
+    _ask(s, collection)
+    _summary(s, collection)
