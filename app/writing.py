@@ -6,8 +6,11 @@ web app, the CLI and the REST API share one way of opening a story.
 
 from __future__ import annotations
 
+import html
+import io
 import re
 import uuid
+import warnings
 
 from agents.writer import Mode, RecurrentWriter, WriterConfig, story_text
 from app.reading import Reading
@@ -49,6 +52,47 @@ class Writing:
         """Delete a story with its tree, bible and long-term memory (SQL rows and vectors)."""
         namespace = self.stories.delete(story_id)
         self.reading.store.delete_namespace(namespace)
+
+    def docx(self, story_id: int, node_id: int | None = None) -> bytes:
+        """The story along the current branch as a Word document."""
+        import docx
+
+        story = self.stories.get(story_id)
+        document = docx.Document()
+        document.core_properties.title = story.title
+        document.add_heading(story.title, level=0)
+        document.add_paragraph().add_run(story.genre).italic = True
+        for paragraph in story_text(self.stories, story_id, node_id).split("\n\n"):
+            document.add_paragraph(paragraph)
+        out = io.BytesIO()
+        document.save(out)
+        return out.getvalue()
+
+    def epub(self, story_id: int, node_id: int | None = None) -> bytes:
+        """The story along the current branch as an EPUB book (one chapter)."""
+        from ebooklib import epub
+
+        story = self.stories.get(story_id)
+        book = epub.EpubBook()
+        book.set_identifier(f"mneme-story-{story.id}")
+        book.set_title(story.title)
+        book.set_language("en")
+        body = "".join(
+            f"<p>{html.escape(p)}</p>"
+            for p in story_text(self.stories, story_id, node_id).split("\n\n")
+        )
+        chapter = epub.EpubHtml(title=story.title, file_name="story.xhtml", lang="en")
+        chapter.content = f"<h1>{html.escape(story.title)}</h1>{body}"
+        book.add_item(chapter)
+        book.toc = [chapter]
+        book.spine = ["nav", chapter]
+        book.add_item(epub.EpubNcx())
+        book.add_item(epub.EpubNav())
+        out = io.BytesIO()
+        with warnings.catch_warnings():  # ebooklib's own deprecation warnings
+            warnings.simplefilter("ignore")
+            epub.write_epub(out, book)
+        return out.getvalue()
 
     def markdown(self, story_id: int, node_id: int | None = None) -> str:
         """The story along the current branch (or up to ``node_id``) as Markdown."""

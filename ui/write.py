@@ -89,9 +89,10 @@ def _writing_loop(s: Studio, story: Story, head: StoryNode) -> None:
         _, error = s.call(lambda: s.writing.writer.undo(story.id))
         if not _fail(error):
             st.rerun()
-    cols[3].download_button(
-        "Export Markdown", s.writing.markdown(story.id), file_name=f"{story.title}.md"
-    )
+    with cols[3].popover("Export"):
+        st.download_button("Markdown", s.writing.markdown(story.id), f"{story.title}.md")
+        st.download_button("Word (DOCX)", s.writing.docx(story.id), f"{story.title}.docx")
+        st.download_button("EPUB", s.writing.epub(story.id), f"{story.title}.epub")
 
 
 def _branches(s: Studio, story: Story, head: StoryNode) -> None:
@@ -121,6 +122,27 @@ def _memory(s: Studio, story: Story, head: StoryNode) -> None:
     st.dataframe(rows, hide_index=True)
 
 
+def _bible(s: Studio, story: Story) -> None:
+    st.caption("Entries named in the plan or the last paragraph (or sharing its words) go into "
+               "the prompt.")  # fmt: skip
+    for entry in s.writing.stories.entries(story.id):
+        with st.expander(f"{entry.name} ({entry.kind})"):
+            st.write(entry.text)
+            if st.button("Delete", key=f"bible-delete-{entry.id}"):
+                s.writing.stories.delete_entry(story.id, entry.id)
+                st.rerun()
+    with st.form("bible-entry"):
+        name = st.text_input("Name")
+        kind = st.selectbox("Kind", ["character", "place", "fact", "other"])
+        text = st.text_area("What to remember")
+        if st.form_submit_button("Save entry"):
+            _, error = s.call(
+                lambda: s.writing.stories.upsert_entry(story.id, kind=kind, name=name, text=text)
+            )
+            if not _fail(error):
+                st.rerun()
+
+
 def _budget(head: StoryNode) -> None:
     parts = {name: int(value["tokens"]) for name, value in head.prompt.get("parts", {}).items()}
     if not parts:
@@ -141,12 +163,16 @@ def main() -> None:
     head = s.writing.stories.node(story.id, story.head_node_id)
     st.header(story.title)
     st.caption(f"{story.genre} · {story.mode} · step {head.depth}")
-    write, branches, memory, budget = st.tabs(["Write", "Branches", "Memory", "Token budget"])
+    write, branches, memory, bible, budget = st.tabs(
+        ["Write", "Branches", "Memory", "Bible", "Token budget"]
+    )
     with write:
         _writing_loop(s, story, head)
     with branches:
         _branches(s, story, head)
     with memory:
         _memory(s, story, head)
+    with bible:
+        _bible(s, story)
     with budget:
         _budget(head)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from app.loaders import load_document
 from app.reading import Reading
 from app.settings import load_settings
 from app.writing import Writing, story_namespace
@@ -30,3 +31,16 @@ def test_namespaces_are_fresh_and_safe() -> None:
     first, second = story_namespace("The Salt Road!"), story_namespace("The Salt Road!")
     assert first != second and first.startswith("story-the-salt-road-")
     assert story_namespace("???").startswith("story-untitled-")
+
+
+def test_exports_round_trip_through_the_loaders(store: MemoryStore, tmp_path: Path) -> None:
+    reading = Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo))
+    writing = Writing(reading)
+    story, _ = asyncio.run(writing.start("adventure", "A courier crosses the desert."))
+    asyncio.run(writing.writer.step(story.id, plan="A storm rises."))
+    for kind, data in (("docx", writing.docx(story.id)), ("epub", writing.epub(story.id))):
+        path = tmp_path / f"story.{kind}"
+        path.write_bytes(data)
+        loaded = load_document(path)
+        assert loaded.title == "The Salt Road"
+        assert "A storm rises." in loaded.text and "Mara left the oasis" in loaded.text

@@ -79,3 +79,20 @@ def test_llm_failure_is_a_message_not_a_traceback(studio: Studio) -> None:
     assert not app.exception
     assert "no valid StartReply" in app.error[0].value
     assert app.sidebar.text_area[0].value == "A premise."  # what was typed is kept
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_bible_entries_are_added_and_refused_when_empty(studio: Studio) -> None:
+    app = started(studio)
+    name = next(t for t in app.text_input if t.label == "Name")
+    name.input("Idris")
+    next(t for t in app.text_area if t.label == "What to remember").input("A caravan master.")
+    next(b for b in app.button if b.label == "Save entry").click().run()
+    assert not app.exception and not app.error
+    story = studio.writing.stories.all()[0]
+    assert [e.name for e in studio.writing.stories.entries(story.id)] == ["Idris"]
+    assert any(e.label == "Idris (character)" for e in app.expander)
+    next(t for t in app.text_input if t.label == "Name").input("Nobody")
+    next(t for t in app.text_area if t.label == "What to remember").input("")
+    next(b for b in app.button if b.label == "Save entry").click().run()
+    assert app.error and "text" in app.error[0].value
