@@ -82,7 +82,25 @@ class StartReply(BaseModel):
     plans: list[str] = Field(min_length=3, max_length=3)
 
 
+class BibleItem(BaseModel):
+    kind: Literal["character", "place", "fact", "other"]
+    name: str = Field(min_length=1, max_length=120)
+    text: str = Field(min_length=1, max_length=600)
+
+
+class ImportReply(BaseModel):
+    """What the model answers about an imported manuscript."""
+
+    title: str = Field(min_length=1, max_length=120)
+    outline: str = Field(min_length=1, max_length=1600)
+    short_term_memory: str = Field(min_length=1, max_length=2400)
+    plans: list[str] = Field(min_length=3, max_length=3)
+    bible: list[BibleItem] = Field(default_factory=list, max_length=12)
+
+
 _PLAN_CHARS = 400
+_IMPORT_HEAD_TOKENS = 600
+_IMPORT_TAIL_TOKENS = 1500
 
 
 def _reply_tokens(config: WriterConfig) -> int:
@@ -182,6 +200,64 @@ class RecurrentWriter:
                 memory_reason="the story starts",
                 plans=[p.strip()[:_PLAN_CHARS] for p in reply.plans],
                 episode_ids=episode_ids,
+                prompt=prompt.record(),
+            ),
+        )
+        return self.stories.get(story.id), root
+
+    async def adopt(
+        self,
+        namespace: str,
+        manuscript: str,
+        *,
+        genre: str,
+        title: str | None = None,
+        mode: Mode = "novel",
+    ) -> tuple[Story, StoryNode]:
+        """A story that continues an existing manuscript: the whole text goes to long-term
+        memory; the model reads its opening and its end (a bounded prompt however long it is)
+        and gives an outline, the short-term memory, three plans and the first bible entries."""
+        if not manuscript.strip():
+            raise InvalidRecord("the manuscript is empty; import a file with some text")
+        memory = self.memory_for(namespace)
+        count = memory.count_tokens
+        head = clip(manuscript.strip(), _IMPORT_HEAD_TOKENS, count)
+        tail = _tail(manuscript.strip(), _IMPORT_TAIL_TOKENS, count)
+        user = (
+            f"Genre: {genre.strip() or 'unknown'}\n\nThe manuscript begins:\n{head}\n\n"
+            f"It currently ends:\n{tail}\n\nGive its title, an outline of the story so far and "
+            "where it seems to go, a short-term memory of what the reader must keep in mind at "
+            "its end, three different plans for the next paragraph, and up to twelve story-bible "
+            "entries (main characters, places, facts)."
+        )
+        system = _INTERACTIVE if mode == "interactive" else _NOVEL
+        messages = [ChatMessage("system", system), ChatMessage("user", user)]
+        prompt = Prompt(messages, {"instructions": count(system) + count(user)})
+        reply = await self.llm.generate_json(messages, ImportReply, self._params())
+        memory.store.namespace(namespace)
+        done = await memory.ingest(manuscript, name="manuscript")
+        story = self.stories.create(
+            namespace,
+            title=(title or reply.title).strip(),
+            genre=genre.strip() or "unknown",
+            premise=clip(manuscript.strip(), 200, count),
+            outline=reply.outline.strip(),
+            mode=mode,
+        )
+        for item in reply.bible:
+            self.stories.upsert_entry(story.id, kind=item.kind, name=item.name, text=item.text)
+        root = self.stories.add_node(
+            story.id,
+            None,
+            NewStoryNode(
+                instruction="",
+                paragraph=manuscript.strip(),
+                short_term_memory=clip(
+                    reply.short_term_memory, self.config.short_term_tokens, count
+                ),
+                memory_reason="imported manuscript",
+                plans=[p.strip()[:_PLAN_CHARS] for p in reply.plans],
+                episode_ids=[e.id for e in done.episodes],
                 prompt=prompt.record(),
             ),
         )

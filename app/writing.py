@@ -11,8 +11,10 @@ import io
 import re
 import uuid
 import warnings
+from pathlib import Path
 
 from agents.writer import Mode, RecurrentWriter, WriterConfig, story_text
+from app.loaders import load_document
 from app.reading import Reading
 from memory.records import Story, StoryNode
 from memory.stories import SqlStoryStore
@@ -47,6 +49,14 @@ class Writing:
     ) -> tuple[Story, StoryNode]:
         return await self.writer.start(story_namespace(premise[:40]), genre=genre,
                                        premise=premise, mode=mode)  # fmt: skip
+
+    async def import_manuscript(
+        self, path: Path, *, genre: str = "", mode: Mode = "novel"
+    ) -> tuple[Story, StoryNode]:
+        """A story continuing a manuscript file (text, Markdown, DOCX, EPUB, PDF)."""
+        loaded = load_document(path)
+        return await self.writer.adopt(story_namespace(loaded.title), loaded.text, genre=genre,
+                                       title=loaded.title, mode=mode)  # fmt: skip
 
     def delete(self, story_id: int) -> None:
         """Delete a story with its tree, bible and long-term memory (SQL rows and vectors)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import streamlit as st
 
 from app.studio import Studio, current
@@ -34,6 +37,23 @@ def _new_story(s: Studio) -> None:
             if not _fail(error) and result is not None:
                 st.session_state["story"] = result[0].id
                 st.session_state.pop("draft-premise", None)
+                st.rerun()
+
+
+def _import(s: Studio) -> None:
+    with st.sidebar.expander("Import a manuscript"):
+        upload = st.file_uploader("Text, Markdown, DOCX, EPUB or PDF", key="manuscript")
+        genre = st.text_input("Genre", key="import-genre")
+        if upload is not None and st.button("Import and continue"):
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / upload.name
+                path.write_bytes(upload.getvalue())
+                with st.spinner("Reading the manuscript…"):
+                    result, error = s.call(
+                        lambda: s.run(s.writing.import_manuscript(path, genre=genre))
+                    )
+            if not _fail(error) and result is not None:
+                st.session_state["story"] = result[0].id
                 st.rerun()
 
 
@@ -157,6 +177,7 @@ def main() -> None:
     st.title("Write")
     s = studio()
     _new_story(s)
+    _import(s)
     story = _pick_story(s)
     if story is None or story.head_node_id is None:
         return

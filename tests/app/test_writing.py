@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from app.loaders import load_document
@@ -12,6 +13,7 @@ from app.writing import Writing, story_namespace
 from memory import MemoryStore
 from tests.agents.test_writer import echo
 from tests.fakes import ScriptedLLM
+from tests.texts import story
 
 
 def test_story_lifetime(store: MemoryStore, tmp_path: Path) -> None:
@@ -44,3 +46,29 @@ def test_exports_round_trip_through_the_loaders(store: MemoryStore, tmp_path: Pa
         loaded = load_document(path)
         assert loaded.title == "The Salt Road"
         assert "A storm rises." in loaded.text and "Mara left the oasis" in loaded.text
+
+
+IMPORTED = json.dumps(
+    {
+        "title": "ignored: the file's title wins",
+        "outline": "A lighthouse keeper's long watch.",
+        "short_term_memory": "The keeper waits for the supply boat.",
+        "plans": ["The boat arrives.", "A storm hits.", "The lamp fails."],
+        "bible": [{"kind": "character", "name": "Keeper", "text": "Tends the great lens."}],
+    }
+)
+
+
+def test_import_a_manuscript_seeds_memory_and_bible(store: MemoryStore, tmp_path: Path) -> None:
+    reading = Reading(load_settings(home=tmp_path), store=store,
+                      llm=ScriptedLLM(lambda user, call: IMPORTED))  # fmt: skip
+    writing = Writing(reading)
+    manuscript = tmp_path / "The Long Watch.md"
+    manuscript.write_text(story(6, "\n\n"), encoding="utf-8")
+    story_, root = asyncio.run(writing.import_manuscript(manuscript, genre="literary"))
+    assert story_.title == "The Long Watch" and len(root.plans) == 3
+    assert root.short_term_memory == "The keeper waits for the supply boat."
+    assert [e.name for e in writing.stories.entries(story_.id)] == ["Keeper"]
+    assert store.episodes.count(story_.namespace) == len(root.episode_ids) > 3
+    prompt = root.prompt["messages"][1]["content"]
+    assert "It currently ends" in prompt
