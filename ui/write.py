@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import streamlit as st
@@ -142,6 +143,39 @@ def _memory(s: Studio, story: Story, head: StoryNode) -> None:
     st.dataframe(rows, hide_index=True)
 
 
+def _events(s: Studio, story: Story, head: StoryNode) -> None:
+    """Long-term memory along this branch: the surprise timeline, search, pin and forget."""
+    path = s.writing.stories.path(story.id, head.id)
+    timeline = [eid for node in path for eid in node.episode_ids]
+    memory = s.reading.memory(story.namespace, "embedding")
+    episodes = {e.id: e for e in s.run(memory.episodes())}
+    points = [episodes[eid] for eid in timeline if eid in episodes]
+    if points:
+        st.caption("Novelty of each event along this branch (a new event starts where it spikes)")
+        st.line_chart({"novelty": [e.surprise_mean for e in points]})
+    query = st.text_input("Search this branch's memory", key="event-query")
+    if not query.strip():
+        return
+    hits, error = s.call(lambda: s.run(memory.search(query, within=timeline)))
+    if _fail(error) or hits is None:
+        return
+    for hit in hits:
+        episode = episodes.get(hit.episode_id)
+        pinned = episode is not None and episode.pinned
+        with st.expander(
+            f"{'📌 ' if pinned else ''}{hit.reason} {hit.score:.2f}: {hit.text[:60]}…"
+        ):
+            st.write(hit.text)
+            left, right = st.columns(2)
+            if left.button("Unpin" if pinned else "Pin", key=f"pin-{hit.episode_id}"):
+                s.run(memory.pin(hit.episode_id, not pinned))
+                st.rerun()
+            if right.button("Forget", key=f"forget-{hit.episode_id}", disabled=pinned):
+                _, error = s.call(partial(s.run, memory.forget([hit.episode_id])))
+                if not _fail(error):
+                    st.rerun()
+
+
 def _bible(s: Studio, story: Story) -> None:
     st.caption("Entries named in the plan or the last paragraph (or sharing its words) go into "
                "the prompt.")  # fmt: skip
@@ -184,8 +218,8 @@ def main() -> None:
     head = s.writing.stories.node(story.id, story.head_node_id)
     st.header(story.title)
     st.caption(f"{story.genre} · {story.mode} · step {head.depth}")
-    write, branches, memory, bible, budget = st.tabs(
-        ["Write", "Branches", "Memory", "Bible", "Token budget"]
+    write, branches, memory, events, bible, budget = st.tabs(
+        ["Write", "Branches", "Memory", "Events", "Bible", "Token budget"]
     )
     with write:
         _writing_loop(s, story, head)
@@ -193,6 +227,8 @@ def main() -> None:
         _branches(s, story, head)
     with memory:
         _memory(s, story, head)
+    with events:
+        _events(s, story, head)
     with bible:
         _bible(s, story)
     with budget:

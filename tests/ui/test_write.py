@@ -96,3 +96,18 @@ def test_bible_entries_are_added_and_refused_when_empty(studio: Studio) -> None:
     next(t for t in app.text_area if t.label == "What to remember").input("")
     next(b for b in app.button if b.label == "Save entry").click().run()
     assert app.error and "text" in app.error[0].value
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_events_are_searched_pinned_and_forgotten(studio: Studio) -> None:
+    app = started(studio)
+    next(b for b in app.button if b.label == "Write this").click().run()
+    app.text_input(key="event-query").input("sealed letter oasis").run()
+    assert not app.exception and not app.error
+    assert app.expander, "the opening paragraph is found"
+    pin = next(b for b in app.button if b.label == "Pin")
+    pin.click().run()
+    story = studio.writing.stories.all()[0]
+    pinned = [e for e in studio.reading.store.episodes.page(story.namespace) if e.pinned]
+    assert len(pinned) == 1
+    assert next(b for b in app.button if b.label == "Unpin")
