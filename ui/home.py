@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.overview import overview
-from ui import read, write
+from ui import read, settings, write
 
 
 def home() -> None:
@@ -29,6 +29,7 @@ def main() -> None:
         st.Page(home, title="Home", default=True),
         st.Page(write.main, title="Write", url_path="write"),
         st.Page(read.main, title="Read", url_path="read"),
+        st.Page(settings.main, title="Settings", url_path="settings"),
     ]
     st.navigation(pages).run()
 
