@@ -1,0 +1,132 @@
+"""The web app in a real browser: Debian's chromium driven by Playwright against `mneme ui` on
+127.0.0.1, talking to a scripted OpenAI-compatible server (real HTTP) as its LLM.
+
+Screenshots are kept under ``test-artefacts/browser/`` (git ignores them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from tests.agents.test_writer import START, step_reply
+from tests.net import free_port, serving
+
+CHROMIUM = "/usr/bin/chromium"
+ARTEFACTS = Path(__file__).resolve().parents[2] / "test-artefacts" / "browser"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
+]
+
+
+def scripted_server() -> FastAPI:
+    """An OpenAI-compatible chat endpoint answering with canned JSON chosen by the schema."""
+    app = FastAPI()
+    calls = {"n": 0}
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": "scripted", "object": "model"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        schema = body.get("structured_outputs", {}).get("json", {})
+        calls["n"] += 1
+        title = schema.get("title", "")
+        text = START if title == "StartReply" else step_reply(f"Step {calls['n']}: the dunes.")
+        return {
+            "id": f"chat-{calls['n']}",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "scripted",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+
+    return app
+
+
+@pytest.fixture
+def ui(tmp_path: Path) -> Iterator[str]:
+    with serving(scripted_server()) as llm:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MNEME_")}
+        env.update(MNEME_HOME=str(tmp_path / "home"), MNEME_LLM_BASE_URL=f"{llm}/v1",
+                   MNEME_LLM_MODEL="scripted")  # fmt: skip
+        command = [
+            sys.executable,
+            "-c",
+            "from app.cli import main; main()",
+            "ui",
+            "--port",
+            str(port),
+        ]
+        log = (tmp_path / "ui.log").open("wb")  # read it when the test fails
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+            else:
+                raise RuntimeError("mneme ui did not start")
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+            log.close()
+
+
+def test_write_a_story_in_a_browser(ui: str) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    shutil.rmtree(ARTEFACTS, ignore_errors=True)
+    ARTEFACTS.mkdir(parents=True)
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{ui}/write", timeout=90_000)
+        page.get_by_label("Genre").first.fill("adventure", timeout=90_000)
+        page.get_by_label("Premise").fill("A courier crosses the desert with a sealed letter.")
+        page.get_by_role("button", name="Start").click()
+        page.get_by_role("heading", name="The Salt Road").wait_for(timeout=90_000)
+        page.screenshot(path=str(ARTEFACTS / "1-opening.png"), full_page=True)
+        page.get_by_role("button", name="Write this").first.click()
+        page.get_by_text("step 1").wait_for(timeout=90_000)
+        page.get_by_text("the dunes").first.wait_for()
+        page.screenshot(path=str(ARTEFACTS / "2-first-step.png"), full_page=True)
+        page.get_by_role("button", name="Undo").click()
+        page.get_by_text("step 0").wait_for(timeout=60_000)
+        page.get_by_role("tab", name="Memory").click()
+        memory = page.get_by_label("Short-term memory").first  # a stale copy may linger
+        memory.fill("Mara fears the sea.")
+        page.get_by_role("button", name="Save memory").click()
+        page.get_by_text("Saved: the next step reads this memory.").wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTEFACTS / "3-memory.png"), full_page=True)
+        page.get_by_role("tab", name="Token budget").click()
+        page.screenshot(path=str(ARTEFACTS / "4-budget.png"), full_page=True)
+        browser.close()
+    assert len(list(ARTEFACTS.glob("*.png"))) == 4
