@@ -342,8 +342,9 @@ class RecurrentWriter:
     ) -> Prompt:
         """The step's prompt, every part within its budget (so bounded in story length)."""
         config, count = self.config, memory.count_tokens
-        path = self.stories.path(story.id, parent.id)
-        timeline = [eid for node in path[:-1] for eid in node.episode_ids]
+        timeline = (  # the ancestors' events: the parent's paragraph is in the prompt already
+            self.stories.timeline(story.id, parent.parent_id) if parent.parent_id else []
+        )
         instruction = clip(instruction.strip(), config.instruction_tokens, count)
         last = _tail(parent.paragraph, config.last_paragraph_tokens, count)
         query = clip(f"{instruction}\n{last[-600:]}", config.recall_tokens // 2, count)

@@ -162,6 +162,17 @@ class Reading:
             defaults=RecallDefaults(budget_tokens=self.settings.recall_budget_tokens),
         )
 
+    def story_memory(self, namespace: str) -> EpisodicMemory:
+        """A story's long-term memory: each paragraph one event (fixed windows of up to 512
+        tokens at sentence ends), so a step embeds its paragraph once, not sentence by sentence."""
+        return EpisodicMemory(
+            self.store,
+            namespace,
+            FixedSegmenter(SegmenterConfig(min_tokens=16, max_tokens=512), self.count_tokens),
+            count_tokens=self.count_tokens,
+            defaults=RecallDefaults(budget_tokens=self.settings.recall_budget_tokens),
+        )
+
     def reader(self, collection: str) -> DocumentReader:
         """A document reader whose prompts fit the LLM's context (with room for the reply)."""
         context = self.context_tokens()

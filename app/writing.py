@@ -40,7 +40,7 @@ class Writing:
     def writer(self) -> RecurrentWriter:
         """The writer (loads the LLM on first use)."""
         return RecurrentWriter(
-            self.stories, lambda ns: self.reading.memory(ns, "embedding"), self.reading.llm,
+            self.stories, self.reading.story_memory, self.reading.llm,
             self.config,
         )  # fmt: skip
 

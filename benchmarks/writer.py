@@ -26,13 +26,14 @@ import numpy as np
 
 from agents.writer import RecurrentWriter, WriterConfig
 from memory import ChromaVectorIndex, Database, MemoryStore
+from memory.embedder import Embedder
 from memory.episodic import EpisodicMemory
 from memory.segmentation import SegmenterConfig
-from memory.segmenters import EmbeddingSegmenter
+from memory.segmenters import FixedSegmenter
 from memory.stories import SqlStoryStore
 from serving.embeddings import SentenceTransformerEmbedder
 from serving.tokens import TiktokenCounter
-from tests.fakes import ScriptedLLM
+from tests.fakes import HashEmbedder, ScriptedLLM
 
 _PROSE = (
     "the caravan moved slowly across dunes while wind carried salt and sand over the old road "
@@ -71,14 +72,13 @@ class FastReplies:
         return text
 
 
-async def run(steps: int, folder: Path) -> list[dict[str, float]]:
+async def run(steps: int, folder: Path, embedder: Embedder) -> list[dict[str, float]]:
     database = Database(f"sqlite:///{folder / 'writer.db'}")
     database.upgrade()
-    store, _ = MemoryStore.open(
-        database, ChromaVectorIndex(path=folder / "chroma"), SentenceTransformerEmbedder()
-    )
+    store, _ = MemoryStore.open(database, ChromaVectorIndex(path=folder / "chroma"), embedder)
     count = TiktokenCounter("cl100k_base").count
-    segmenter = EmbeddingSegmenter(store.embedder, SegmenterConfig(), count)
+    # As the app's Reading.story_memory: each paragraph one event.
+    segmenter = FixedSegmenter(SegmenterConfig(min_tokens=16, max_tokens=512), count)
     replies = FastReplies()
     writer = RecurrentWriter(
         SqlStoryStore(database),
@@ -117,17 +117,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--quick", action="store_true", help="60 steps")
+    parser.add_argument(
+        "--embedder",
+        choices=["minilm", "hash"],
+        default="minilm",
+        help="minilm: the real bundled model; hash: a model-free embedder (Mneme's code alone)",
+    )
     args = parser.parse_args()
     steps = 60 if args.quick else args.steps
+    embedder: Embedder = (
+        SentenceTransformerEmbedder() if args.embedder == "minilm" else HashEmbedder(384)
+    )
     with tempfile.TemporaryDirectory(prefix="mneme-writer-") as folder:
         began = time.perf_counter()
-        rows = asyncio.run(run(steps, Path(folder)))
+        rows = asyncio.run(run(steps, Path(folder), embedder))
         seconds = time.perf_counter() - began
     marks = [m for m in (10, 30, 100, 300) if m <= steps]
     print("# RecurrentWriter benchmark\n")
     machine = platform.processor() or platform.machine()
+    model = "all-MiniLM-L6-v2 on CPU" if args.embedder == "minilm" else "a model-free embedder"
     print(f"- {steps} steps in {seconds:.0f} s on {machine}; SQLite + Chroma embedded, "
-          "all-MiniLM-L6-v2 on CPU, tokens counted with cl100k_base")  # fmt: skip
+          f"{model}, tokens counted with cl100k_base; each paragraph one event")  # fmt: skip
     print(
         "- scripted LLM answers at once (150-220-word paragraphs); overhead = step time minus "
         "the time spent making replies (JSON validation counts as overhead)\n"

@@ -317,18 +317,40 @@ class SqlStoryStore:
             )
             return [to_node(row) for row in rows]
 
-    def path(self, story_id: int, node_id: int) -> list[StoryNode]:
-        """The nodes from the root down to ``node_id``, in order, in one query."""
+    def timeline(self, story_id: int, node_id: int) -> list[int]:
+        """The long-term memory episode ids of the nodes from the root down to ``node_id``, in
+        order: what a step may recall. One query, reading no paragraphs or prompts."""
+        up = self._ancestors(story_id, node_id)
+        with self.database.session() as session:
+            lists = list(
+                session.scalars(
+                    select(StoryNodeRow.episode_ids)
+                    .join(up, StoryNodeRow.id == up.c.id)
+                    .order_by(StoryNodeRow.depth)
+                )
+            )
+            if not lists:
+                self._story(session, story_id)
+                self._node(session, story_id, node_id)
+        return [episode_id for ids in lists for episode_id in ids]
+
+    @staticmethod
+    def _ancestors(story_id: int, node_id: int) -> Any:
+        """A recursive CTE of (id, parent_id) from ``node_id`` up to the root."""
         up = (
             select(StoryNodeRow.id, StoryNodeRow.parent_id)
             .where(StoryNodeRow.story_id == story_id, StoryNodeRow.id == node_id)
             .cte("ancestors", recursive=True)
         )
-        up = up.union_all(
+        return up.union_all(
             select(StoryNodeRow.id, StoryNodeRow.parent_id)
             .join(up, StoryNodeRow.id == up.c.parent_id)
             .where(StoryNodeRow.story_id == story_id)
         )
+
+    def path(self, story_id: int, node_id: int) -> list[StoryNode]:
+        """The nodes from the root down to ``node_id``, in order, in one query."""
+        up = self._ancestors(story_id, node_id)
         with self.database.session() as session:
             rows = list(
                 session.scalars(

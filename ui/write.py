@@ -147,7 +147,7 @@ def _events(s: Studio, story: Story, head: StoryNode) -> None:
     """Long-term memory along this branch: the surprise timeline, search, pin and forget."""
     path = s.writing.stories.path(story.id, head.id)
     timeline = [eid for node in path for eid in node.episode_ids]
-    memory = s.reading.memory(story.namespace, "embedding")
+    memory = s.reading.story_memory(story.namespace)
     episodes = {e.id: e for e in s.run(memory.episodes())}
     points = [episodes[eid] for eid in timeline if eid in episodes]
     if points:

@@ -361,3 +361,25 @@ def test_path_of_a_1500_deep_chain_is_one_query(stories: SqlStoryStore) -> None:
     # A cascade along parent_id would recurse once per level (SQLite stops at 1000).
     assert stories.delete(story) == "saga"
     assert count(database, StoryNodeRow) == 0
+
+
+def test_timeline_is_the_episodes_of_the_path(database: Database) -> None:
+    """The writer recalls from the ancestors' episodes only, in story order."""
+    from memory.episodes import SqlEpisodeStore
+    from memory.namespaces import SqlNamespaceStore
+    from memory.records import NewEpisode, NewStoryNode
+    from memory.stories import SqlStoryStore
+
+    SqlNamespaceStore(database).ensure("tl", embedding_model="m", embedding_dim=2)
+    ids = [
+        e.id
+        for e in SqlEpisodeStore(database).add("tl", [NewEpisode(text=f"e{i}") for i in range(5)])
+    ]
+    stories = SqlStoryStore(database)
+    story = stories.create("tl", title="T", genre="g", premise="p")
+    root = stories.add_node(story.id, None, NewStoryNode(paragraph="a", episode_ids=ids[:2]))
+    left = stories.add_node(story.id, root.id, NewStoryNode(paragraph="b", episode_ids=ids[2:3]))
+    right = stories.add_node(story.id, root.id, NewStoryNode(paragraph="c", episode_ids=ids[3:]))
+    assert stories.timeline(story.id, left.id) == ids[:3]
+    assert stories.timeline(story.id, right.id) == ids[:2] + ids[3:]
+    assert stories.timeline(story.id, root.id) == ids[:2]
