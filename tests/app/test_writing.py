@@ -64,7 +64,7 @@ def test_import_a_manuscript_seeds_memory_and_bible(store: MemoryStore, tmp_path
                       llm=ScriptedLLM(lambda user, call: IMPORTED))  # fmt: skip
     writing = Writing(reading)
     manuscript = tmp_path / "The Long Watch.md"
-    manuscript.write_text(story(6, "\n\n"), encoding="utf-8")
+    manuscript.write_text(story(30, "\n\n"), encoding="utf-8")  # ~2,000 tokens
     story_, root = asyncio.run(writing.import_manuscript(manuscript, genre="literary"))
     assert story_.title == "The Long Watch" and len(root.plans) == 3
     assert root.short_term_memory == "The keeper waits for the supply boat."
