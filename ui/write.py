@@ -73,6 +73,12 @@ def _pick_story(s: Studio) -> Story | None:
     return s.writing.stories.get(chosen.id)
 
 
+def _save_draft(s: Studio, story_id: int, key: str) -> None:
+    """Keep what the writer typed with the story, so a reload or a crash loses nothing."""
+    story = s.writing.stories.get(story_id)
+    s.writing.stories.update(story_id, metadata={**story.metadata, "draft": st.session_state[key]})
+
+
 def _step(s: Studio, story: Story, instruction: str) -> None:
     """Write the next paragraph: ``instruction`` is a plan, or the reader's action."""
     interactive = story.mode == "interactive"
@@ -80,6 +86,8 @@ def _step(s: Studio, story: Story, instruction: str) -> None:
     with st.spinner("Writing the next paragraph…"):
         _, error = s.call(lambda: s.run(s.writing.writer.step(story.id, plan=plan, action=action)))
     if not _fail(error):
+        fresh = s.writing.stories.get(story.id)
+        s.writing.stories.update(story.id, metadata={**fresh.metadata, "draft": ""})
         st.rerun()
 
 
@@ -97,7 +105,13 @@ def _writing_loop(s: Studio, story: Story, head: StoryNode) -> None:
         edited = column.text_area(f"Option {i + 1}", value=plan, key=f"plan-{head.id}-{i}")
         if column.button("Write this", key=f"go-{head.id}-{i}"):
             _step(s, story, edited)
-    own = st.text_input("Or write your own", key=f"own-{head.id}")
+    own = st.text_input(
+        "Or write your own",
+        value=str(story.metadata.get("draft", "")),
+        key=f"own-{head.id}",
+        on_change=_save_draft,
+        args=(s, story.id, f"own-{head.id}"),
+    )
     cols = st.columns(4)
     if cols[0].button("Write", disabled=not own.strip()):
         _step(s, story, own)

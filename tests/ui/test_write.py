@@ -111,3 +111,20 @@ def test_events_are_searched_pinned_and_forgotten(studio: Studio) -> None:
     pinned = [e for e in studio.reading.store.episodes.page(story.namespace) if e.pinned]
     assert len(pinned) == 1
     assert next(b for b in app.button if b.label == "Unpin")
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_a_draft_survives_a_reload_and_clears_once_written(studio: Studio) -> None:
+    app = started(studio)
+    app.text_input(key=next(k for k in app.session_state if str(k).startswith("own-"))).input(
+        "Mara buries the letter under a cairn."
+    ).run()
+    reloaded = AppTest.from_string(SCRIPT, default_timeout=60).run()  # a new browser session
+    own = next(t for t in reloaded.text_input if t.label == "Or write your own")
+    assert own.value == "Mara buries the letter under a cairn."
+    next(b for b in reloaded.button if b.label == "Write").click().run()
+    assert not reloaded.exception and not reloaded.error
+    assert "Mara buries the letter under a cairn." in studio.writing.markdown(
+        studio.writing.stories.all()[0].id
+    )
+    assert studio.writing.stories.all()[0].metadata["draft"] == ""
