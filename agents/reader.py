@@ -91,6 +91,11 @@ class ReaderConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
+    @property
+    def reply_tokens(self) -> int:
+        """The most tokens an answer's JSON reply may run to (its ``max_tokens``)."""
+        return _CHARACTERS_PER_TOKEN * self.answer_tokens + _REPLY_OVERHEAD_TOKENS
+
 
 @dataclass(frozen=True, slots=True)
 class Citation:
@@ -246,7 +251,7 @@ class DocumentReader:
         if not passages:
             return Answer(NOTHING_RELEVANT, [], [])
         params = SamplingParams(
-            max_tokens=_CHARACTERS_PER_TOKEN * self.config.answer_tokens + _REPLY_OVERHEAD_TOKENS,
+            max_tokens=self.config.reply_tokens,
             temperature=self.config.temperature,
         )
         reply = await self.llm.generate_json(messages, self._reply, params)

@@ -280,7 +280,7 @@ class RecurrentWriter:
         instruction = (action if story.mode == "interactive" and action else plan) or ""
         if not instruction.strip():
             instruction = parent.plans[0] if parent.plans else "Continue the story."
-        memory = self.memory_for(self._namespace(story))
+        memory = self.memory_for(story.namespace)
         prompt = await self.prompt(story, parent, instruction, memory)
         reply = await self.llm.generate_json(prompt.messages, StepReply, self._params())
         paragraph = reply.paragraph.strip()
@@ -418,9 +418,6 @@ class RecurrentWriter:
             temperature=self.config.temperature,
             top_p=self.config.top_p,
         )
-
-    def _namespace(self, story: Story) -> str:
-        return story.namespace
 
     @staticmethod
     def _head(story: Story) -> int:

@@ -12,12 +12,11 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast, get_args
 
 import typer
 
 from agents.reader import DocumentReader
-from app.loaders import load_document
 from app.reading import Reading, SegmenterChoice
 from app.settings import load_settings
 from memory import NotFound
@@ -102,15 +101,14 @@ def ingest(
 ) -> None:
     """Read a document into a collection (atomic: all of it, or nothing on failure)."""
     choice = _segmenter_choice(segmenter)
-    loaded = load_document(path, max_bytes=int(max_mb * 1024 * 1024))
     with _reading() as reading, _progress(not as_json) as report:
-        memory = reading.memory(collection, choice)
         done = _run(
-            memory.ingest(
-                loaded.text,
-                name=name or loaded.title,
-                source=loaded.source,
-                metadata={"format": loaded.format},
+            reading.ingest_file(
+                collection,
+                path,
+                segmenter=choice,
+                name=name,
+                max_bytes=int(max_mb * 1024 * 1024),
                 on_progress=report,
             )
         )
@@ -133,20 +131,13 @@ def ingest(
 
 
 def _segmenter_choice(value: str | None) -> SegmenterChoice | None:
-    choices: dict[str, SegmenterChoice] = {
-        "auto": "auto",
-        "surprise": "surprise",
-        "embedding": "embedding",
-        "fixed": "fixed",
-    }
-    if value is None:
-        return None
-    if value not in choices:
+    choices = get_args(SegmenterChoice)
+    if value is not None and value not in choices:
         raise typer.BadParameter(
             f"{value!r} is not a segmenter; use one of {', '.join(choices)}",
             param_hint="--segmenter",
         )
-    return choices[value]
+    return cast(SegmenterChoice | None, value)
 
 
 @doc_cli.command("search")

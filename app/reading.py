@@ -9,14 +9,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import cached_property
+from pathlib import Path
 from typing import Literal
 
 from agents.reader import DocumentReader, ReaderConfig
+from app.loaders import MAX_BYTES, load_document
 from app.runtime import open_llm, open_memory
 from app.scorer import LLMTokenScorer
 from app.settings import Settings
 from memory import MemoryStore
-from memory.episodic import EpisodicMemory, RecallDefaults
+from memory.episodic import EpisodicMemory, Ingested, OnProgress, RecallDefaults
 from memory.episodic import IngestProgress as IngestProgress  # re-exported for the UI
 from memory.scoring import Progress
 from memory.segmentation import Event, SegmenterConfig, StreamingSegmenter
@@ -154,30 +156,48 @@ class Reading:
         return SurpriseOrNovelty(surprise, embedding)
 
     def memory(self, collection: str, segmenter: SegmenterChoice | None = None) -> EpisodicMemory:
-        return EpisodicMemory(
-            self.store,
-            collection,
-            self.segmenter(segmenter),
-            count_tokens=self.count_tokens,
-            defaults=RecallDefaults(budget_tokens=self.settings.recall_budget_tokens),
-        )
+        return self._episodic(collection, self.segmenter(segmenter))
 
     def story_memory(self, namespace: str) -> EpisodicMemory:
         """A story's long-term memory: each paragraph one event (fixed windows of up to 512
         tokens at sentence ends), so a step embeds its paragraph once, not sentence by sentence."""
+        config = SegmenterConfig(min_tokens=16, max_tokens=512)
+        return self._episodic(namespace, FixedSegmenter(config, self.count_tokens))
+
+    def _episodic(self, namespace: str, segmenter: Segmenter) -> EpisodicMemory:
         return EpisodicMemory(
             self.store,
             namespace,
-            FixedSegmenter(SegmenterConfig(min_tokens=16, max_tokens=512), self.count_tokens),
+            segmenter,
             count_tokens=self.count_tokens,
             defaults=RecallDefaults(budget_tokens=self.settings.recall_budget_tokens),
+        )
+
+    async def ingest_file(
+        self,
+        collection: str,
+        path: Path,
+        *,
+        segmenter: SegmenterChoice | None = None,
+        name: str | None = None,
+        max_bytes: int = MAX_BYTES,
+        on_progress: OnProgress | None = None,
+    ) -> Ingested:
+        """Read a document file (see :mod:`app.loaders`) into a collection, atomically."""
+        loaded = load_document(path, max_bytes=max_bytes)
+        return await self.memory(collection, segmenter).ingest(
+            loaded.text,
+            name=name or loaded.title,
+            source=loaded.source,
+            metadata={"format": loaded.format},
+            on_progress=on_progress,
         )
 
     def reader(self, collection: str) -> DocumentReader:
         """A document reader whose prompts fit the LLM's context (with room for the reply)."""
         context = self.context_tokens()
         answer = min(256, context // 16)
-        reply = 2 * answer + 96  # the most a reply may run to (see agents.reader)
+        reply = ReaderConfig(answer_tokens=answer, summary_tokens=answer).reply_tokens
         prompt = min(3072, context - reply - 64)  # 64: the chat template's own tokens
         config = ReaderConfig(
             budget_tokens=min(self.settings.recall_budget_tokens, prompt // 2),

@@ -85,6 +85,7 @@ class _Stream:
     segmenter: StreamingSegmenter
     text: str
     base: int  # where the current segmenter run starts (0, or after the last flush)
+    metadata: dict[str, Any]  # the document's, as last written (tail, tail_from, base)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -137,9 +138,7 @@ class EpisodicMemory:
         existing = await self._call(self.store.documents.find, self.namespace, digest=sha256(text))
         if existing:
             document = existing[0]
-            episodes = await self._call(
-                self.store.episodes.page, self.namespace, document_id=document.id, limit=10**9
-            )
+            episodes = await self.episodes(document.id)
             tokens = sum(e.token_count for e in episodes)
             return Ingested(document, episodes, tokens, time.perf_counter() - began, False)
 
@@ -233,12 +232,11 @@ class EpisodicMemory:
     ) -> list[Episode]:
         run = state.text[state.base :]
         new, vectors = await self._prepare(run, events, None, None, offset=state.base)
-        document = await self._call(self.store.documents.get, self.namespace, state.document_id)
-        tail_from = int(document.metadata.get("tail_from", state.base))
+        tail_from = int(state.metadata.get("tail_from", state.base))
         if events:
             tail_from = state.base + events[-1].end
         metadata = {
-            **document.metadata,
+            **state.metadata,
             "tail_from": tail_from,
             "tail": state.text[tail_from:],
             "base": len(state.text) if closing else state.base,
@@ -252,6 +250,7 @@ class EpisodicMemory:
             vectors,
             metadata,
         )
+        state.metadata = metadata
         return stored
 
     async def _stream(self, name: str) -> _Stream:
@@ -272,7 +271,7 @@ class EpisodicMemory:
             document, _ = await self._call(
                 self.store.add_document, self.namespace, name, "", [], empty, metadata=metadata
             )
-            state = _Stream(document.id, segmenter, "", 0)
+            state = _Stream(document.id, segmenter, "", 0, dict(document.metadata))
             self._streams[name] = state
             return state
         document = streams[0]
@@ -280,7 +279,7 @@ class EpisodicMemory:
         tail = str(document.metadata.get("tail", ""))
         text = "".join([await self._original(e) for e in episodes]) + tail
         base = int(document.metadata.get("base", 0))
-        state = _Stream(document.id, segmenter, text, base)
+        state = _Stream(document.id, segmenter, text, base, dict(document.metadata))
         replayed = await self._call(segmenter.feed, text[base:])
         stored = sum(1 for e in episodes if e.start_char >= base)
         if len(replayed) < stored:
@@ -332,7 +331,8 @@ class EpisodicMemory:
         def position(episode: Episode) -> int:
             return episode.ordinal if timeline is None else timeline[episode.id]
 
-        similar = await self._similar(query, k_s, eligible, filtered=document_id or timeline)
+        filtered = document_id is not None or timeline is not None
+        similar = await self._similar(query, k_s, eligible, filtered)
         candidates: list[tuple[Episode, float, Reason]] = [(e, s, "similarity") for e, s in similar]
         hits = [(e, position(e), s) for e, s in similar]
         fetched = await self._at(neighbour_positions([p for _, p, _ in hits]), within)
@@ -366,7 +366,7 @@ class EpisodicMemory:
             )
 
     async def _similar(
-        self, query: str, k: int, eligible: Callable[[Episode], bool], filtered: object
+        self, query: str, k: int, eligible: Callable[[Episode], bool], filtered: bool
     ) -> list[tuple[Episode, float]]:
         """The ``k`` most similar eligible episodes; asks the index for more while a filter
         leaves too few (up to 4 rounds, x4 each)."""

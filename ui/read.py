@@ -2,48 +2,35 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from app.errors import KNOWN_ERRORS
-from app.loaders import load_document
 from app.reading import IngestProgress
 from app.studio import Studio, current
+from ui.uploads import saved
 
 _STAGES = {"segment": "Cutting into episodes", "embed": "Embedding", "store": "Storing"}
 
 
-def _ingest(
-    s: Studio, collection: str, upload: st.runtime.uploaded_file_manager.UploadedFile
-) -> None:
-    suffix = Path(upload.name).suffix
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"upload{suffix}"
-        path.write_bytes(upload.getvalue())
-        loaded, error = s.call(lambda: load_document(path))
-    if error or loaded is None:
-        st.error((error or "").replace(str(path), upload.name))
-        return
+def _ingest(s: Studio, collection: str, upload: UploadedFile) -> None:
     latest: list[IngestProgress] = []
-    memory = s.reading.memory(collection)
-    future = s.submit(memory.ingest(loaded.text, name=loaded.title or upload.name,
-                                    source=upload.name, on_progress=latest.append))  # fmt: skip
     bar = st.progress(0.0, text="Starting…")
-    while not future.done():
-        if latest:
-            step = latest[-1]
-            bar.progress(min(step.done / max(step.total, 1), 1.0), text=_STAGES[step.stage])
-        time.sleep(0.2)
+    with saved(upload) as path:
+        future = s.submit(s.reading.ingest_file(collection, path, on_progress=latest.append))
+        while not future.done():
+            if latest:
+                step = latest[-1]
+                bar.progress(min(step.done / max(step.total, 1), 1.0), text=_STAGES[step.stage])
+            time.sleep(0.2)
+    bar.empty()
     try:
         done = future.result()
     except KNOWN_ERRORS as err:
-        bar.empty()
-        st.error(f"{upload.name}: {err}")
+        st.error(str(err).replace(str(path), upload.name))
         return
-    bar.empty()
     verb = "Ingested" if done.created else "Already held"
     st.success(f"{verb} {upload.name}: {len(done.episodes)} episodes, {done.tokens:,} tokens "
                f"in {done.seconds:.1f} s")  # fmt: skip

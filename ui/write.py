@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
 from functools import partial
-from pathlib import Path
 
 import streamlit as st
 
 from app.studio import Studio, current
 from app.writing import Story, StoryNode
+from ui.uploads import saved
 
 
 def studio() -> Studio:
@@ -46,13 +45,10 @@ def _import(s: Studio) -> None:
         upload = st.file_uploader("Text, Markdown, DOCX, EPUB or PDF", key="manuscript")
         genre = st.text_input("Genre", key="import-genre")
         if upload is not None and st.button("Import and continue"):
-            with tempfile.TemporaryDirectory() as folder:
-                path = Path(folder) / upload.name
-                path.write_bytes(upload.getvalue())
-                with st.spinner("Reading the manuscript…"):
-                    result, error = s.call(
-                        lambda: s.run(s.writing.import_manuscript(path, genre=genre))
-                    )
+            with saved(upload) as path, st.spinner("Reading the manuscript…"):
+                result, error = s.call(
+                    lambda: s.run(s.writing.import_manuscript(path, genre=genre))
+                )
             if not _fail(error) and result is not None:
                 st.session_state["story"] = result[0].id
                 st.rerun()

@@ -96,8 +96,8 @@ def test_branches_never_see_each_other(store: MemoryStore) -> None:
     assert "ZEBRA" not in llm.prompts[-1]  # the sibling branch's paragraphs are not recalled
     writer.switch(story.id, first.id)
     assert "ZEBRA" in writer.text(story.id)
+    writer.switch(story.id, root.id)
     with pytest.raises(InvalidRecord, match="nothing to undo"):
-        writer.switch(story.id, root.id)
         writer.undo(story.id)
 
 
