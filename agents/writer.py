@@ -17,19 +17,24 @@ paragraph and the chosen plan, and answers with the next paragraph, the updated 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
-
+from agents.replies import ImportReply, StartReply, StepReply
 from memory.episodic import EpisodicMemory
-from memory.errors import InvalidRecord
+from memory.errors import InvalidRecord, NotFound
 from memory.records import BibleEntry, NewStoryNode, Story, StoryNode
 from memory.retrieval import clip
 from memory.stories import SqlStoryStore
 from serving.llm import LLM, ChatMessage, SamplingParams
+from serving.rerank.reranker import Reranker
+from serving.structured import streamed_field
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["novel", "interactive"]
 
@@ -55,47 +60,13 @@ class WriterConfig:
     temperature: float = 0.8
     """Sampling temperature of generation."""
     top_p: float = 0.95
-
-
-class MemoryUpdate(BaseModel):
-    reason: str = Field(max_length=600, description="Why the short-term memory changed.")
-    short_term_memory: str = Field(
-        min_length=1, max_length=2400, description="The rewritten running summary."
-    )
-
-
-class StepReply(BaseModel):
-    """What the model answers each step."""
-
-    paragraph: str = Field(min_length=1, max_length=2800)
-    memory_update: MemoryUpdate
-    plans: list[str] = Field(min_length=3, max_length=3)
-
-
-class StartReply(BaseModel):
-    """What the model answers when a story starts."""
-
-    title: str = Field(min_length=1, max_length=120)
-    outline: str = Field(min_length=1, max_length=1600)
-    paragraphs: list[str] = Field(min_length=1, max_length=3)
-    short_term_memory: str = Field(min_length=1, max_length=2400)
-    plans: list[str] = Field(min_length=3, max_length=3)
-
-
-class BibleItem(BaseModel):
-    kind: Literal["character", "place", "fact", "other"]
-    name: str = Field(min_length=1, max_length=120)
-    text: str = Field(min_length=1, max_length=600)
-
-
-class ImportReply(BaseModel):
-    """What the model answers about an imported manuscript."""
-
-    title: str = Field(min_length=1, max_length=120)
-    outline: str = Field(min_length=1, max_length=1600)
-    short_term_memory: str = Field(min_length=1, max_length=2400)
-    plans: list[str] = Field(min_length=3, max_length=3)
-    bible: list[BibleItem] = Field(default_factory=list, max_length=12)
+    """Nucleus sampling mass of generation."""
+    candidates: int = 1
+    """Paragraphs drafted per step; with a reranker the best-scored one is kept (RankGen's
+    over-generate-and-rerank), without one the first."""
+    remember_in_background: bool = True
+    """Ingest each new paragraph into long-term memory while the next step is being written
+    (its recall never needs it: the last paragraph is in the prompt verbatim)."""
 
 
 _PLAN_CHARS = 400
@@ -148,11 +119,18 @@ class RecurrentWriter:
         memory_for: Callable[[str], EpisodicMemory],
         llm: LLM,
         config: WriterConfig = WriterConfig(),
+        *,
+        reranker: Reranker | None = None,
     ) -> None:
+        if not 1 <= config.candidates <= 16:
+            raise InvalidRecord(f"candidates={config.candidates} must be in [1, 16]")
         self.stories = stories
         self.memory_for = memory_for
         self.llm = llm
         self.config = config
+        self.reranker = reranker
+        self._pending: dict[int, asyncio.Task[list[int]]] = {}
+        """Background ingests of new paragraphs, by node id (see :meth:`settle`)."""
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -272,9 +250,14 @@ class RecurrentWriter:
         plan: str | None = None,
         action: str | None = None,
         parent_id: int | None = None,
+        on_paragraph: Callable[[str], None] | None = None,
     ) -> StoryNode:
         """Write the paragraph after ``parent_id`` (default: the head) following ``plan`` (or,
-        in interactive mode, the reader's ``action``); the new node becomes the head."""
+        in interactive mode, the reader's ``action``); the new node becomes the head.
+
+        ``on_paragraph`` is called with the paragraph so far while it is generated (the first
+        draft's, when several are drafted). Cancelling the call stores nothing.
+        """
         story = self.stories.get(story_id)
         parent = self.stories.node(story_id, parent_id or self._head(story))
         instruction = (action if story.mode == "interactive" and action else plan) or ""
@@ -282,11 +265,12 @@ class RecurrentWriter:
             instruction = parent.plans[0] if parent.plans else "Continue the story."
         memory = self.memory_for(story.namespace)
         prompt = await self.prompt(story, parent, instruction, memory)
-        reply = await self.llm.generate_json(prompt.messages, StepReply, self._params())
+        reply, ranking = await self._draft(prompt, parent, on_paragraph)
         paragraph = reply.paragraph.strip()
-        episode_ids = await self._remember(memory, paragraph)
+        background = self.config.remember_in_background
+        episode_ids = [] if background else await self._remember(memory, paragraph)
         count = memory.count_tokens
-        return self.stories.add_node(
+        node = self.stories.add_node(
             story_id,
             parent.id,
             NewStoryNode(
@@ -299,8 +283,40 @@ class RecurrentWriter:
                 plans=[p.strip()[:_PLAN_CHARS] for p in reply.plans],
                 episode_ids=episode_ids,
                 prompt=prompt.record(),
+                metadata={"rerank": ranking} if ranking else {},
             ),
         )
+        if background and paragraph:
+            self._pending[node.id] = asyncio.create_task(
+                self._remember_node(story_id, node.id, memory, paragraph)
+            )
+        return node
+
+    async def _draft(
+        self, prompt: Prompt, parent: StoryNode, on_paragraph: Callable[[str], None] | None
+    ) -> tuple[StepReply, dict[str, Any] | None]:
+        """The step's reply: one draft, or ``candidates`` drafts and the reranker's choice
+        (scored against the last paragraph, RankGen's prefix) with the scores to record."""
+        params = self._params()
+
+        def stream(text: str) -> None:
+            if on_paragraph is not None and (paragraph := streamed_field(text, "paragraph")):
+                on_paragraph(paragraph)
+
+        first = self.llm.generate_json(prompt.messages, StepReply, params, on_text=stream)
+        if self.config.candidates == 1 or self.reranker is None:
+            return await first, None
+        others = [
+            self.llm.generate_json(prompt.messages, StepReply, params)
+            for _ in range(self.config.candidates - 1)
+        ]
+        replies = await asyncio.gather(first, *others)
+        reranker = self.reranker
+        texts = [r.paragraph.strip() for r in replies]
+        scores = await asyncio.to_thread(reranker.score, parent.paragraph, texts)
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        ranking = {"scorer": reranker.name, "scores": [float(x) for x in scores], "chosen": best}
+        return replies[best], ranking
 
     async def regenerate(self, story_id: int, node_id: int) -> StoryNode:
         """Another take on a step: a sibling of ``node_id`` with the same instruction."""
@@ -308,8 +324,9 @@ class RecurrentWriter:
         if node.parent_id is None:
             raise InvalidRecord("the opening cannot be regenerated; start a new story instead")
         story = self.stories.get(story_id)
-        key = "action" if story.mode == "interactive" else "plan"
-        return await self.step(story_id, parent_id=node.parent_id, **{key: node.instruction})
+        if story.mode == "interactive":
+            return await self.step(story_id, parent_id=node.parent_id, action=node.instruction)
+        return await self.step(story_id, parent_id=node.parent_id, plan=node.instruction)
 
     def undo(self, story_id: int) -> StoryNode:
         """Move the head back to its parent (the undone step stays, as a branch)."""
@@ -342,9 +359,8 @@ class RecurrentWriter:
     ) -> Prompt:
         """The step's prompt, every part within its budget (so bounded in story length)."""
         config, count = self.config, memory.count_tokens
-        timeline = (  # the ancestors' events: the parent's paragraph is in the prompt already
-            self.stories.timeline(story.id, parent.parent_id) if parent.parent_id else []
-        )
+        # The ancestors' events: the parent's paragraph is in the prompt already.
+        timeline = await self._timeline(story.id, parent.parent_id, memory)
         instruction = clip(instruction.strip(), config.instruction_tokens, count)
         last = _tail(parent.paragraph, config.last_paragraph_tokens, count)
         query = clip(f"{instruction}\n{last[-600:]}", config.recall_tokens // 2, count)
@@ -403,7 +419,67 @@ class RecurrentWriter:
                 left -= size
         return chosen
 
-    # -- helpers ----------------------------------------------------------------------------
+    # -- long-term memory ---------------------------------------------------------------------
+
+    async def settle(self) -> None:
+        """Wait for the paragraphs still being ingested in the background. Call it before the
+        event loop ends; a paragraph whose ingest was cut short is ingested by the next step
+        that recalls past it, so nothing is lost either way."""
+        while self._pending:
+            node_id = next(iter(self._pending))
+            await self._wait_for(node_id)
+
+    async def _wait_for(self, node_id: int) -> bool:
+        """Wait for a node's background ingest, if any; whether it stored the paragraph.
+
+        A task of another event loop (a caller that ran each step in its own ``asyncio.run``)
+        was cancelled when that loop closed, so it counts as not stored."""
+        task = self._pending.pop(node_id, None)
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            return False
+        await asyncio.wait([task])
+        # An exception was logged by the task; the next step retries the paragraph.
+        return not task.cancelled() and task.exception() is None
+
+    async def _timeline(
+        self, story_id: int, node_id: int | None, memory: EpisodicMemory
+    ) -> list[int]:
+        """Episode ids from the root to ``node_id``, first ingesting any paragraph on the way
+        that is not in long-term memory yet (pending in the background, failed, or cut off by
+        a crash)."""
+        if node_id is None:
+            return []
+        timeline = self.stories.recall_timeline(story_id, node_id)
+        if not timeline.unremembered:
+            return timeline.episode_ids
+        for missing in timeline.unremembered:
+            if await self._wait_for(missing):
+                continue
+            node = self.stories.node(story_id, missing)  # retry here: errors reach the caller
+            await self._remember_node(story_id, missing, memory, node.paragraph)
+        return self.stories.timeline(story_id, node_id)
+
+    async def _remember_node(
+        self, story_id: int, node_id: int, memory: EpisodicMemory, paragraph: str
+    ) -> list[int]:
+        """Ingest a node's paragraph and record its episodes on the node."""
+        try:
+            episode_ids = await self._remember(memory, paragraph)
+            try:
+                self.stories.update_node(story_id, node_id, episode_ids=episode_ids)
+            except NotFound:
+                # The story was deleted meanwhile: drop what this ingest wrote (it may have
+                # re-created the namespace), so no memory of a deleted story survives.
+                if story_id not in {story.id for story in self.stories.all()}:
+                    await asyncio.to_thread(memory.store.delete_namespace, memory.namespace)
+                    return []
+                raise
+        except Exception:
+            # Runs as a background task with no caller to raise to: log it; the next step that
+            # recalls past this node ingests the paragraph again and raises to its caller.
+            log.exception("could not store the paragraph of node %s in long-term memory", node_id)
+            raise
+        return episode_ids
 
     async def _remember(self, memory: EpisodicMemory, paragraph: str) -> list[int]:
         """Ingest one paragraph into long-term memory; its episode ids, in order."""

@@ -35,14 +35,17 @@ class Writing:
         self.reading = reading
         self.stories = SqlStoryStore(reading.store.database)
         self.config = config or WriterConfig()
+        self._writer: RecurrentWriter | None = None
 
     @property
     def writer(self) -> RecurrentWriter:
-        """The writer (loads the LLM on first use)."""
-        return RecurrentWriter(
-            self.stories, self.reading.story_memory, self.reading.llm,
-            self.config,
-        )  # fmt: skip
+        """The writer, built (and the LLM loaded) on first use, then kept: it holds the
+        background ingests of new paragraphs."""
+        if self._writer is None:
+            self._writer = RecurrentWriter(
+                self.stories, self.reading.story_memory, self.reading.llm, self.config
+            )
+        return self._writer
 
     async def start(
         self, genre: str, premise: str, mode: Mode = "novel"

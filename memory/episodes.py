@@ -106,6 +106,13 @@ def insert_episodes(
     if embeddings is not None and len(embeddings) != len(episodes):
         raise InvalidRecord(f"{len(episodes)} episodes but {len(embeddings)} embeddings")
     now = utcnow()
+    # Writers to one namespace take turns, so two concurrent ingests never pick the same
+    # ordinals: PostgreSQL's FOR NO KEY UPDATE holds the namespace row until commit without
+    # conflicting with the key-share locks that foreign keys take (no deadlock); SQLite has
+    # one writer anyway.
+    session.execute(
+        select(NamespaceRow.id).where(NamespaceRow.id == space.id).with_for_update(key_share=True)
+    )
     last = session.scalar(
         select(func.max(EpisodeRow.ordinal)).where(EpisodeRow.namespace_id == space.id)
     )

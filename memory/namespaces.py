@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from memory.database import Database
-from memory.errors import InvalidRecord, NotFound
+from memory.errors import InvalidRecord, NotFound, StoreError
 from memory.records import Namespace
 from memory.tables import NamespaceRow
 
@@ -56,6 +57,15 @@ class SqlNamespaceStore:
         would not be comparable with new ones.
         """
         check_name(name)
+        try:
+            return self._ensure(name, embedding_model, embedding_dim)
+        except StoreError as err:
+            if not isinstance(err.__cause__, IntegrityError):
+                raise
+            # Another writer created it between our read and our insert: use theirs.
+            return self._ensure(name, embedding_model, embedding_dim)
+
+    def _ensure(self, name: str, embedding_model: str, embedding_dim: int) -> Namespace:
         with self.database.session() as session:
             row = session.scalar(select(NamespaceRow).where(NamespaceRow.name == name))
             if row is None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from memory.database import Database
@@ -149,6 +150,17 @@ def _episode_ids(session: Session, namespace_id: int, values: object) -> list[in
                 "paragraph's episodes in that namespace first"
             )
     return ids
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """What a step may recall along one branch."""
+
+    episode_ids: list[int]
+    """Long-term memory episodes of the nodes from the root down, in story order."""
+    unremembered: list[int]
+    """Nodes on the branch whose paragraph is not in long-term memory yet (ingest pending or
+    interrupted)."""
 
 
 class SqlStoryStore:
@@ -319,20 +331,32 @@ class SqlStoryStore:
 
     def timeline(self, story_id: int, node_id: int) -> list[int]:
         """The long-term memory episode ids of the nodes from the root down to ``node_id``, in
-        order: what a step may recall. One query, reading no paragraphs or prompts."""
+        order: what a step may recall."""
+        return self.recall_timeline(story_id, node_id).episode_ids
+
+    def recall_timeline(self, story_id: int, node_id: int) -> Timeline:
+        """The episode ids from the root down to ``node_id`` and the nodes on that path whose
+        paragraph has no episodes yet. One query, reading no paragraphs or prompts."""
         up = self._ancestors(story_id, node_id)
         with self.database.session() as session:
-            lists = list(
-                session.scalars(
-                    select(StoryNodeRow.episode_ids)
+            rows = list(
+                session.execute(
+                    select(
+                        StoryNodeRow.id,
+                        StoryNodeRow.episode_ids,
+                        func.length(StoryNodeRow.paragraph) > 0,
+                    )
                     .join(up, StoryNodeRow.id == up.c.id)
                     .order_by(StoryNodeRow.depth)
                 )
             )
-            if not lists:
+            if not rows:
                 self._story(session, story_id)
                 self._node(session, story_id, node_id)
-        return [episode_id for ids in lists for episode_id in ids]
+        return Timeline(
+            episode_ids=[episode_id for _, ids, _ in rows for episode_id in ids],
+            unremembered=[node for node, ids, written in rows if written and not ids],
+        )
 
     @staticmethod
     def _ancestors(story_id: int, node_id: int) -> Any:

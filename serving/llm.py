@@ -8,7 +8,7 @@ blocking wrapper for scripts and Streamlit.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -17,6 +17,9 @@ from pydantic import BaseModel
 FinishReason = Literal["stop", "length", "cancelled"]
 Role = Literal["system", "user", "assistant", "tool"]
 Schema = TypeVar("Schema", bound=BaseModel)
+
+OnText = Callable[[str], None]
+"""Called with a reply's text so far while it streams."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +165,15 @@ class LLM(Protocol):
         messages: Sequence[ChatMessage],
         schema: type[Schema],
         params: SamplingParams = GREEDY,
+        *,
+        on_text: OnText | None = None,
     ) -> Schema:
         """A reply validated against ``schema``: guided decoding where the backend has it,
         otherwise parse and a bounded number of repair attempts
-        (:class:`serving.errors.StructuredOutputError` when they run out)."""
+        (:class:`serving.errors.StructuredOutputError` when they run out).
+
+        ``on_text``, when given, is called with the reply's raw text so far as it is generated
+        (each repair attempt starts again from ""), so a UI can show it streaming."""
         ...
 
 

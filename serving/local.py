@@ -14,13 +14,14 @@ from serving.llm import (
     Choice,
     Completion,
     FinishReason,
+    OnText,
     SamplingParams,
     Schema,
     StreamDelta,
     TokenLogprob,
     json_schema_of,
 )
-from serving.structured import validated
+from serving.structured import Accumulator, validated
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,8 @@ class LocalLLM:
         messages: Sequence[ChatMessage],
         schema: type[Schema],
         params: SamplingParams = GREEDY,
+        *,
+        on_text: OnText | None = None,
     ) -> Schema:
         """Grammar-guided JSON, then validated (a reply cut by max_tokens is repaired)."""
         json_schema = json_schema_of(schema)
@@ -167,6 +170,12 @@ class LocalLLM:
             spec = EngineRequest(
                 tuple(self.encode_chat(conversation)), params, json_schema=json_schema
             )
-            return (await self.run(spec)).choices[0].text
+            if on_text is None:
+                return (await self.run(spec)).choices[0].text
+            reply = Accumulator(on_text)
+            async for delta in self._stream(spec):
+                if delta.index == 0:
+                    reply.add(delta.text)
+            return reply.text
 
         return await validated(guided, messages, schema)

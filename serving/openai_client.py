@@ -36,13 +36,14 @@ from serving.llm import (
     Choice,
     Completion,
     FinishReason,
+    OnText,
     SamplingParams,
     Schema,
     StreamDelta,
     TokenLogprob,
     json_schema_of,
 )
-from serving.structured import validated
+from serving.structured import Accumulator, validated
 from serving.tokens import TokenCounter, token_counter
 
 log = logging.getLogger(__name__)
@@ -205,10 +206,12 @@ class OpenAICompatibleLLM:
         messages: Sequence[ChatMessage],
         schema: type[Schema],
         params: SamplingParams = GREEDY,
+        *,
+        on_text: OnText | None = None,
     ) -> Schema:
         """One choice, constrained by the server's guided decoding (see
         :attr:`OpenAIClientConfig.guided_decoding`) and always validated through
-        :func:`serving.structured.validated` (3 attempts at most)."""
+        :func:`serving.structured.validated` (3 attempts at most); streamed to ``on_text``."""
         params = replace(params, n=1)
         guidance: dict[_Guide, dict[str, Any]] = {
             "vllm": {"extra_body": {"structured_outputs": {"json": json_schema_of(schema)}}},
@@ -217,7 +220,7 @@ class OpenAICompatibleLLM:
         }
 
         async def generate(conversation: Sequence[ChatMessage]) -> str:
-            return (await self._guided_chat(conversation, params, guidance)).text
+            return (await self._guided_chat(conversation, params, guidance, on_text)).text
 
         return await validated(generate, messages, schema)
 
@@ -226,6 +229,7 @@ class OpenAICompatibleLLM:
         messages: Sequence[ChatMessage],
         params: SamplingParams,
         guidance: Mapping[_Guide, Mapping[str, Any]],
+        on_text: OnText | None = None,
     ) -> Completion:
         """In auto mode a 4xx moves on to the next guide (vllm → openai → none); the move is
         remembered only once a request with the later guide succeeds, so a request that is bad
@@ -238,7 +242,7 @@ class OpenAICompatibleLLM:
         )
         for guide in guides[:-1]:
             try:
-                completion = await self._chat(messages, params, guidance[guide])
+                completion = await self._chat(messages, params, guidance[guide], on_text)
             except LLMRequestError as err:
                 log.info(
                     "%s refused guide %r (%s); trying the next", self.config.base_url, guide, err
@@ -246,7 +250,7 @@ class OpenAICompatibleLLM:
                 continue
             self._guide = guide
             return completion
-        completion = await self._chat(messages, params, guidance[guides[-1]])
+        completion = await self._chat(messages, params, guidance[guides[-1]], on_text)
         self._guide = guides[-1]
         return completion
 
@@ -255,11 +259,16 @@ class OpenAICompatibleLLM:
         messages: Sequence[ChatMessage],
         params: SamplingParams,
         guidance: Mapping[str, Any] | None = None,
+        on_text: OnText | None = None,
     ) -> Completion:
-        """A chat completion; ``guidance`` adds request fields (``extra_body`` is merged)."""
+        """A chat completion; ``guidance`` adds request fields (``extra_body`` is merged).
+        With ``on_text`` the first choice streams to it (a refused request still raises before
+        any text, so the guide fallback above works the same)."""
         arguments = self._chat_arguments(messages, params)
         for key, value in (guidance or {}).items():
             arguments[key] = {**(arguments[key] or {}), **value} if key == "extra_body" else value
+        if on_text is not None:
+            return await self._streamed_chat(arguments, on_text)
         response = await self._call(
             "POST /chat/completions",
             lambda: self._client.chat.completions.create(stream=False, **arguments),
@@ -274,6 +283,22 @@ class OpenAICompatibleLLM:
             for choice in response.choices
         ]
         return self._assemble("POST /chat/completions", response.model, choices, response.usage)
+
+    async def _streamed_chat(self, arguments: dict[str, Any], on_text: OnText) -> Completion:
+        """The first choice of a streamed chat completion, its text reported as it arrives."""
+        stream = await self._call(
+            "POST /chat/completions",
+            lambda: self._client.chat.completions.create(stream=True, **arguments),
+        )
+        reply, finish, model = Accumulator(on_text), None, self.config.model
+        async for chunk in self._relay(stream, "POST /chat/completions"):
+            model = chunk.model or model
+            for choice in chunk.choices:
+                if choice.index == 0:
+                    reply.add(choice.delta.content or "")
+                    finish = _finish_reason(choice.finish_reason) or finish
+        choice = Choice(index=0, text=reply.text, finish_reason=finish or "stop", logprobs=None)
+        return self._assemble("POST /chat/completions", model, [choice], None)
 
     def _sampling_arguments(self, params: SamplingParams) -> dict[str, Any]:
         return {

@@ -6,6 +6,7 @@ of times. Every backend runs its ``generate_json`` through :func:`validated`, gu
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from serving.errors import StructuredOutputError
-from serving.llm import ChatMessage, Schema
+from serving.llm import ChatMessage, OnText, Schema
 
 MAX_LISTED_ERRORS = 5
 """Validation errors quoted back to the model per repair request; the rest are counted."""
@@ -166,3 +167,68 @@ async def validated(
         f"no valid {schema.__name__} after {attempts} attempt(s) (1 + {repairs} repairs); "
         f"last problem: {last}"
     ) from last
+
+
+class Accumulator:
+    """Joins streamed pieces of one reply and reports the text so far to ``on_text``."""
+
+    def __init__(self, on_text: OnText | None) -> None:
+        self.on_text = on_text
+        self.parts: list[str] = []
+
+    def add(self, piece: str) -> None:
+        if piece:
+            self.parts.append(piece)
+            if self.on_text is not None:
+                self.on_text("".join(self.parts))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def streamed_field(reply: str, key: str) -> str | None:
+    """The value of the top-level string field ``key`` in a JSON reply that may still be
+    arriving: what has been decoded so far (an escape cut in half is left out), or None while
+    the field has not started. Lets a UI show ``{"paragraph": "…`` as prose while it streams.
+    """
+    match = re.search(r'"' + re.escape(key) + r'"\s*:\s*"', reply)
+    if match is None:
+        return None
+    out: list[str] = []
+    index, end = match.end(), len(reply)
+    while index < end:
+        char = reply[index]
+        if char == '"':
+            break
+        if char != "\\":
+            out.append(char)
+            index += 1
+            continue
+        if index + 1 >= end:
+            break  # the escape's second half has not arrived
+        code = reply[index + 1]
+        if code == "u":
+            digits = reply[index + 2 : index + 6]
+            if len(digits) < 4:
+                break
+            try:
+                point = int(digits, 16)
+            except ValueError:
+                break
+            index += 6
+            if 0xD800 <= point < 0xDC00:  # a surrogate pair: join it, or wait for its half
+                low = re.match(r"\\u[dD][c-fC-F][0-9a-fA-F]{2}", reply[index : index + 6])
+                if low is None:
+                    break
+                point = 0x10000 + ((point - 0xD800) << 10) + int(low.group()[2:], 16) - 0xDC00
+                index += 6
+            if not 0xDC00 <= point < 0xE000:  # a lone low surrogate cannot be shown: skip it
+                out.append(chr(point))
+        else:
+            out.append(_ESCAPES.get(code, code))
+            index += 2
+    return "".join(out)

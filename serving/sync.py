@@ -19,6 +19,7 @@ from serving.llm import (
     LLM,
     ChatMessage,
     Completion,
+    OnText,
     SamplingParams,
     Schema,
     StreamDelta,
@@ -84,8 +85,11 @@ class SyncLLM:
         messages: Sequence[ChatMessage],
         schema: type[Schema],
         params: SamplingParams = GREEDY,
+        *,
+        on_text: OnText | None = None,
     ) -> Schema:
-        return self._run(self._llm.generate_json(messages, schema, params))
+        """``on_text`` is called from the wrapper's loop thread."""
+        return self._run(self._llm.generate_json(messages, schema, params, on_text=on_text))
 
     def close(self) -> None:
         """Close the backend (if it has ``aclose``), stop the loop and join its thread.

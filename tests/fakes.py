@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -10,7 +11,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serving.llm import GREEDY, ChatMessage, Completion, SamplingParams, Schema, StreamDelta
+from serving.llm import (
+    GREEDY,
+    ChatMessage,
+    Completion,
+    OnText,
+    SamplingParams,
+    Schema,
+    StreamDelta,
+)
 from serving.structured import validated
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -62,11 +71,21 @@ class ScriptedLLM:
         self.prompts: list[str] = []
 
     async def generate_json(
-        self, messages: Sequence[ChatMessage], schema: type[Schema], params: SamplingParams = GREEDY
+        self,
+        messages: Sequence[ChatMessage],
+        schema: type[Schema],
+        params: SamplingParams = GREEDY,
+        *,
+        on_text: OnText | None = None,
     ) -> Schema:
         async def generate(conversation: Sequence[ChatMessage]) -> str:
             self.prompts.append(conversation[-1].content)
-            return self.reply(messages[-1].content, len(self.prompts))
+            reply = self.reply(messages[-1].content, len(self.prompts))
+            if on_text is not None:  # streamed in pieces of 7 characters, as a server would
+                for end in range(7, len(reply) + 7, 7):
+                    on_text(reply[:end])
+                    await asyncio.sleep(0)
+            return reply
 
         return await validated(generate, messages, schema)
 

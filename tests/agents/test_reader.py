@@ -23,6 +23,7 @@ from serving.llm import (
     ChatMessage,
     Choice,
     Completion,
+    OnText,
     SamplingParams,
     Schema,
     StreamDelta,
@@ -114,6 +115,8 @@ class RecordingLLM:
         messages: Sequence[ChatMessage],
         schema: type[Schema],
         params: SamplingParams = GREEDY,
+        *,
+        on_text: OnText | None = None,
     ) -> Schema:
         self.prompts.append(list(messages))
         shown = _PASSAGE.findall(messages[-1].content)

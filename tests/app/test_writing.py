@@ -20,7 +20,12 @@ def test_story_lifetime(store: MemoryStore, tmp_path: Path) -> None:
     reading = Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo))
     writing = Writing(reading)
     story, _ = asyncio.run(writing.start("adventure", "A courier crosses the desert."))
-    asyncio.run(writing.writer.step(story.id, plan="A storm rises."))
+
+    async def step() -> None:
+        await writing.writer.step(story.id, plan="A storm rises.")
+        await writing.writer.settle()
+
+    asyncio.run(step())
     markdown = writing.markdown(story.id)
     assert markdown.startswith("# The Salt Road") and "A storm rises." in markdown
     assert store.episodes.count(story.namespace) >= 2
@@ -39,7 +44,12 @@ def test_exports_round_trip_through_the_loaders(store: MemoryStore, tmp_path: Pa
     reading = Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo))
     writing = Writing(reading)
     story, _ = asyncio.run(writing.start("adventure", "A courier crosses the desert."))
-    asyncio.run(writing.writer.step(story.id, plan="A storm rises."))
+
+    async def step() -> None:
+        await writing.writer.step(story.id, plan="A storm rises.")
+        await writing.writer.settle()
+
+    asyncio.run(step())
     for kind, data in (("docx", writing.docx(story.id)), ("epub", writing.epub(story.id))):
         path = tmp_path / f"story.{kind}"
         path.write_bytes(data)

@@ -339,3 +339,19 @@ def test_search_within_a_timeline_follows_its_order(store: MemoryStore) -> None:
     texts = " ".join(h.text for h in hits)
     assert "Forty-two" in texts and "Lost branch" not in texts
     assert [h.reason for h in hits] == ["similarity", "contiguity"]
+
+
+def test_concurrent_ingests_into_one_namespace_take_turns(store: MemoryStore) -> None:
+    """Writers to one namespace never collide on episode ordinals (PostgreSQL included)."""
+    memory = fixed_memory(store)
+    texts = [f"Document {i}. " + " ".join(TOPICS[i % len(TOPICS)]) * 3 for i in range(6)]
+
+    async def all_at_once() -> list[Any]:
+        return list(
+            await asyncio.gather(*(memory.ingest(t, name=f"d{i}") for i, t in enumerate(texts)))
+        )
+
+    done = run(all_at_once())
+    ordinals = [e.ordinal for d in done for e in d.episodes]
+    assert len(ordinals) == len(set(ordinals)) and len(done) == 6
+    assert [e.ordinal for e in run(memory.episodes())] == sorted(ordinals)

@@ -14,6 +14,7 @@ from serving.llm import (
     ChatMessage,
     Choice,
     Completion,
+    OnText,
     SamplingParams,
     Schema,
     StreamDelta,
@@ -83,6 +84,8 @@ class EchoLLM:
         messages: Sequence[ChatMessage],
         schema: type[Schema],
         params: SamplingParams = GREEDY,
+        *,
+        on_text: OnText | None = None,
     ) -> Schema:
         self._note()
         return schema.model_validate_json(messages[-1].content)
