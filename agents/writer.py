@@ -318,15 +318,22 @@ class RecurrentWriter:
         ranking = {"scorer": reranker.name, "scores": [float(x) for x in scores], "chosen": best}
         return replies[best], ranking
 
-    async def regenerate(self, story_id: int, node_id: int) -> StoryNode:
+    async def regenerate(
+        self, story_id: int, node_id: int, on_paragraph: Callable[[str], None] | None = None
+    ) -> StoryNode:
         """Another take on a step: a sibling of ``node_id`` with the same instruction."""
         node = self.stories.node(story_id, node_id)
         if node.parent_id is None:
             raise InvalidRecord("the opening cannot be regenerated; start a new story instead")
         story = self.stories.get(story_id)
+        parent, instruction = node.parent_id, node.instruction
         if story.mode == "interactive":
-            return await self.step(story_id, parent_id=node.parent_id, action=node.instruction)
-        return await self.step(story_id, parent_id=node.parent_id, plan=node.instruction)
+            return await self.step(
+                story_id, parent_id=parent, action=instruction, on_paragraph=on_paragraph
+            )
+        return await self.step(
+            story_id, parent_id=parent, plan=instruction, on_paragraph=on_paragraph
+        )
 
     def undo(self, story_id: int) -> StoryNode:
         """Move the head back to its parent (the undone step stays, as a branch)."""

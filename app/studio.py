@@ -61,6 +61,13 @@ class Studio:
         """Start a coroutine on the studio's loop; the page polls the future (and can cancel)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
+    def outcome(self, future: Future[T]) -> tuple[T | None, str | None]:
+        """A finished future's (result, None), or (None, why not): the error's one line, or
+        "stopped" when it was cancelled."""
+        if future.cancelled():
+            return None, "stopped"
+        return self.call(future.result)
+
     def call(self, work: Callable[[], T]) -> tuple[T | None, str | None]:
         """(result, None), or (None, the one-line message) when Mneme knows the error."""
         try:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
+import time
+from collections.abc import Callable, Coroutine
 from functools import partial
+from typing import Any
 
 import streamlit as st
 
 from app.studio import Studio, current
 from app.writing import Story, StoryNode
 from ui.uploads import saved
+
+PAGE = 20
+"""Paragraphs shown per page of the text."""
 
 
 def studio() -> Studio:
@@ -69,6 +76,22 @@ def _pick_story(s: Studio) -> Story | None:
     return s.writing.stories.get(chosen.id)
 
 
+def _manage(s: Studio, story: Story) -> None:
+    """Rename the story, or delete it (after a confirmation) with all it remembers."""
+    with st.sidebar.expander("This story"):
+        title = st.text_input("Title", value=story.title, key=f"title-{story.id}")
+        if st.button("Rename", disabled=title.strip() == story.title):
+            _, error = s.call(lambda: s.writing.stories.rename(story.id, title))
+            if not _fail(error):
+                st.rerun()
+        sure = st.checkbox(f"Yes, delete “{story.title}” and its memory", key=f"sure-{story.id}")
+        if st.button("Delete story", disabled=not sure, type="primary"):
+            _, error = s.call(lambda: s.writing.delete(story.id))
+            if not _fail(error):
+                st.session_state.pop("story", None)
+                st.rerun()
+
+
 def _save_draft(s: Studio, story_id: int, key: str) -> None:
     """Keep what the writer typed with the story, so a reload or a crash loses nothing."""
     story = s.writing.stories.get(story_id)
@@ -76,25 +99,77 @@ def _save_draft(s: Studio, story_id: int, key: str) -> None:
 
 
 def _step(s: Studio, story: Story, instruction: str) -> None:
-    """Write the next paragraph: ``instruction`` is a plan, or the reader's action."""
+    """Start writing the next paragraph: ``instruction`` is a plan, or the reader's action."""
     interactive = story.mode == "interactive"
     plan, action = (None, instruction) if interactive else (instruction, None)
+    _begin(s, story, lambda on: s.writing.writer.step(story.id, plan=plan, action=action,
+                                                      on_paragraph=on))  # fmt: skip
+
+
+def _begin(
+    s: Studio, story: Story, work: Callable[[Callable[[str], None]], Coroutine[Any, Any, StoryNode]]
+) -> None:
+    """Run a step on the studio's loop; the page streams its paragraph (see :func:`_follow`).
+
+    The step survives reruns (typing elsewhere on the page does not stop it); Stop cancels it,
+    and a cancelled step stores nothing."""
+    streamed = {"text": ""}
+    future = s.submit(work(lambda text: streamed.__setitem__("text", text)))
+    st.session_state["generation"] = {"story": story.id, "future": future, "streamed": streamed}
+    st.rerun()
+
+
+def _stop() -> None:
+    generation = st.session_state.get("generation")
+    if generation is not None:
+        generation["future"].cancel()
+
+
+def _follow(s: Studio, story: Story) -> bool:
+    """Show a running step's paragraph as it streams, until it ends; whether one was running."""
+    generation = st.session_state.get("generation")
+    if generation is None or generation["story"] != story.id:
+        return False
+    future, streamed = generation["future"], generation["streamed"]
+    st.button("Stop writing", on_click=_stop, type="primary", key="stop-generation")
+    box = st.empty()
     with st.spinner("Writing the next paragraph…"):
-        _, error = s.call(lambda: s.run(s.writing.writer.step(story.id, plan=plan, action=action)))
-    if not _fail(error):
+        while not future.done():
+            box.markdown((streamed["text"] or "…") + " ▌")
+            time.sleep(0.1)
+    st.session_state.pop("generation", None)
+    _, error = s.outcome(future)
+    if error == "stopped":
+        st.session_state["notice"] = "Stopped: nothing was stored; the plans are as they were."
+    elif error:
+        st.session_state["notice-error"] = error
+    else:
         fresh = s.writing.stories.get(story.id)
         s.writing.stories.update(story.id, metadata={**fresh.metadata, "draft": ""})
-        st.rerun()
+    st.rerun()
+    return True
+
+
+def _text(s: Studio, story: Story, head: StoryNode) -> None:
+    """The branch's text a page at a time (the last page first), so long books stay fast."""
+    paragraphs = [node.paragraph for node in s.writing.stories.path(story.id, head.id)]
+    pages = max(1, -(-len(paragraphs) // PAGE))
+    page = pages
+    if pages > 1:
+        page = int(st.number_input(f"Page (of {pages})", 1, pages, pages, key=f"page-{head.id}"))
+    with st.container(height=420):
+        for paragraph in paragraphs[(page - 1) * PAGE : page * PAGE]:
+            st.write(paragraph)
+    st.caption(f"{len(paragraphs)} paragraphs, {PAGE} a page")
 
 
 def _writing_loop(s: Studio, story: Story, head: StoryNode) -> None:
-    text = s.writing.markdown(story.id).split("\n\n", 2)[-1]
-    paragraphs = text.strip().split("\n\n")
-    with st.container(height=420):
-        for paragraph in paragraphs[-30:]:
-            st.write(paragraph)
-    if len(paragraphs) > 30:
-        st.caption(f"Showing the last 30 of {len(paragraphs)} paragraphs (export for all).")
+    if notice := st.session_state.pop("notice", None):
+        st.info(notice)
+    _fail(st.session_state.pop("notice-error", None))
+    _text(s, story, head)
+    if _follow(s, story):
+        return
     st.subheader("What do you do?" if story.mode == "interactive" else "What happens next")
     columns = st.columns(3)
     for i, (column, plan) in enumerate(zip(columns, head.plans, strict=False)):
@@ -112,10 +187,7 @@ def _writing_loop(s: Studio, story: Story, head: StoryNode) -> None:
     if cols[0].button("Write", disabled=not own.strip()):
         _step(s, story, own)
     if cols[1].button("Regenerate", disabled=head.parent_id is None):
-        with st.spinner("Writing another take…"):
-            _, error = s.call(lambda: s.run(s.writing.writer.regenerate(story.id, head.id)))
-        if not _fail(error):
-            st.rerun()
+        _begin(s, story, lambda on: s.writing.writer.regenerate(story.id, head.id, on_paragraph=on))
     if cols[2].button("Undo", disabled=head.parent_id is None):
         _, error = s.call(lambda: s.writing.writer.undo(story.id))
         if not _fail(error):
@@ -137,8 +209,26 @@ def _branches(s: Studio, story: Story, head: StoryNode) -> None:
     st.caption(f"{len(tree)} steps in all, {sum(1 for _, p, _ in tree if p is None)} opening")
 
 
+def _diff(old: str, new: str) -> str:
+    """Markdown of a word-level diff: removed words struck out in red, added ones in green."""
+    out = []
+    for token in difflib.ndiff(old.split(), new.split()):
+        word = token[2:].replace("~", "\\~").replace("[", "\\[").replace("]", "\\]")
+        if token.startswith("- "):
+            out.append(f":red[~~{word}~~]")
+        elif token.startswith("+ "):
+            out.append(f":green[{word}]")
+        elif token.startswith("  "):
+            out.append(word)
+    return " ".join(out)
+
+
 def _memory(s: Studio, story: Story, head: StoryNode) -> None:
     st.caption(f"Why it changed: {head.memory_reason or '—'}")
+    if head.parent_id is not None:
+        parent = s.writing.stories.node(story.id, head.parent_id)
+        with st.expander("What changed at this step"):
+            st.markdown(_diff(parent.short_term_memory, head.short_term_memory))
     memory = st.text_area("Short-term memory", value=head.short_term_memory,
                           key=f"stm-{head.id}", height=160)  # fmt: skip
     if st.button("Save memory"):
@@ -225,6 +315,7 @@ def main() -> None:
     story = _pick_story(s)
     if story is None or story.head_node_id is None:
         return
+    _manage(s, story)
     head = s.writing.stories.node(story.id, story.head_node_id)
     st.header(story.title)
     st.caption(f"{story.genre} · {story.mode} · step {head.depth}")

@@ -6,18 +6,21 @@ Screenshots are kept under ``test-artefacts/browser/`` (git ignores them).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
 from tests.agents.test_writer import START, step_reply
 from tests.net import free_port, serving
@@ -41,13 +44,19 @@ def scripted_server() -> FastAPI:
     def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": "scripted", "object": "model"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict[str, Any]:
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(request: Request) -> dict[str, Any] | StreamingResponse:
         body = await request.json()
         schema = body.get("structured_outputs", {}).get("json", {})
         calls["n"] += 1
         title = schema.get("title", "")
-        text = START if title == "StartReply" else step_reply(f"Step {calls['n']}: the dunes.")
+        text = (
+            START
+            if title == "StartReply"
+            else step_reply(f"Step {calls['n']}: the dunes rolled on under a white sky " * 3)
+        )
+        if body.get("stream"):  # 8 characters every 50 ms: long enough to watch, and to stop
+            return StreamingResponse(_chunks(text), media_type="text/event-stream")
         return {
             "id": f"chat-{calls['n']}",
             "object": "chat.completion",
@@ -64,6 +73,20 @@ def scripted_server() -> FastAPI:
         }
 
     return app
+
+
+async def _chunks(text: str) -> AsyncIterator[str]:
+    for start in range(0, len(text), 8):
+        await asyncio.sleep(0.05)
+        delta = {"index": 0, "delta": {"content": text[start : start + 8]}, "finish_reason": None}
+        yield f"data: {json.dumps(_chunk(delta))}\n\n"
+    yield f"data: {json.dumps(_chunk({'index': 0, 'delta': {}, 'finish_reason': 'stop'}))}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _chunk(choice: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "chunk", "object": "chat.completion.chunk", "created": 0,
+            "model": "scripted", "choices": [choice]}  # fmt: skip
 
 
 @pytest.fixture
@@ -115,18 +138,28 @@ def test_write_a_story_in_a_browser(ui: str) -> None:
         page.get_by_role("heading", name="The Salt Road").wait_for(timeout=90_000)
         page.screenshot(path=str(ARTEFACTS / "1-opening.png"), full_page=True)
         page.get_by_role("button", name="Write this").first.click()
+        page.get_by_text("the dunes rolled").first.wait_for(timeout=90_000)  # streaming
+        page.screenshot(path=str(ARTEFACTS / "2-streaming.png"), full_page=True)
+        page.get_by_role("button", name="Stop writing").click()
+        page.get_by_text("Stopped: nothing was stored").wait_for(timeout=60_000)
+        assert page.get_by_text("step 0").count() == 1
+        page.get_by_role("heading", name="What happens next").wait_for(timeout=60_000)
+        page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=60_000)
+        page.get_by_role("button", name="Write this").first.click()
         page.get_by_text("step 1").wait_for(timeout=90_000)
         page.get_by_text("the dunes").first.wait_for()
-        page.screenshot(path=str(ARTEFACTS / "2-first-step.png"), full_page=True)
-        page.get_by_role("button", name="Undo").click()
+        page.screenshot(path=str(ARTEFACTS / "3-first-step.png"), full_page=True)
+        page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=60_000)
+        # Streamlit may still show the previous run's (disabled) copy for a moment.
+        page.locator("button:not([disabled])", has_text="Undo").click()
         page.get_by_text("step 0").wait_for(timeout=60_000)
         page.get_by_role("tab", name="Memory").click()
         memory = page.get_by_label("Short-term memory").first  # a stale copy may linger
         memory.fill("Mara fears the sea.")
         page.get_by_role("button", name="Save memory").click()
         page.get_by_text("Saved: the next step reads this memory.").wait_for(timeout=60_000)
-        page.screenshot(path=str(ARTEFACTS / "3-memory.png"), full_page=True)
+        page.screenshot(path=str(ARTEFACTS / "4-memory.png"), full_page=True)
         page.get_by_role("tab", name="Token budget").click()
-        page.screenshot(path=str(ARTEFACTS / "4-budget.png"), full_page=True)
+        page.screenshot(path=str(ARTEFACTS / "5-budget.png"), full_page=True)
         browser.close()
-    assert len(list(ARTEFACTS.glob("*.png"))) == 4
+    assert len(list(ARTEFACTS.glob("*.png"))) == 5
