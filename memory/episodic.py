@@ -318,7 +318,23 @@ class EpisodicMemory:
         k_s = self.defaults.k_similar if k_similar is None else k_similar
         k_c = self.defaults.k_contiguous if k_contiguous is None else k_contiguous
         self._check_query(query, budget, k_s, k_c)
-        now = utcnow()
+        # One worker-thread trip for the whole recall (embedding, index, SQL, packing): each
+        # trip costs a thread hand-off, which a busy machine makes slow.
+        return await self._call(
+            self._recall, query, budget, k_s, k_c, document_id, within, utcnow()
+        )
+
+    def _recall(
+        self,
+        query: str,
+        budget: int,
+        k_s: int,
+        k_c: int,
+        document_id: int | None,
+        within: Sequence[int] | None,
+        now: datetime,
+    ) -> list[Recall]:
+        """:meth:`search`'s work, synchronously."""
         timeline = None if within is None else {eid: i for i, eid in enumerate(within)}
 
         def eligible(episode: Episode) -> bool:
@@ -332,10 +348,10 @@ class EpisodicMemory:
             return episode.ordinal if timeline is None else timeline[episode.id]
 
         filtered = document_id is not None or timeline is not None
-        similar = await self._similar(query, k_s, eligible, filtered)
+        similar = self._similar(query, k_s, eligible, filtered)
         candidates: list[tuple[Episode, float, Reason]] = [(e, s, "similarity") for e, s in similar]
         hits = [(e, position(e), s) for e, s in similar]
-        fetched = await self._at(neighbour_positions([p for _, p, _ in hits]), within)
+        fetched = self._at(neighbour_positions([p for _, p, _ in hits]), within)
         found = {position(e): e for e in fetched}
 
         def same(hit: Episode, neighbour: Episode) -> bool:
@@ -343,11 +359,9 @@ class EpisodicMemory:
 
         near = neighbours(hits, found, k_c, self.defaults.reach, same)
         candidates += [(e, worth, "contiguity") for e, worth in near]
-        recalled = await self._call(pack, candidates, budget, self.count_tokens)
+        recalled = pack(candidates, budget, self.count_tokens)
         if recalled:
-            await self._call(
-                self.store.touch, self.namespace, [r.episode_id for r in recalled], now
-            )
+            self.store.touch(self.namespace, [r.episode_id for r in recalled], now)
         return recalled
 
     def _check_query(self, query: str, budget: int, k_s: int, k_c: int) -> None:
@@ -365,27 +379,27 @@ class EpisodicMemory:
                 "shorten it or raise the budget"
             )
 
-    async def _similar(
+    def _similar(
         self, query: str, k: int, eligible: Callable[[Episode], bool], filtered: bool
     ) -> list[tuple[Episode, float]]:
         """The ``k`` most similar eligible episodes; asks the index for more while a filter
         leaves too few (up to 4 rounds, x4 each)."""
-        vector = (await self._call(self.store.embedder.embed, [query]))[0]
+        vector = self.store.embedder.embed([query])[0]
         fetch = k * 8 if filtered else k * 2
         for _ in range(4):
-            hits = await self._call(self.store.search, self.namespace, vector, fetch)
+            hits = self.store.search(self.namespace, vector, fetch)
             similar = [(h.episode, h.score) for h in hits if eligible(h.episode)]
             if len(similar) >= k or len(hits) < fetch:
                 break
             fetch *= 4
         return similar[:k]
 
-    async def _at(self, positions: Sequence[int], within: Sequence[int] | None) -> list[Episode]:
+    def _at(self, positions: Sequence[int], within: Sequence[int] | None) -> list[Episode]:
         """Episodes at the given positions: ordinals, or indexes into ``within``."""
         if within is None:
-            return await self._call(self.store.episodes.at_ordinals, self.namespace, positions)
+            return self.store.episodes.at_ordinals(self.namespace, positions)
         ids = [within[where] for where in positions if where < len(within)]
-        return await self._call(self.store.episodes.get_many, self.namespace, ids)
+        return self.store.episodes.get_many(self.namespace, ids)
 
     async def get(self, episode_id: int) -> Episode:
         return await self._call(self.store.episodes.get, self.namespace, episode_id)
