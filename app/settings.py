@@ -90,6 +90,30 @@ class Settings(BaseSettings):
     recall_budget_tokens: Annotated[int, Field(ge=16)] = Field(
         default=1024, description="Default token budget of a search."
     )
+    writer_candidates: Annotated[int, Field(ge=1, le=16)] = Field(
+        default=1,
+        description="Paragraph drafts per writer step; above 1 the reranker keeps the best.",
+    )
+    rerank_scorer: str = Field(
+        default="embedder",
+        description='Reranker of paragraph drafts: "embedder" (the bundled MiniLM) or a RankGen '
+        "checkpoint (hub name from the local cache, or a folder).",
+    )
+    api_max_upload_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=20 * 1024 * 1024,
+        description="Largest document the REST API accepts, in bytes (larger answers 413).",
+    )
+    api_job_workers: Annotated[int, Field(ge=1)] = Field(
+        default=2, description="Jobs (ingest, summarise) one REST API process runs at once."
+    )
+    api_job_heartbeat_s: Annotated[float, Field(gt=0)] = Field(
+        default=2.0, description="Seconds between a REST API worker's heartbeats on its jobs."
+    )
+    api_job_stale_s: Annotated[float, Field(gt=0)] = Field(
+        default=30.0,
+        description="Seconds without a heartbeat after which a job's worker is taken for dead "
+        "and the job is ended (failed, or done if its result was stored).",
+    )
 
     @field_validator("home", mode="before")
     @classmethod

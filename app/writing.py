@@ -18,6 +18,7 @@ from app.loaders import load_document
 from app.reading import Reading
 from memory.records import Story, StoryNode
 from memory.stories import SqlStoryStore
+from serving.rerank.reranker import Reranker
 
 __all__ = ["Story", "StoryNode", "Writing", "story_namespace"]
 
@@ -34,7 +35,7 @@ class Writing:
     def __init__(self, reading: Reading, config: WriterConfig | None = None) -> None:
         self.reading = reading
         self.stories = SqlStoryStore(reading.store.database)
-        self.config = config or WriterConfig()
+        self.config = config or WriterConfig(candidates=reading.settings.writer_candidates)
         self._writer: RecurrentWriter | None = None
 
     @property
@@ -43,9 +44,20 @@ class Writing:
         background ingests of new paragraphs."""
         if self._writer is None:
             self._writer = RecurrentWriter(
-                self.stories, self.reading.story_memory, self.reading.llm, self.config
+                self.stories,
+                self.reading.story_memory,
+                self.reading.llm,
+                self.config,
+                reranker=self.reranker() if self.config.candidates > 1 else None,
             )
         return self._writer
+
+    def reranker(self) -> Reranker:
+        """The paragraph reranker of the settings (loaded now; a clear error if it cannot be)."""
+        from serving.rerank import RerankerPool
+
+        pool = RerankerPool.standard(self.reading.store.embedder)
+        return pool.get(self.reading.settings.rerank_scorer)
 
     async def start(
         self, genre: str, premise: str, mode: Mode = "novel"

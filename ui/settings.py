@@ -12,6 +12,7 @@ from app.doctor import run_checks
 from app.errors import SettingsError
 from app.reading import Reading
 from app.settings import load_settings
+from app.writing import Writing
 
 
 def main() -> None:
@@ -24,6 +25,16 @@ def main() -> None:
         )
         model = st.text_input("Model", value=current.llm_model or "")
         api_key = st.text_input("API key", value=current.llm_api_key or "", type="password")
+        drafts = st.number_input(
+            "Paragraph drafts per step (above 1, the reranker keeps the best)",
+            min_value=1,
+            max_value=16,
+            value=current.writer_candidates,
+        )
+        scorer = st.text_input(
+            'Reranker ("embedder", or a RankGen checkpoint name or folder)',
+            value=current.rerank_scorer,
+        )
         test, apply = st.columns(2)
         tested = test.form_submit_button("Test connection")
         applied = apply.form_submit_button("Apply")
@@ -33,6 +44,8 @@ def main() -> None:
         "llm_base_url": base_url.strip() or None,
         "llm_model": model.strip() or None,
         "llm_api_key": api_key.strip() or None,
+        "writer_candidates": int(drafts),
+        "rerank_scorer": scorer.strip() or "embedder",
     }
     try:
         settings = load_settings(**{**current.model_dump(), **overrides})
@@ -44,8 +57,16 @@ def main() -> None:
         st.error(check.detail)
         return
     st.success(check.detail)
+    old = studio_module.current()
+    reading = Reading(settings, store=old.reading.store)
+    if settings.writer_candidates > 1:
+        with st.spinner("Loading the reranker…"):
+            reranker, error = old.call(lambda: Writing(reading).reranker())
+        if error or reranker is None:
+            st.error(f"The reranker {settings.rerank_scorer!r} cannot be used: {error}")
+            return
+        st.success(f"Reranker ready: {reranker.name}")
     if applied:
-        old = studio_module.current()
-        studio_module.use(studio_module.Studio(Reading(settings, store=old.reading.store)))
+        studio_module.use(studio_module.Studio(reading))
         old.reading.close()
         st.success("Applied: the next step or question uses this model.")

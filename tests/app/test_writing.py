@@ -82,3 +82,20 @@ def test_import_a_manuscript_seeds_memory_and_bible(store: MemoryStore, tmp_path
     assert store.episodes.count(story_.namespace) == len(root.episode_ids) > 3
     prompt = root.prompt["messages"][1]["content"]
     assert "It currently ends" in prompt
+
+
+def test_drafts_are_reranked_with_the_configured_scorer(store: MemoryStore, tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path, writer_candidates=3, rerank_scorer="embedder")
+    writing = Writing(Reading(settings, store=store, llm=ScriptedLLM(echo)))
+
+    async def scenario() -> dict[str, object]:
+        story, _ = await writing.start("adventure", "A courier crosses the desert.")
+        node = await writing.writer.step(story.id, plan="A storm rises.")
+        await writing.writer.settle()
+        return dict(node.metadata)
+
+    ranking = asyncio.run(scenario())["rerank"]
+    assert (
+        isinstance(ranking, dict) and ranking["scorer"] == f"embedder:{store.embedder.model_name}"
+    )
+    assert len(ranking["scores"]) == 3

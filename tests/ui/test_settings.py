@@ -27,12 +27,16 @@ def studio(store: MemoryStore, tmp_path: Path) -> Iterator[Studio]:
     studio_module.use(None)
 
 
-def submit(url: str, model: str, key: str, button: str) -> AppTest:
+def submit(
+    url: str, model: str, key: str, button: str, drafts: int = 1, scorer: str = "embedder"
+) -> AppTest:
     app = AppTest.from_string(SCRIPT, default_timeout=60).run()
-    endpoint, name, secret = app.text_input
+    endpoint, name, secret, reranker = app.text_input
     endpoint.input(url)
     name.input(model)
     secret.input(key)
+    app.number_input[0].set_value(drafts)
+    reranker.input(scorer)
     next(b for b in app.button if b.label == button).click().run()
     assert not app.exception
     return app
@@ -55,3 +59,13 @@ def test_bad_endpoints_are_explained(studio: Studio, llm_server: str) -> None:  
     assert "did not answer" in app.error[0].value and studio_module.current() is studio
     app = submit(llm_server, "tiny", "wrong", "Test connection")
     assert "401" in app.error[0].value
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_reranking_is_set_and_a_bad_scorer_explained(studio: Studio, llm_server: str) -> None:  # noqa: F811
+    app = submit(llm_server, "tiny", "k", "Apply", drafts=3, scorer="no-such-scorer")
+    assert "unknown rerank scorer 'no-such-scorer'" in app.error[0].value
+    assert studio_module.current() is studio  # nothing applied
+    app = submit(llm_server, "tiny", "k", "Apply", drafts=3, scorer="embedder")
+    assert any("Reranker ready" in s.value for s in app.success)
+    assert studio_module.current().reading.settings.writer_candidates == 3
