@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from agents.prompts import INTERACTIVE, NOVEL, Prompt, pick_entries, tail
 from agents.replies import ImportReply, StartReply, StepReply
 from memory.episodic import EpisodicMemory
 from memory.errors import InvalidRecord, NotFound
-from memory.records import BibleEntry, NewStoryNode, Story, StoryNode
+from memory.records import NewStoryNode, Story, StoryNode
 from memory.retrieval import clip
 from memory.stories import SqlStoryStore
 from serving.llm import LLM, ChatMessage, SamplingParams
@@ -80,36 +80,6 @@ def _reply_tokens(config: WriterConfig) -> int:
     return config.paragraph_tokens + config.short_term_tokens + 3 * 80 + 100 + 120
 
 
-@dataclass(frozen=True, slots=True)
-class Prompt:
-    """A prompt and its parts' sizes (the token-budget view)."""
-
-    messages: list[ChatMessage]
-    parts: dict[str, int]
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "parts": {name: {"tokens": tokens} for name, tokens in self.parts.items()},
-            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
-        }
-
-
-_NOVEL = (
-    "You are a novelist writing a long story one paragraph at a time. You keep a short-term "
-    "memory: a concise running summary of what matters now. Answer with JSON only."
-)
-_INTERACTIVE = (
-    "You are the narrator of an interactive story. The reader is the protagonist: write in the "
-    "second person ('you'), answer the reader's action, and offer three options for what they "
-    "might do next. You keep a short-term memory of what matters now. Answer with JSON only."
-)
-
-
-def _words(text: str) -> set[str]:
-    """Content words: four letters or more (so "the", "and", "was" never make a match)."""
-    return set(re.findall(r"[a-z0-9']{4,}", text.lower()))
-
-
 class RecurrentWriter:
     """Writes a story in a tree of steps, each with its own memory state."""
 
@@ -151,7 +121,7 @@ class RecurrentWriter:
             "short-term memory summarising what the reader must keep in mind, and three "
             "different plans for the next paragraph."
         )
-        system = _INTERACTIVE if mode == "interactive" else _NOVEL
+        system = INTERACTIVE if mode == "interactive" else NOVEL
         messages = [ChatMessage("system", system), ChatMessage("user", user)]
         prompt = Prompt(messages, {"instructions": count(system) + count(user)})
         reply = await self.llm.generate_json(messages, StartReply, self._params())
@@ -200,15 +170,15 @@ class RecurrentWriter:
         memory = self.memory_for(namespace)
         count = memory.count_tokens
         head = clip(manuscript.strip(), _IMPORT_HEAD_TOKENS, count)
-        tail = _tail(manuscript.strip(), _IMPORT_TAIL_TOKENS, count)
+        ending = tail(manuscript.strip(), _IMPORT_TAIL_TOKENS, count)
         user = (
             f"Genre: {genre.strip() or 'unknown'}\n\nThe manuscript begins:\n{head}\n\n"
-            f"It currently ends:\n{tail}\n\nGive its title, an outline of the story so far and "
+            f"It currently ends:\n{ending}\n\nGive its title, an outline of the story so far and "
             "where it seems to go, a short-term memory of what the reader must keep in mind at "
             "its end, three different plans for the next paragraph, and up to twelve story-bible "
             "entries (main characters, places, facts)."
         )
-        system = _INTERACTIVE if mode == "interactive" else _NOVEL
+        system = INTERACTIVE if mode == "interactive" else NOVEL
         messages = [ChatMessage("system", system), ChatMessage("user", user)]
         prompt = Prompt(messages, {"instructions": count(system) + count(user)})
         reply = await self.llm.generate_json(messages, ImportReply, self._params())
@@ -369,14 +339,16 @@ class RecurrentWriter:
         # The ancestors' events: the parent's paragraph is in the prompt already.
         timeline = await self._timeline(story.id, parent.parent_id, memory)
         instruction = clip(instruction.strip(), config.instruction_tokens, count)
-        last = _tail(parent.paragraph, config.last_paragraph_tokens, count)
+        last = tail(parent.paragraph, config.last_paragraph_tokens, count)
         query = clip(f"{instruction}\n{last[-600:]}", config.recall_tokens // 2, count)
         recalled = (
             await memory.search(query, budget_tokens=config.recall_tokens, within=timeline)
             if timeline and query.strip()
             else []
         )
-        bible = self._bible(story.id, f"{instruction}\n{last}", count)
+        bible = pick_entries(
+            self.stories.entries(story.id), f"{instruction}\n{last}", config.bible_tokens, count
+        )
         parts = {
             "story": f"Title: {story.title}\nGenre: {story.genre}\nOutline: "
             + clip(story.outline, config.outline_tokens, count),
@@ -400,31 +372,10 @@ class RecurrentWriter:
                 "plans for the paragraph after it.",
             ]
         )
-        system = _INTERACTIVE if story.mode == "interactive" else _NOVEL
+        system = INTERACTIVE if story.mode == "interactive" else NOVEL
         sizes = {name: count(text) for name, text in parts.items()}
         sizes["instructions"] = count(system) + count(body) - sum(sizes.values())
         return Prompt([ChatMessage("system", system), ChatMessage("user", body)], sizes)
-
-    def _bible(self, story_id: int, context: str, count: Callable[[str], int]) -> list[BibleEntry]:
-        """Entries mentioned in ``context`` (name or alias) first, then by shared words, within
-        the bible budget."""
-        entries = self.stories.entries(story_id)
-        lowered, words = context.lower(), _words(context)
-
-        def rank(entry: BibleEntry) -> tuple[int, int]:
-            names = [entry.name, *entry.aliases]
-            mentioned = any(n.lower() in lowered for n in names if n.strip())
-            return (0 if mentioned else 1, -len(_words(entry.text) & words))
-
-        chosen, left = [], self.config.bible_tokens
-        for entry in sorted(entries, key=rank):
-            if rank(entry) == (1, 0):
-                break  # neither mentioned nor sharing a word
-            size = count(f"- {entry.name} ({entry.kind}): {entry.text}")
-            if size <= left:
-                chosen.append(entry)
-                left -= size
-        return chosen
 
     # -- long-term memory ---------------------------------------------------------------------
 
@@ -515,21 +466,6 @@ def story_text(stories: SqlStoryStore, story_id: int, node_id: int | None = None
     if target is None:
         return ""
     return "\n\n".join(node.paragraph for node in stories.path(story_id, target))
-
-
-def _tail(text: str, limit: int, count: Callable[[str], int]) -> str:
-    """The end of ``text`` within ``limit`` tokens, starting at a word."""
-    if count(text) <= limit:
-        return text
-    words = text.split(" ")
-    low, high = 0, len(words)
-    while low < high:  # smallest start index whose tail fits
-        middle = (low + high) // 2
-        if count(" ".join(words[middle:])) <= limit:
-            high = middle
-        else:
-            low = middle + 1
-    return " ".join(words[low:])
 
 
 __all__: Sequence[str] = [

@@ -1,0 +1,19 @@
+"""Errors raised by the agents package. Messages name the bad value and the fix."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Root of every agents error."""
+
+
+class ToolDefinitionError(AgentError):
+    """A tool cannot be offered to a model (no type hints, a clashing name, *args); fix the code."""
+
+
+class AgentConfigError(AgentError):
+    """An agent is configured so it cannot run (a prompt budget smaller than its instructions)."""
+
+
+class TrajectoryNotResumable(AgentError):
+    """A trajectory asked to resume has already finished (done or failed)."""
