@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agents.prompts import INTERACTIVE, NOVEL, Prompt, pick_entries, tail
 from agents.replies import ImportReply, StartReply, StepReply
+from agents.story_prompt import INTERACTIVE, NOVEL, Prompt, pick_entries, tail
 from memory.episodic import EpisodicMemory
 from memory.errors import InvalidRecord, NotFound
 from memory.records import NewStoryNode, Story, StoryNode
