@@ -20,12 +20,18 @@ def _ingest(s: Studio, collection: str, upload: UploadedFile) -> None:
     bar = st.progress(0.0, text="Starting…")
     with saved(upload) as path:
         future = s.submit(s.reading.ingest_file(collection, path, on_progress=latest.append))
+        st.session_state["ingesting"] = future
+        st.button("Stop ingesting", on_click=_stop)
         while not future.done():
             if latest:
                 step = latest[-1]
                 bar.progress(min(step.done / max(step.total, 1), 1.0), text=_STAGES[step.stage])
             time.sleep(0.2)
+    st.session_state.pop("ingesting", None)
     bar.empty()
+    if future.cancelled():
+        st.info("Stopped.")
+        return
     try:
         done = future.result()
     except KNOWN_ERRORS as err:
@@ -34,6 +40,16 @@ def _ingest(s: Studio, collection: str, upload: UploadedFile) -> None:
     verb = "Ingested" if done.created else "Already held"
     st.success(f"{verb} {upload.name}: {len(done.episodes)} episodes, {done.tokens:,} tokens "
                f"in {done.seconds:.1f} s")  # fmt: skip
+
+
+def _stop() -> None:
+    """Cancel the running ingest. A document is stored in one transaction at the end, so it is
+    stored whole (if the stop came while it was being saved) or not at all."""
+    future = st.session_state.pop("ingesting", None)
+    if future is not None and future.cancel():
+        st.session_state["read-notice"] = (
+            "Stopped. A document is stored whole or not at all: the list below shows which."
+        )
 
 
 def _ask(s: Studio, collection: str) -> None:
@@ -68,6 +84,8 @@ def _summary(s: Studio, collection: str) -> None:
 def main() -> None:
     st.title("Read")
     s = current()
+    if notice := st.session_state.pop("read-notice", None):
+        st.info(notice)
     collection = st.text_input("Collection", value=st.session_state.get("collection", "documents"))
     st.session_state["collection"] = collection
     upload = st.file_uploader("Add a document (text, Markdown, PDF, DOCX, EPUB)")
