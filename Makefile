@@ -54,6 +54,12 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.engine
 	$(BIN)/python -m benchmarks.retrieval
 	$(BIN)/python -m benchmarks.writer
+	$(BIN)/python -m benchmarks.api
+	$(BIN)/python -m benchmarks.agent
+	$(BIN)/python -m benchmarks.attention --context 8192 32768 131072 --seed 0
+	$(BIN)/python -m benchmarks.attention --workload perplexity --model $(TEST_MODEL)
+	MNEME_TEST_MODEL=$${MNEME_TEST_MODEL:-$$(test -d $(TEST_MODEL) && cd $(TEST_MODEL) && pwd)} \
+		$(BIN)/python -m benchmarks.rerank
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from app.api_cli import api, keys_cli
 from app.doc_cli import doc_cli
 from app.doctor import run_checks
 from app.errors import EXIT_BROKEN, KNOWN_ERRORS, SettingsError, exit_code
@@ -32,6 +33,8 @@ llm_cli = typer.Typer(
 )
 cli.add_typer(llm_cli, name="llm")
 cli.add_typer(doc_cli, name="doc")
+cli.add_typer(keys_cli, name="keys")
+cli.command()(api)
 
 _state: dict[str, Any] = {"debug": False}
 
@@ -141,11 +144,37 @@ def llm_serve(
             "(made by .ci/vllm-venv); default: Mneme's own."
         ),
     ] = None,
+    attention: Annotated[
+        str,
+        typer.Option(
+            help="full (exact), blocks (landmark block selection; vllm: page selection) or "
+            "retrieval (RetrievalAttention graph index; torch engine only)."
+        ),
+    ] = "full",
+    attention_budget: Annotated[
+        int,
+        typer.Option(help="blocks/retrieval: cached tokens each query attends to.", min=1),
+    ] = 2048,
+    attention_local: Annotated[
+        int, typer.Option(help="blocks/retrieval: recent tokens always attended.", min=1)
+    ] = 256,
 ) -> None:
     """Serve a model over the OpenAI API (/v1/completions, /v1/chat/completions, /v1/embeddings)."""
     settings = _settings()
+    if attention not in ("full", "blocks", "retrieval"):
+        raise SettingsError(f"--attention {attention!r} is not one of full, blocks, retrieval")
+    if engine == "vllm" and attention == "retrieval":
+        raise SettingsError(
+            "--attention retrieval is served by --engine torch; vLLM offers full or blocks"
+        )
     if engine == "vllm":
-        _serve_vllm(ctx.args, settings, model, host, port, api_key, dtype, python)
+        selection: dict[str, str] = {}
+        if attention == "blocks":
+            from serving.vllm.pages import PageSettings
+
+            pages = PageSettings(budget=attention_budget, n_local=attention_local)
+            selection = pages.environment()
+        _serve_vllm(ctx.args, settings, model, host, port, api_key, dtype, python, selection)
     if engine != "torch":
         raise SettingsError(f"--engine {engine!r} is not available; use --engine torch or vllm")
     if ctx.args or python is not None:
@@ -162,6 +191,9 @@ def llm_serve(
         device=device,
         dtype=dtype,
         max_batch=max_batch,
+        attention="dense" if attention == "full" else attention,
+        attention_budget=attention_budget,
+        attention_local=attention_local,
     )
 
 
@@ -174,8 +206,10 @@ def _serve_vllm(
     api_key: str | None,
     dtype: str,
     python: str | None,
+    env: dict[str, str] | None = None,
 ) -> NoReturn:
-    """Run vLLM's OpenAI server with Mneme's plugin; extra arguments go to vLLM unchanged."""
+    """Run vLLM's OpenAI server with Mneme's plugin; extra arguments go to vLLM unchanged;
+    ``env`` reaches every vLLM process (the plugin's attention settings)."""
     from serving.vllm.launcher import VLLMServerConfig, serve
 
     name = model or settings.llm_model
@@ -190,6 +224,7 @@ def _serve_vllm(
             api_key=api_key,
             python=python or sys.executable,
             extra_args=tuple(passed),
+            env=env or {},
         )
     except ValueError as err:
         raise SettingsError(str(err)) from err

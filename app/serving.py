@@ -23,12 +23,21 @@ def serve_torch(
     device: str,
     dtype: str,
     max_batch: int,
+    attention: str = "dense",
+    attention_budget: int = 2048,
+    attention_local: int = 256,
 ) -> None:
     """Load the model and the embedder, then serve until interrupted."""
     import uvicorn
 
     config = EngineConfig(
-        model=model or settings.llm_model, device=device, dtype=dtype, max_batch=max_batch
+        model=model or settings.llm_model,
+        device=device,
+        dtype=dtype,
+        max_batch=max_batch,
+        attention=attention,
+        attention_budget=attention_budget,
+        attention_local=attention_local,
     )
     llm = LocalLLM.load(config)
     try:

@@ -19,8 +19,18 @@ if TYPE_CHECKING:
     import torch
 
     from serving.engine.cache import SlotKVCache
+    from serving.engine.config import EngineConfig
 
 ATTENTION_NAME = "mneme"
+
+
+@dataclass(frozen=True, slots=True)
+class ModeContext:
+    """What a mode is built from: the engine's settings and the model's rotary embedding."""
+
+    config: EngineConfig
+    inv_freq: torch.Tensor | None = None  # (D/2,) rotary inverse frequencies; None = no RoPE
+    rope_type: str = "default"
 
 
 @dataclass(slots=True)
@@ -83,21 +93,46 @@ class DenseAttention:
         )
 
 
-MODES: dict[str, Callable[[], AttentionMode]] = {"dense": DenseAttention}
+def _blocks(context: ModeContext) -> AttentionMode:
+    from serving.engine.selection import BlockAttention
+
+    return BlockAttention(context)
+
+
+def _retrieval(context: ModeContext) -> AttentionMode:
+    from serving.engine.retrieval import RetrievalAttention
+
+    return RetrievalAttention(context)
+
+
+MODES: dict[str, Callable[[ModeContext], AttentionMode]] = {
+    "dense": lambda context: DenseAttention(),
+    "blocks": _blocks,
+    "retrieval": _retrieval,
+}
 """Attention modes by name; other modules add theirs with :func:`register_mode`."""
 
 CURRENT: ContextVar[ForwardBatch | None] = ContextVar("mneme_forward_batch", default=None)
 
 
-def register_mode(name: str, factory: Callable[[], AttentionMode]) -> None:
+def register_mode(name: str, factory: Callable[[ModeContext], AttentionMode]) -> None:
     MODES[name] = factory
 
 
-def make_mode(name: str) -> AttentionMode:
+def make_mode(name: str, context: ModeContext) -> AttentionMode:
     try:
-        return MODES[name]()
+        factory = MODES[name]
     except KeyError:
         raise ValueError(f"attention mode {name!r} is unknown; known: {sorted(MODES)}") from None
+    return factory(context)
+
+
+def rotary_of(model: Any) -> tuple[torch.Tensor | None, str]:
+    """The rotary inverse frequencies (D/2,) of a transformers model and its RoPE type."""
+    for name, module in model.named_modules():
+        if name.endswith("rotary_emb") and hasattr(module, "inv_freq"):
+            return module.inv_freq.detach(), str(getattr(module, "rope_type", "default"))
+    return None, "none"
 
 
 def mneme_attention(

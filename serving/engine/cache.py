@@ -7,7 +7,20 @@ place. Capacity along the sequence axis and the slot count grow by doubling when
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
+
+
+@runtime_checkable
+class SlotObserver(Protocol):
+    """Keeps per-slot state beside the cache (the long-context modes' indexes) in step."""
+
+    def slot_moved(self, source: int, target: int | None) -> None:
+        """``source``'s data now lives in ``target``; None = ``source`` was emptied."""
+
+    def slot_copied(self, source: int, target: int) -> None:
+        """``target`` now holds a copy of ``source``."""
 
 
 class SlotKVCache:
@@ -27,6 +40,7 @@ class SlotKVCache:
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)  # tokens held per slot
         self.live = 0  # slots 0..live-1 are in use
+        self.observers: list[SlotObserver] = []
 
     @property
     def capacity(self) -> int:
@@ -61,6 +75,8 @@ class SlotKVCache:
         slot = self.live
         self.lengths[slot] = 0
         self.live += 1
+        for observer in self.observers:
+            observer.slot_moved(slot, None)
         return slot
 
     def fork(self, source: int) -> int:
@@ -70,6 +86,8 @@ class SlotKVCache:
         self.keys[:, slot, :, :length] = self.keys[:, source, :, :length]
         self.values[:, slot, :, :length] = self.values[:, source, :, :length]
         self.lengths[slot] = length
+        for observer in self.observers:
+            observer.slot_copied(source, slot)
         return slot
 
     def release(self, slot: int) -> int | None:
@@ -82,6 +100,10 @@ class SlotKVCache:
             self.values[:, slot, :, :length] = self.values[:, last, :, :length]
             self.lengths[slot] = length
             moved = last
+        for observer in self.observers:
+            observer.slot_moved(slot, None)
+            if moved is not None:
+                observer.slot_moved(moved, slot)
         self.lengths[last] = 0
         self.live -= 1
         return moved

@@ -20,6 +20,25 @@ class EngineConfig:
     max_context: int | None = None
     """Longest prompt + completion in tokens; None = the model's max_position_embeddings."""
     attention: str = "dense"
-    """Attention mode registered in ``serving.engine.attention`` ("dense" by default)."""
+    """Attention mode: "dense" (exact), "blocks" (landmark block selection) or "retrieval"."""
+    attention_budget: int = 2048
+    """blocks/retrieval: cached tokens each query attends to (sinks + window + selected)."""
+    attention_init: int = 16
+    """blocks/retrieval: first tokens (attention sinks) every query attends to exactly."""
+    attention_local: int = 256
+    """blocks/retrieval: most recent tokens every query attends to exactly."""
+    block_size: int = 64
+    """blocks: tokens per block (fixed pages) of the far context."""
+    block_representative: str = "mean"
+    """blocks: "mean" of each block's 4 most-attended keys (InfLLM) or "bounds" (Quest min/max)."""
+    block_neighbours: int = 1
+    """blocks: blocks on each side of a selected block also attended (temporal contiguity)."""
+    retrieval_segment: int = 512
+    """retrieval: far tokens added to the graph index at a time (incremental construction)."""
+    retrieval_degree: int = 32
+    """retrieval: most graph edges kept per key."""
+    memory_positions: str = "original"
+    """Positions of selected far tokens: "original", "fixed" (InfLLM: all at distance
+    attention_local) or "packed" (landmark: contiguous just before the window)."""
     allow_download: bool = False
     """Fetch a hub model that is not cached locally (off: fail fast with a clear message)."""

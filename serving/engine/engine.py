@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from serving.engine.attention import CURRENT, ForwardBatch, make_mode
-from serving.engine.cache import SlotKVCache
+from serving.engine.attention import CURRENT, ForwardBatch, ModeContext, make_mode, rotary_of
+from serving.engine.cache import SlotKVCache, SlotObserver
 from serving.engine.config import EngineConfig
 from serving.engine.detokenizer import Detokenizer
 from serving.engine.grammar import GrammarCompiler, GrammarMatcher
@@ -95,7 +95,8 @@ class TorchEngine:
         self.loaded = loaded or load_model(self.config)
         self.tokenizer = self.loaded.tokenizer
         self.max_context = self.loaded.max_context
-        self._mode = make_mode(self.config.attention)
+        inv_freq, rope_type = rotary_of(self.loaded.model)
+        self._mode = make_mode(self.config.attention, ModeContext(self.config, inv_freq, rope_type))
         parameter = next(self.loaded.model.parameters())
         self._device = parameter.device
         self.cache = SlotKVCache(
@@ -105,6 +106,8 @@ class TorchEngine:
             dtype=parameter.dtype,
             device=self._device,
         )
+        if isinstance(self._mode, SlotObserver):  # per-slot indexes follow the slots
+            self.cache.observers.append(self._mode)
         self._stop_ids = torch.tensor(
             self.loaded.stop_token_ids, dtype=torch.long, device=self._device
         )

@@ -23,6 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from serving.vllm.errors import AttentionBackendConflict
+from serving.vllm.pages import ENVIRONMENT, PageSettings
 from serving.vllm.versions import TESTED_RELEASES, is_tested
 
 # A child of vLLM's "vllm" logger, so that vLLM's handler prints our lines with its own prefix
@@ -59,6 +60,19 @@ def _load_once() -> None:
         )
     for name, class_path in ATTENTION_BACKENDS:
         register_attention_backend(name, class_path, replace=True)
+    if page_settings() is not None:  # block selection asked for: CPU_ATTN gains it
+        register_attention_backend("CPU_ATTN", SELECTION_BACKEND, replace=True)
+
+
+SELECTION_BACKEND = "serving.vllm.backend.BlockSelectionBackend"
+"""CPU_ATTN plus decode-time page selection, bound when ``MNEME_VLLM_ATTENTION`` asks for it."""
+
+
+def page_settings() -> PageSettings | None:
+    """Mneme's page-selection settings for this vLLM process, from ``MNEME_VLLM_ATTENTION`` (the
+    variable every vLLM process inherits); None = attend in full. ValueError on bad JSON."""
+    text = os.environ.get(ENVIRONMENT)
+    return PageSettings.from_json(text) if text else None
 
 
 def mneme_version() -> str:

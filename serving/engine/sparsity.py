@@ -1,0 +1,183 @@
+"""What the long-context attention modes share: the static set, per-slot state, re-positioning.
+
+A mode attends each row exactly over its sinks and local window (``serving.kernels.static``) and
+over a selection of its far context, and merges the two (``serving.kernels.merge``). The far
+selection is the subclass's: block selection (``selection.py``) or graph retrieval
+(``retrieval.py``). Rows whose far context is empty take the dense path unchanged.
+
+Positions: transformers applies rotary embedding before the attention function is called, so
+the cache holds rotated keys. RoPE at position p is a rotation R(p), and R(p') = R(p' - p)R(p),
+so a cached key is moved to a new position by one more rotation by the difference; storing
+pre-rotary keys instead would need a patched attention module per model family. This is exact
+for RoPE whose frequencies do not depend on the sequence length (default, linear, llama3, yarn
+and longrope scaling all qualify); "dynamic" NTK scaling does not, and is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from serving.engine.attention import CURRENT, DenseAttention, ModeContext
+from serving.kernels.errors import AttentionSettingsError
+from serving.kernels.merge import Partial, attend, merge
+from serving.kernels.static import Layout, layout, static_attention
+
+POSITIONS = ("original", "fixed", "packed")
+
+
+def rotate(keys: torch.Tensor, shift: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Move rotated keys (..., N, D) by ``shift`` (..., N) positions (rotate-half convention)."""
+    angles = shift.to(torch.float32)[..., None] * inv_freq.to(keys.device, torch.float32)
+    angles = torch.cat([angles, angles], -1)  # (..., N, D)
+    half = keys.shape[-1] // 2
+    turned = torch.cat([-keys[..., half:], keys[..., :half]], -1)
+    return (keys.float() * angles.cos() + turned.float() * angles.sin()).to(keys.dtype)
+
+
+class SparseAttention:
+    """Base of the long-context modes: sinks + window exact, far context by the subclass."""
+
+    def __init__(self, context: ModeContext, *, minimum_far: int) -> None:
+        config = context.config
+        self.budget, self.n_init, self.n_local = (
+            config.attention_budget,
+            config.attention_init,
+            config.attention_local,
+        )
+        self.positions = config.memory_positions
+        self.inv_freq = context.inv_freq
+        if self.n_init < 0 or self.n_local < 1:
+            raise AttentionSettingsError(
+                f"attention_init={self.n_init} and attention_local={self.n_local} must be >= 0 "
+                "and >= 1"
+            )
+        needed = self.n_init + self.n_local + minimum_far
+        if self.budget < needed:
+            raise AttentionSettingsError(
+                f"attention budget {self.budget} is below what the {config.attention!r} mode "
+                f"needs ({needed} = {self.n_init} sinks + {self.n_local} local + {minimum_far} "
+                "far tokens); raise --attention-budget or lower the window/block sizes"
+            )
+        if self.positions not in POSITIONS:
+            raise AttentionSettingsError(
+                f"memory_positions {self.positions!r} is not one of {', '.join(POSITIONS)}"
+            )
+        if self.positions != "original" and (
+            self.inv_freq is None or context.rope_type == "dynamic"
+        ):
+            raise AttentionSettingsError(
+                f"memory_positions {self.positions!r} needs rotary embedding with fixed "
+                f"frequencies; this model has {context.rope_type!r}: use 'original'"
+            )
+        self.states: dict[int, list[Any]] = {}  # slot -> per-layer state (None until used)
+        self._dense = DenseAttention()
+
+    # ------------------------------------------------------------------ slot bookkeeping
+
+    def slot_moved(self, source: int, target: int | None) -> None:
+        state = self.states.pop(source, None)
+        if target is not None and state is not None:
+            self.states[target] = state
+
+    def slot_copied(self, source: int, target: int) -> None:
+        state = self.states.get(source)
+        if state is not None:
+            self.states[target] = [None if s is None else s.copy() for s in state]
+
+    def _state(self, slot: int, layer: int) -> Any:
+        layers = self.states.setdefault(slot, [])
+        while len(layers) <= layer:
+            layers.append(None)
+        if layers[layer] is None:
+            layers[layer] = self.new_state()
+        return layers[layer]
+
+    # ------------------------------------------------------------------ the mode
+
+    def __call__(
+        self,
+        query: torch.Tensor,  # (B, Hq, T, D)
+        keys: torch.Tensor,  # (B, Hkv, S, D)
+        values: torch.Tensor,
+        past: torch.Tensor,  # (B,)
+        scaling: float,
+        layer: int,
+    ) -> torch.Tensor:
+        batch = CURRENT.get()
+        if batch is None:
+            raise RuntimeError("long-context attention called outside an engine forward pass")
+        new = query.shape[2]
+        splits = [layout(int(p), new, self.n_init, self.n_local) for p in past.tolist()]
+        states = [self._state(int(slot), layer) for slot in batch.slots.tolist()]
+        for row, split in enumerate(splits):
+            self.observe(states[row], query[row], split)
+        if all(s.far_length == 0 for s in splits):
+            return self._dense(query, keys, values, past, scaling, layer)
+        rows = []
+        for row, split in enumerate(splits):
+            state = states[row]
+            q = query[row]  # (Hq, T, D)
+            k, v = keys[row, :, : split.total], values[row, :, : split.total]
+            static = static_attention(q, k, v, split, scaling)
+            far = self.far(state, q, k, v, split, scaling)
+            rows.append(merge([static, far]).out if far is not None else static.out)
+        return torch.stack(rows).to(query.dtype)
+
+    def observe(self, state: Any, query: torch.Tensor, split: Layout) -> None:
+        """See every pass's queries (Hq, T, D), far context or not (to buffer them)."""
+
+    def new_state(self) -> Any:
+        raise NotImplementedError
+
+    def far(
+        self,
+        state: Any,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        split: Layout,
+        scaling: float,
+    ) -> Partial | None:
+        """Attention of ``query`` over (part of) the far context; None = nothing far."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+
+    def attend_positions(
+        self,
+        query: torch.Tensor,  # (Hq, T, D)
+        keys: torch.Tensor,  # (Hkv, S, D)
+        values: torch.Tensor,
+        positions: torch.Tensor,  # (H, N) with H = Hkv or Hq; far tokens, before every query
+        valid: torch.Tensor,  # (H, N)
+        split: Layout,
+        scaling: float,
+    ) -> Partial:
+        """Exact attention over the given far positions per KV head (or per query head),
+        re-positioned as ``memory_positions`` says."""
+        heads = positions.shape[0]
+        source = torch.arange(heads, device=keys.device) // (heads // keys.shape[0])
+        picked_keys = keys[source[:, None], positions]  # (H, N, D)
+        picked_values = values[source[:, None], positions]
+        if self.positions != "original" and self.inv_freq is not None:
+            picked_keys = rotate(
+                picked_keys, self.new_positions(positions, valid, split) - positions, self.inv_freq
+            )
+        group = query.shape[0] // heads
+        visible = valid.repeat_interleave(group, 0)[:, None, :]  # (Hq, 1, N)
+        return attend(query, picked_keys, picked_values, scaling, visible)
+
+    def new_positions(
+        self, positions: torch.Tensor, valid: torch.Tensor, split: Layout
+    ) -> torch.Tensor:
+        """Where far tokens are placed: InfLLM's fixed distance ``n_local`` before the first
+        new query, or landmark's contiguous packing just before the local window."""
+        if self.positions == "fixed":
+            return torch.full_like(positions, split.far_end)
+        order = torch.argsort(torch.where(valid, positions, positions.new_full((), 1 << 62)), 1)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        count = valid.sum(1, keepdim=True)
+        return split.far_end - count + rank  # valid ones fill far_end - count .. far_end - 1

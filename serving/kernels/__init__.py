@@ -1,0 +1,13 @@
+"""Long-context attention kernels: one exact merge primitive and the methods built on it.
+
+Every method attends over several disjoint key/value sets, each returning an output and a
+log-sum-exp (:mod:`serving.kernels.merge`), and merges them exactly:
+
+- :mod:`serving.kernels.static`: the first ``n_init`` sink tokens and the last ``n_local`` tokens;
+- :mod:`serving.kernels.blocks`: block selection by representative ("landmark") keys (InfLLM,
+  EM-LLM events, Quest bounds) with +-1 neighbours;
+- :mod:`serving.kernels.retrieval`: RetrievalAttention's attention-aware graph index over far keys.
+
+The ``triton_*`` modules hold GPU kernels, each with a PyTorch twin. Everything here is pure
+tensor code with no engine state; ``serving.engine`` wires it into its attention interface.
+"""

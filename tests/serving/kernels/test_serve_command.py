@@ -1,0 +1,116 @@
+"""``mneme llm serve --attention …``: options reach the engine, bad ones fail in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.net import free_port
+
+MNEME = [sys.executable, "-c", "from app.cli import main; main()"]
+
+
+def environment(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MNEME_")}
+    return {**env, "MNEME_HOME": str(home)}
+
+
+def test_unknown_attention_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*MNEME, "llm", "serve", "--attention", "sparse"],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "--attention 'sparse' is not one of full, blocks, retrieval" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_budget_below_the_static_set_names_the_fix(tmp_path: Path, tiny_llama: Path) -> None:
+    done = subprocess.run(
+        [
+            *MNEME,
+            "llm",
+            "serve",
+            "--model",
+            str(tiny_llama),
+            "--attention",
+            "blocks",
+            "--attention-budget",
+            "100",
+        ],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "attention budget 100 is below" in done.stderr
+    assert "raise --attention-budget" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_serves_completions_with_retrieval_attention(tmp_path: Path, tiny_llama: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            *MNEME,
+            "llm",
+            "serve",
+            "--model",
+            str(tiny_llama),
+            "--port",
+            str(port),
+            "--attention",
+            "retrieval",
+            "--attention-budget",
+            "700",
+            "--attention-local",
+            "64",
+        ],
+        env=environment(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                models = httpx.get(f"{base}/models", timeout=2)
+                models.raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.5)
+        prompt = "The lantern swung in the wind above the harbour. " * 80  # ~900 tokens
+        reply = httpx.post(
+            f"{base}/completions",
+            json={
+                "model": models.json()["data"][0]["id"],
+                "prompt": prompt,
+                "max_tokens": 8,
+                "temperature": 0,
+            },
+            timeout=120,
+        )
+        reply.raise_for_status()
+        body = reply.json()
+        assert body["usage"]["completion_tokens"] == 8
+        assert body["usage"]["prompt_tokens"] > 700  # longer than the budget: retrieval ran
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
