@@ -157,7 +157,7 @@ class Agent:
                 )
             self.tools[offered.name] = offered
         self.system = system_prompt(list(self.tools.values()))
-        self.call_schema = call_schema(list(self.tools))
+        self.call_schema = call_schema(list(self.tools.values()))
         instructions = count_tokens(self.system)
         if instructions + MIN_WORKING_TOKENS > config.prompt_tokens:
             raise AgentConfigError(

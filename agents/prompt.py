@@ -34,17 +34,37 @@ class ToolCall(BaseModel):
     )
 
 
-def call_schema(names: Sequence[str]) -> type[ToolCall]:
-    """``ToolCall`` whose JSON schema lists the tool names, so guided decoding can only name a
-    real tool. Validation still takes any name: where nothing guides the reply, an unknown tool
-    reaches the agent and becomes an observation the model can learn from."""
-    tool = Field(
-        min_length=1,
-        max_length=64,
-        description="The name of the tool to call.",
-        json_schema_extra={"enum": list(names)},
-    )
-    model: type[ToolCall] = create_model("ToolCall", __base__=ToolCall, tool=(str, tool))
+def call_schema(tools: Sequence[Tool]) -> type[ToolCall]:
+    """``ToolCall`` whose JSON schema is one variant per tool (its name as a constant, its own
+    arguments' schema), so guided decoding can only produce a real tool with well-formed
+    arguments. Validation stays ``ToolCall``'s: where nothing guides the reply, an unknown tool or
+    bad arguments reach the agent and become an observation the model can learn from."""
+    variants: list[dict[str, Any]] = []
+    definitions: dict[str, Any] = {}
+    for tool in tools:
+        arguments = tool.arguments.model_json_schema()
+        definitions.update(arguments.pop("$defs", {}))
+        variants.append(
+            {
+                "type": "object",
+                "properties": {
+                    "thought": {"type": "string", "maxLength": 200},
+                    "tool": {"const": tool.name},
+                    "arguments": arguments,
+                },
+                "required": ["thought", "tool", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+
+    def one_of_the_tools(schema: dict[str, Any]) -> None:
+        schema.clear()
+        schema.update({"title": "ToolCall", "anyOf": variants})
+        if definitions:
+            schema["$defs"] = definitions
+
+    config = ConfigDict(extra="ignore", json_schema_extra=one_of_the_tools)
+    model: type[ToolCall] = create_model("ToolCall", __base__=ToolCall, __config__=config)
     return model
 
 

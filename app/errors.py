@@ -1,4 +1,5 @@
-"""Application errors and the one place that maps every error to a CLI exit code.
+"""Application errors and the one place that maps every error to a CLI exit code and an HTTP
+status.
 
 Library errors (``memory``, ``serving``) become user-facing messages only here, at the edge.
 """
@@ -14,7 +15,12 @@ from memory.errors import (
     StoreError,
     StoreUnavailable,
 )
-from serving.errors import ModelNotAvailable, ServingError
+from serving.errors import (
+    LLMUnavailable,
+    ModelNotAvailable,
+    RequestRejected,
+    ServingError,
+)
 
 
 class MnemeError(Exception):
@@ -33,6 +39,18 @@ class UnreadableDocument(MnemeError):
     """A file cannot be turned into text; the message names the file, the problem and the fix."""
 
 
+class Unauthenticated(MnemeError):
+    """No API key was sent, or the key is unknown or revoked."""
+
+
+class PayloadTooLarge(MnemeError):
+    """A request or an upload is larger than the configured limit; the message names both."""
+
+
+class Conflict(MnemeError):
+    """The record is not in a state that allows the request (a document still being read)."""
+
+
 # Exit codes: 1 = something is broken (doctor), 2 = usage / configuration, 3 = store, 4 = model.
 EXIT_BROKEN = 1
 EXIT_USAGE = 2
@@ -43,6 +61,9 @@ _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (SettingsError, EXIT_USAGE),
     (HomeNotWritable, EXIT_USAGE),
     (UnreadableDocument, EXIT_USAGE),
+    (Unauthenticated, EXIT_USAGE),
+    (PayloadTooLarge, EXIT_USAGE),
+    (Conflict, EXIT_USAGE),
     (InvalidRecord, EXIT_USAGE),
     (InvalidQuery, EXIT_USAGE),
     (NotFound, EXIT_USAGE),
@@ -63,3 +84,33 @@ def exit_code(error: Exception) -> int:
         if isinstance(error, kind):
             return code
     return EXIT_BROKEN
+
+
+# HTTP: (status, error type) of the REST API's error body {"error": {"type", "message", "detail"}}.
+_HTTP_STATUSES: tuple[tuple[type[Exception], int, str], ...] = (
+    (Unauthenticated, 401, "authentication_error"),
+    (NotFound, 404, "not_found"),
+    (Conflict, 409, "conflict"),
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (UnreadableDocument, 422, "unreadable_document"),
+    (InvalidRecord, 422, "invalid_request"),
+    (InvalidQuery, 422, "invalid_request"),
+    (RequestRejected, 422, "invalid_request"),
+    (SettingsError, 500, "configuration_error"),
+    (HomeNotWritable, 500, "configuration_error"),
+    (StoreUnavailable, 503, "store_unavailable"),
+    (SchemaOutOfDate, 503, "store_unavailable"),
+    (StoreCorrupt, 500, "store_error"),
+    (StoreError, 500, "store_error"),
+    (ModelNotAvailable, 503, "model_unavailable"),
+    (LLMUnavailable, 503, "model_unavailable"),
+    (ServingError, 502, "model_error"),
+)
+
+
+def http_status(error: Exception) -> tuple[int, str]:
+    """The HTTP status and error type for an error Mneme knows; (500, "internal_error") else."""
+    for kind, status, name in _HTTP_STATUSES:
+        if isinstance(error, kind):
+            return status, name
+    return 500, "internal_error"

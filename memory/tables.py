@@ -229,3 +229,100 @@ class BibleEntryRow(Base):
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class TenantRow(Base):
+    """A REST API tenant: owns the namespaces named ``tenant:<name>/…`` (see memory/keys.py)."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class ApiKeyRow(Base):
+    """An API key of a tenant: only the SHA-256 of the key is kept; ``id`` is its public part."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class TrajectoryRow(Base):
+    """One agent task (HiAgent working memory): its subgoals in order, and how it ended."""
+
+    __tablename__ = "trajectories"
+    __table_args__ = (Index("ix_trajectories_namespace_status", "namespace_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"))
+    task: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    answer: Mapped[str | None] = mapped_column(Text)
+    turns: Mapped[int] = mapped_column(Integer, default=0)  # model turns taken so far
+    expanded: Mapped[list[int]] = mapped_column(JSON, default=list)  # subgoal ids shown in full
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class SubgoalRow(Base):
+    """A subgoal of a trajectory; ``summary`` is written once, when it closes."""
+
+    __tablename__ = "subgoals"
+    __table_args__ = (
+        UniqueConstraint("trajectory_id", "ordinal", name="uq_subgoals_trajectory_ordinal"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trajectory_id: Mapped[int] = mapped_column(ForeignKey("trajectories.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    goal: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    result: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class SubgoalStepRow(Base):
+    """One action/observation pair inside a subgoal."""
+
+    __tablename__ = "subgoal_steps"
+    __table_args__ = (
+        UniqueConstraint("subgoal_id", "ordinal", name="uq_subgoal_steps_subgoal_ordinal"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subgoal_id: Mapped[int] = mapped_column(ForeignKey("subgoals.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(Text)
+    observation: Mapped[str] = mapped_column(Text)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class StoreItemRow(Base):
+    """A LangGraph store item: a JSON value under a namespace path and key; ``episode_id`` is
+    the episode that makes it searchable by meaning (None when it is not indexed)."""
+
+    __tablename__ = "store_items"
+    __table_args__ = (
+        UniqueConstraint("namespace_id", "path", "key", name="uq_store_items_namespace_path_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(1000))  # LangGraph namespace labels joined by "."
+    key: Mapped[str] = mapped_column(String(500))
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
+    episode_id: Mapped[int | None] = mapped_column(
+        ForeignKey("episodes.id", ondelete="SET NULL"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

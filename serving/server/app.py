@@ -2,7 +2,8 @@
 
 Routes: ``/health``, ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` (both with
 SSE streaming), ``/v1/embeddings``. Response shapes follow OpenAI; ``prompt_logprobs`` follows
-vLLM. Every client mistake is a 4xx with an OpenAI-style error body; a client that disconnects
+vLLM; the ``rerank`` request field is Mneme's (RankGen reranking, serving/server/reranking.py).
+Every client mistake is a 4xx with an OpenAI-style error body; a client that disconnects
 mid-stream cancels its generation.
 """
 
@@ -24,9 +25,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from serving.engine.engine import EngineOutput, EngineRequest, PromptResult
-from serving.errors import EngineFailed, RequestRejected
+from serving.errors import EngineFailed, ModelNotAvailable, RequestRejected
 from serving.llm import ChatMessage, Choice, TokenLogprob
 from serving.local import LocalLLM
+from serving.rerank.config import RerankConfig
+from serving.rerank.decoders import RerankResult
+from serving.rerank.errors import RerankError
+from serving.rerank.generation import prefix_text
+from serving.rerank.scorers import RerankerPool
+from serving.server.reranking import rerank_ids, rerank_reply
 from serving.server.schemas import (
     ChatRequest,
     CompletionRequest,
@@ -44,6 +51,8 @@ class ServerConfig:
     """Name clients use for the model; None = the engine's model name."""
     api_key: str | None = None
     """When set, every /v1 request needs ``Authorization: Bearer <key>``."""
+    rerank_scorer: str = RerankConfig().scorer
+    """Scorer for requests whose ``rerank`` field names none (see serving/server/reranking.py)."""
 
 
 class ApiError(Exception):
@@ -117,10 +126,15 @@ def vllm_prompt_logprobs(entries: Sequence[TokenLogprob]) -> list[dict[str, Any]
 
 
 def create_app(
-    llm: LocalLLM, embedder: Any | None = None, config: ServerConfig | None = None
+    llm: LocalLLM,
+    embedder: Any | None = None,
+    config: ServerConfig | None = None,
+    scorers: RerankerPool | None = None,
 ) -> FastAPI:
-    """The app serving ``llm`` (and ``embedder``, any object with ``model_name``/``embed``)."""
+    """The app serving ``llm`` (and ``embedder``, any object with ``model_name``/``embed``);
+    ``scorers`` are the rerank scorers offered (default: the embedder's and RankGen's)."""
     config = config or ServerConfig()
+    scorers = scorers or RerankerPool.standard(embedder)
     served = config.served_model_name or llm.model
     app = FastAPI(title="Mneme OpenAI-compatible server", version="1")
 
@@ -190,6 +204,15 @@ def create_app(
             raise ApiError(500, str(err), "server_error") from err
         return result.prompt, result.choices, result.completion_tokens
 
+    async def reranked(body: Body, ids: list[int], prefix: str) -> RerankResult:
+        """The request's ``rerank`` generation; every option or scorer problem is a 400."""
+        try:
+            return await rerank_ids(llm, scorers, body, ids, prefix, config.rerank_scorer)
+        except (ValueError, RerankError, ModelNotAvailable, RequestRejected) as err:
+            raise ApiError(400, str(err)) from err
+        except EngineFailed as err:
+            raise ApiError(500, str(err), "server_error") from err
+
     def usage(prompt: PromptResult, completion_tokens: int) -> dict[str, int]:
         return {
             "prompt_tokens": prompt.prompt_tokens,
@@ -246,6 +269,13 @@ def create_app(
             if any(not 0 <= t < vocabulary for t in body.prompt):
                 raise ApiError(400, f"prompt token ids must be in [0, {vocabulary})")
             ids = list(body.prompt)
+        if body.rerank is not None:
+            prefix = (
+                body.prompt
+                if isinstance(body.prompt, str)
+                else llm.tokenizer.decode(ids, skip_special_tokens=True)
+            )
+            return rerank_reply(body, served, ids, await reranked(body, ids, prefix), chat=False)
         scoring = body.echo and body.max_tokens == 0  # legacy prompt scoring: generate nothing
         if scoring:
             body = body.model_copy(update={"max_tokens": 1})
@@ -312,6 +342,9 @@ def create_app(
             ids = llm.encode_chat(messages)
         except RequestRejected as err:
             raise ApiError(400, str(err)) from err
+        if body.rerank is not None:
+            result = await reranked(body, ids, prefix_text(messages))
+            return rerank_reply(body, served, ids, result, chat=True)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         request = spec(body, ids, logprobs, body.prompt_logprobs)
         identity, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

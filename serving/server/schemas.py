@@ -1,5 +1,6 @@
 """OpenAI request and response shapes, with vLLM's extras (top_k, prompt_logprobs,
-structured_outputs), so one client works against Mneme's server and vLLM alike.
+structured_outputs), so one client works against Mneme's server and vLLM alike, and Mneme's own
+``rerank`` extension (see serving/server/reranking.py).
 
 Unknown fields are ignored, as vLLM does; known fields are validated and a bad one is a 400.
 """
@@ -11,6 +12,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serving.llm import Role, SamplingParams
+
+
+class RerankOptions(BaseModel):
+    """Mneme's extension field ``rerank``: RankGen reranking of sampled continuations.
+
+    Unknown keys are an error here (a typo would silently change the decoding otherwise).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["sample", "beam"] = "beam"
+    scorer: str | None = None
+    samples: int = Field(default=10, ge=1, le=64)
+    beam: int = Field(default=2, ge=1, le=16)
+    step_tokens: int = Field(default=20, ge=1, le=4096)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    runners_up: int = Field(default=0, ge=0, le=64)
 
 
 class Request(BaseModel):
@@ -30,6 +48,7 @@ class Request(BaseModel):
     ignore_eos: bool = False
     structured_outputs: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    rerank: RerankOptions | None = None
 
     @field_validator("stop")
     @classmethod

@@ -18,6 +18,12 @@ TABLES = {
     "episodes",
     "episode_versions",
     "jobs",
+    "trajectories",
+    "subgoals",
+    "subgoal_steps",
+    "store_items",
+    "tenants",
+    "api_keys",
     "alembic_version",
 }
 

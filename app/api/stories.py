@@ -1,0 +1,184 @@
+"""``/v1/stories``: start a story, write the next paragraph, branch, undo, export, delete.
+
+A story's long-term memory is a namespace ``tenant:<name>/stories/<uuid>``; the story is the
+tenant's when its namespace is under the tenant's prefix (another tenant's story answers 404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from app.api.auth import Authenticated, Services
+from app.api.errors import ERROR_RESPONSES
+from app.api.schemas import (
+    BranchRequest,
+    Deleted,
+    NodeOut,
+    RecordId,
+    StepRequest,
+    StoryCreate,
+    StoryList,
+    StoryOut,
+)
+from app.api.services import ApiServices, Caller
+from app.errors import Conflict
+from memory import NotFound, Story, StoryNode
+
+router = APIRouter(prefix="/v1", tags=["stories"], responses=ERROR_RESPONSES)
+
+_EXPORTS = {
+    "markdown": ("text/markdown; charset=utf-8", "md"),
+    "docx": ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", "docx"),
+    "epub": ("application/epub+zip", "epub"),
+}
+
+
+def node_out(node: StoryNode) -> NodeOut:
+    return NodeOut(
+        id=node.id,
+        parent_id=node.parent_id,
+        depth=node.depth,
+        instruction=node.instruction,
+        paragraph=node.paragraph,
+        short_term_memory=node.short_term_memory,
+        plans=list(node.plans),
+        created_at=node.created_at,
+    )
+
+
+def _story_out(api: ApiServices, story: Story) -> StoryOut:
+    head = None
+    if story.head_node_id is not None:
+        head = node_out(api.writing.stories.node(story.id, story.head_node_id))
+    return StoryOut(
+        id=story.id,
+        title=story.title,
+        genre=story.genre,
+        premise=story.premise,
+        outline=story.outline,
+        mode=story.mode.value,
+        head=head,
+        created_at=story.created_at,
+        updated_at=story.updated_at,
+    )
+
+
+def _owned(api: ApiServices, caller: Caller, story_id: int) -> Story:
+    """The tenant's story ``story_id``; the same 404 whether it is missing or someone else's."""
+    try:
+        story = api.writing.stories.get(story_id)
+    except NotFound:
+        story = None
+    if story is None or not story.namespace.startswith(caller.stories):
+        raise NotFound(f"story {story_id} does not exist; list yours with GET /v1/stories")
+    return story
+
+
+def _node(api: ApiServices, story_id: int, node_id: int) -> StoryNode:
+    try:
+        return api.writing.stories.node(story_id, node_id)
+    except NotFound as err:
+        raise NotFound(f"node {node_id} is not in story {story_id}") from err
+
+
+@router.post("/stories", status_code=201, response_model=StoryOut)
+async def create_story(body: StoryCreate, api: Services, caller: Authenticated) -> StoryOut:
+    """Start a story from a genre and a premise (title, outline, opening, three plans)."""
+    await api.load_llm()
+    namespace = f"{caller.stories}{uuid.uuid4().hex}"
+    story, _ = await api.writing.writer.start(
+        namespace, genre=body.genre, premise=body.premise, mode=body.mode
+    )
+    return await asyncio.to_thread(_story_out, api, story)
+
+
+@router.get("/stories", response_model=StoryList)
+def list_stories(api: Services, caller: Authenticated) -> StoryList:
+    mine = [s for s in api.writing.stories.all() if s.namespace.startswith(caller.stories)]
+    return StoryList(stories=[_story_out(api, s) for s in mine])
+
+
+@router.get("/stories/{story_id}", response_model=StoryOut)
+def get_story(story_id: RecordId, api: Services, caller: Authenticated) -> StoryOut:
+    return _story_out(api, _owned(api, caller, story_id))
+
+
+@router.post("/stories/{story_id}/steps", status_code=201, response_model=NodeOut)
+async def step(
+    story_id: RecordId, body: StepRequest, api: Services, caller: Authenticated
+) -> NodeOut:
+    """Write the next paragraph after the head (or ``parent_id``) from a plan or an action."""
+    await asyncio.to_thread(_owned, api, caller, story_id)
+    if body.parent_id is not None:
+        await asyncio.to_thread(_node, api, story_id, body.parent_id)
+    await api.load_llm()
+    node = await api.writing.writer.step(
+        story_id, plan=body.plan, action=body.action, parent_id=body.parent_id
+    )
+    return node_out(node)
+
+
+@router.post("/stories/{story_id}/branch", response_model=NodeOut)
+def branch(
+    story_id: RecordId, body: BranchRequest, api: Services, caller: Authenticated
+) -> NodeOut:
+    """Continue from any node: it becomes the head; the next step sees its memory."""
+    _owned(api, caller, story_id)
+    _node(api, story_id, body.node_id)
+    api.writing.stories.set_head(story_id, body.node_id)
+    return node_out(_node(api, story_id, body.node_id))
+
+
+@router.post("/stories/{story_id}/undo", response_model=NodeOut)
+def undo(story_id: RecordId, api: Services, caller: Authenticated) -> NodeOut:
+    """Move the head back to its parent (the undone step stays, as a branch)."""
+    story = _owned(api, caller, story_id)
+    head = None if story.head_node_id is None else _node(api, story_id, story.head_node_id)
+    if head is None or head.parent_id is None:
+        raise Conflict(f"nothing to undo: story {story_id} is at its opening")
+    api.writing.stories.set_head(story_id, head.parent_id)
+    return node_out(_node(api, story_id, head.parent_id))
+
+
+@router.get(
+    "/stories/{story_id}/export",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {kind: {} for kind, _ in _EXPORTS.values()},
+            "description": "The story along its current branch.",
+        }
+    },
+)
+def export(
+    story_id: RecordId,
+    api: Services,
+    caller: Authenticated,
+    format: Literal["markdown", "docx", "epub"] = Query("markdown"),
+) -> Response:
+    """The story from its opening to the head, as Markdown, DOCX or EPUB."""
+    story = _owned(api, caller, story_id)
+    media, extension = _EXPORTS[format]
+    if format == "markdown":
+        data: bytes = api.writing.markdown(story_id).encode("utf-8")
+    elif format == "docx":
+        data = api.writing.docx(story_id)
+    else:
+        data = api.writing.epub(story_id)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", story.title).strip("-")[:60] or "story"
+    headers = {"Content-Disposition": f'attachment; filename="{slug}.{extension}"'}
+    return Response(data, media_type=media, headers=headers)
+
+
+@router.delete("/stories/{story_id}", response_model=Deleted)
+def delete_story(story_id: RecordId, api: Services, caller: Authenticated) -> Deleted:
+    """Delete a story with its tree and its long-term memory (rows and vectors)."""
+    _owned(api, caller, story_id)
+    api.writing.delete(story_id)
+    return Deleted(id=story_id, deleted=True)

@@ -1,0 +1,55 @@
+"""The SDK entry point: a reranked generation over any :class:`~serving.llm.LLM`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from serving.llm import LLM, ChatMessage
+from serving.rerank.config import RerankConfig
+from serving.rerank.decoders import Generator, RerankResult, decode
+from serving.rerank.generators import EngineGenerator, ProtocolGenerator
+from serving.rerank.reranker import Reranker
+from serving.rerank.scorers import RerankerPool
+
+
+def prefix_text(prompt: str | Sequence[ChatMessage]) -> str:
+    """What continuations are scored against: the prompt, or the conversation's text."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(m.content for m in prompt)
+
+
+def generator_for(llm: LLM, prompt: str | Sequence[ChatMessage], max_tokens: int) -> Generator:
+    """The built-in engine's token-level generator for a ``LocalLLM``, else the Protocol one."""
+    local = sys.modules.get("serving.local")  # not loaded = llm cannot be a LocalLLM
+    if local is not None and isinstance(llm, local.LocalLLM):
+        generator = EngineGenerator.for_prompt(llm, prompt)
+        generator.check(max_tokens)
+        return generator
+    return ProtocolGenerator(llm, prompt)
+
+
+async def generate(
+    llm: LLM,
+    prompt: str | Sequence[ChatMessage],
+    *,
+    rerank: RerankConfig | None = None,
+    reranker: Reranker | None = None,
+    scorers: RerankerPool | None = None,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+) -> RerankResult:
+    """Continue ``prompt`` (text, or a conversation) with reranked sampling.
+
+    The scorer is ``reranker`` if given, else ``rerank.scorer`` from ``scorers`` (default: a
+    fresh standard pool, so the scorer is loaded on every call: pass one to reuse it).
+    Raises :class:`~serving.errors.ModelNotAvailable` when the scorer's weights are missing,
+    :class:`~serving.errors.RequestRejected` when prompt + ``rerank.max_tokens`` exceed the
+    local model's context, and whatever the backend raises (``LLMError``).
+    """
+    config = rerank or RerankConfig()
+    if reranker is None:
+        reranker = (scorers or RerankerPool.standard()).get(config.scorer)
+    generator = generator_for(llm, prompt, config.max_tokens)
+    return await decode(generator, reranker, prefix_text(prompt), config, seed=seed, stop=stop)

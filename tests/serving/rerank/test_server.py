@@ -1,0 +1,108 @@
+"""The server's ``rerank`` extension over real HTTP (tiny random Llama as generator)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from serving.local import LocalLLM
+from serving.rerank import RerankerPool
+from serving.rerank.rankgen import RankGenReranker
+from serving.server.app import ServerConfig, create_app
+from tests.net import serving
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_llm: LocalLLM, tiny_rankgen: RankGenReranker) -> Iterator[str]:
+    pool = RerankerPool.standard()
+    pool.add("tiny-rankgen", tiny_rankgen)
+    app = create_app(
+        tiny_llm, None, ServerConfig(served_model_name="tiny", rerank_scorer="tiny-rankgen"), pool
+    )
+    with serving(app) as url:
+        yield url
+
+
+def post(base_url: str, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{base_url}{path}", json={"model": "tiny", **body}, timeout=60)
+
+
+def test_completion_with_rerank_returns_the_chosen_text_and_score(
+    base_url: str, tiny_llm: LocalLLM, tiny_rankgen: RankGenReranker
+) -> None:
+    rerank = {"method": "beam", "samples": 3, "beam": 2, "step_tokens": 4, "runners_up": 1}
+    body = {"prompt": "Once upon a time", "max_tokens": 8, "seed": 5, "rerank": rerank}
+    reply = post(base_url, "/v1/completions", body)
+    assert reply.status_code == 200, reply.text
+    data = reply.json()
+    (choice,) = data["choices"]
+    extension = data["rerank"]
+    assert extension["method"] == "beam" and extension["scorer"] == tiny_rankgen.name
+    assert extension["steps"] == 2 and extension["candidates"] >= 6
+    assert extension["score"] == pytest.approx(
+        tiny_rankgen.score("Once upon a time", [choice["text"]])[0], abs=1e-4
+    )
+    (runner_up,) = extension["runners_up"]
+    assert runner_up["score"] <= extension["score"]
+    assert data["usage"]["completion_tokens"] == 6 * 4 + 2 * 3 * 4
+    assert post(base_url, "/v1/completions", body).json()["choices"] == data["choices"]
+
+
+def test_one_sample_over_http_equals_plain_sampling(base_url: str) -> None:
+    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0) as client:
+        plain = client.completions.create(
+            model="tiny", prompt="The dragon", max_tokens=10, seed=11, top_p=0.9
+        )
+        reranked = client.completions.create(
+            model="tiny",
+            prompt="The dragon",
+            max_tokens=10,
+            seed=11,
+            extra_body={"rerank": {"method": "sample", "samples": 1}},
+        )
+    assert reranked.choices[0].text == plain.choices[0].text
+    extension = (reranked.model_extra or {})["rerank"]
+    assert "runners_up" not in extension and extension["steps"] == 1
+
+
+def test_chat_with_rerank(base_url: str) -> None:
+    body = {
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+        "max_tokens": 6,
+        "rerank": {"method": "sample", "samples": 4, "runners_up": 3},
+    }
+    data = post(base_url, "/v1/chat/completions", body).json()
+    assert data["object"] == "chat.completion"
+    assert data["choices"][0]["message"]["role"] == "assistant"
+    scores = [data["rerank"]["score"]] + [r["score"] for r in data["rerank"]["runners_up"]]
+    assert scores == sorted(scores, reverse=True) and data["rerank"]["candidates"] <= 4
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"rerank": {"samples": 0}}, "rerank.samples"),
+        ({"rerank": {"method": "greedy"}}, "rerank.method"),
+        ({"rerank": {"sample": 3}}, "rerank.sample: Extra inputs are not permitted"),
+        ({"rerank": {"scorer": "nope"}}, "unknown rerank scorer 'nope'; this process offers"),
+        ({"rerank": {}, "stream": True}, "rerank cannot be combined with stream"),
+        ({"rerank": {}, "n": 2}, "rerank cannot be combined with n > 1"),
+        ({"rerank": {}, "logprobs": 1}, "rerank cannot be combined with logprobs"),
+        ({"rerank": {}, "temperature": 0}, "temperature=0.0 must be in (0, 2]"),
+        ({"rerank": {}, "max_tokens": 1000}, "context is 256 tokens"),
+        (
+            {"rerank": {"scorer": "rankgen-t5-xl-all"}},
+            "cannot load the RankGen scorer 'kalpeshk2011/rankgen-t5-xl-all'",
+        ),
+    ],
+)
+def test_bad_rerank_options_are_a_400_naming_the_problem(
+    base_url: str, extra: dict[str, Any], message: str
+) -> None:
+    reply = post(base_url, "/v1/completions", {"prompt": "Hello", "max_tokens": 4, **extra})
+    assert reply.status_code == 400, reply.text
+    assert message in reply.json()["error"]["message"]
