@@ -80,7 +80,44 @@ def _reply_tokens(config: WriterConfig) -> int:
     return config.paragraph_tokens + config.short_term_tokens + 3 * 80 + 100 + 120
 
 
-class RecurrentWriter:
+class StoryTree:
+    """A story tree's moves that need no model: undo, switch branch, edit memory, read."""
+
+    def __init__(self, stories: SqlStoryStore) -> None:
+        self.stories = stories
+
+    def undo(self, story_id: int) -> StoryNode:
+        """Move the head back to its parent (the undone step stays, as a branch)."""
+        story = self.stories.get(story_id)
+        head = self.stories.node(story_id, self._head(story))
+        if head.parent_id is None:
+            raise InvalidRecord("nothing to undo: the story is at its opening")
+        self.stories.set_head(story_id, head.parent_id)
+        return self.stories.node(story_id, head.parent_id)
+
+    def switch(self, story_id: int, node_id: int) -> StoryNode:
+        """Continue from any node (another branch): the next step sees that node's memory."""
+        self.stories.set_head(story_id, node_id)
+        return self.stories.node(story_id, node_id)
+
+    def edit_memory(self, story_id: int, node_id: int, short_term_memory: str) -> StoryNode:
+        """The writer's own short-term memory for a node (the next step reads it)."""
+        if not short_term_memory.strip():
+            raise InvalidRecord("short-term memory cannot be empty; write a sentence or two")
+        return self.stories.update_node(story_id, node_id, short_term_memory=short_term_memory)
+
+    def text(self, story_id: int, node_id: int | None = None) -> str:
+        """The story from its opening to ``node_id`` (default: the head)."""
+        return story_text(self.stories, story_id, node_id)
+
+    @staticmethod
+    def _head(story: Story) -> int:
+        if story.head_node_id is None:
+            raise InvalidRecord(f"story {story.id} has no opening yet; start it first")
+        return story.head_node_id
+
+
+class RecurrentWriter(StoryTree):
     """Writes a story in a tree of steps, each with its own memory state."""
 
     def __init__(
@@ -94,7 +131,7 @@ class RecurrentWriter:
     ) -> None:
         if not 1 <= config.candidates <= 16:
             raise InvalidRecord(f"candidates={config.candidates} must be in [1, 16]")
-        self.stories = stories
+        super().__init__(stories)
         self.memory_for = memory_for
         self.llm = llm
         self.config = config
@@ -305,30 +342,6 @@ class RecurrentWriter:
             story_id, parent_id=parent, plan=instruction, on_paragraph=on_paragraph
         )
 
-    def undo(self, story_id: int) -> StoryNode:
-        """Move the head back to its parent (the undone step stays, as a branch)."""
-        story = self.stories.get(story_id)
-        head = self.stories.node(story_id, self._head(story))
-        if head.parent_id is None:
-            raise InvalidRecord("nothing to undo: the story is at its opening")
-        self.stories.set_head(story_id, head.parent_id)
-        return self.stories.node(story_id, head.parent_id)
-
-    def switch(self, story_id: int, node_id: int) -> StoryNode:
-        """Continue from any node (another branch): the next step sees that node's memory."""
-        self.stories.set_head(story_id, node_id)
-        return self.stories.node(story_id, node_id)
-
-    def edit_memory(self, story_id: int, node_id: int, short_term_memory: str) -> StoryNode:
-        """The writer's own short-term memory for a node (the next step reads it)."""
-        if not short_term_memory.strip():
-            raise InvalidRecord("short-term memory cannot be empty; write a sentence or two")
-        return self.stories.update_node(story_id, node_id, short_term_memory=short_term_memory)
-
-    def text(self, story_id: int, node_id: int | None = None) -> str:
-        """The story from its opening to ``node_id`` (default: the head)."""
-        return story_text(self.stories, story_id, node_id)
-
     # -- the prompt -------------------------------------------------------------------------
 
     async def prompt(
@@ -453,12 +466,6 @@ class RecurrentWriter:
             top_p=self.config.top_p,
         )
 
-    @staticmethod
-    def _head(story: Story) -> int:
-        if story.head_node_id is None:
-            raise InvalidRecord(f"story {story.id} has no opening yet; start it first")
-        return story.head_node_id
-
 
 def story_text(stories: SqlStoryStore, story_id: int, node_id: int | None = None) -> str:
     """A story's paragraphs from its opening to ``node_id`` (default: the head); "" if none."""
@@ -472,6 +479,7 @@ __all__: Sequence[str] = [
     "RecurrentWriter",
     "StartReply",
     "StepReply",
+    "StoryTree",
     "WriterConfig",
     "story_text",
 ]

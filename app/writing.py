@@ -13,7 +13,7 @@ import uuid
 import warnings
 from pathlib import Path
 
-from agents.writer import Mode, RecurrentWriter, WriterConfig, story_text
+from agents.writer import Mode, RecurrentWriter, StoryTree, WriterConfig, story_text
 from app.loaders import load_document
 from app.reading import Reading
 from memory.records import Story, StoryNode
@@ -37,6 +37,8 @@ class Writing:
         self.stories = SqlStoryStore(reading.store.database)
         self.config = config or WriterConfig(candidates=reading.settings.writer_candidates)
         self._writer: RecurrentWriter | None = None
+        self.tree = StoryTree(self.stories)
+        """Undo, switch, edit memory: the moves that need no model (so no model is loaded)."""
 
     @property
     def writer(self) -> RecurrentWriter:

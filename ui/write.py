@@ -189,7 +189,7 @@ def _writing_loop(s: Studio, story: Story, head: StoryNode) -> None:
     if cols[1].button("Regenerate", disabled=head.parent_id is None):
         _begin(s, story, lambda on: s.writing.writer.regenerate(story.id, head.id, on_paragraph=on))
     if cols[2].button("Undo", disabled=head.parent_id is None):
-        _, error = s.call(lambda: s.writing.writer.undo(story.id))
+        _, error = s.call(lambda: s.writing.tree.undo(story.id))
         if not _fail(error):
             st.rerun()
     with cols[3].popover("Export"):
@@ -204,7 +204,7 @@ def _branches(s: Studio, story: Story, head: StoryNode) -> None:
     chosen = st.selectbox("Continue from", list(labels), index=list(labels).index(head.id),
                           format_func=labels.__getitem__)  # fmt: skip
     if chosen != head.id and st.button("Switch to this node"):
-        s.writing.writer.switch(story.id, chosen)
+        s.writing.tree.switch(story.id, chosen)
         st.rerun()
     st.caption(f"{len(tree)} steps in all, {sum(1 for _, p, _ in tree if p is None)} opening")
 
@@ -232,7 +232,7 @@ def _memory(s: Studio, story: Story, head: StoryNode) -> None:
     memory = st.text_area("Short-term memory", value=head.short_term_memory,
                           key=f"stm-{head.id}", height=160)  # fmt: skip
     if st.button("Save memory"):
-        _, error = s.call(lambda: s.writing.writer.edit_memory(story.id, head.id, memory))
+        _, error = s.call(lambda: s.writing.tree.edit_memory(story.id, head.id, memory))
         if not _fail(error):
             st.success("Saved: the next step reads this memory.")
     path = s.writing.stories.path(story.id, head.id)

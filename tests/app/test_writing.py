@@ -99,3 +99,18 @@ def test_drafts_are_reranked_with_the_configured_scorer(store: MemoryStore, tmp_
         isinstance(ranking, dict) and ranking["scorer"] == f"embedder:{store.embedder.model_name}"
     )
     assert len(ranking["scores"]) == 3
+
+
+def test_tree_moves_load_no_model(store: MemoryStore, tmp_path: Path) -> None:
+    writing = Writing(Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo)))
+    story, root = asyncio.run(writing.start("adventure", "A courier crosses the desert."))
+    node = asyncio.run(writing.writer.step(story.id, plan="A storm rises."))
+    fresh = Reading(load_settings(home=tmp_path), store=store)  # no model given: none loaded yet
+    tree = Writing(fresh).tree
+    assert tree.undo(story.id).id == root.id
+    assert tree.switch(story.id, node.id).id == node.id
+    assert (
+        tree.edit_memory(story.id, node.id, "Mara is soaked.").short_term_memory
+        == "Mara is soaked."
+    )
+    assert fresh._llm is None
