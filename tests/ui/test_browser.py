@@ -143,7 +143,9 @@ def test_write_a_story_in_a_browser(ui: str) -> None:
         page.get_by_role("button", name="Stop writing").click()
         page.get_by_text("Stopped: nothing was stored").wait_for(timeout=60_000)
         assert page.get_by_text("step 0").count() == 1
-        page.get_by_role("heading", name="What happens next").wait_for(timeout=60_000)
+        # A fresh page, so the click cannot land on a copy Streamlit is about to replace.
+        page.reload()
+        page.get_by_role("heading", name="What happens next").wait_for(timeout=90_000)
         page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=60_000)
         page.get_by_role("button", name="Write this").first.click()
         page.get_by_text("step 1").wait_for(timeout=90_000)
