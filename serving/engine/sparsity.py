@@ -15,6 +15,7 @@ and longrope scaling all qualify); "dynamic" NTK scaling does not, and is refuse
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ def rotate(keys: torch.Tensor, shift: torch.Tensor, inv_freq: torch.Tensor) -> t
     return (keys.float() * angles.cos() + turned.float() * angles.sin()).to(keys.dtype)
 
 
-class SparseAttention:
+class SparseAttention(ABC):
     """Base of the long-context modes: sinks + window exact, far context by the subclass."""
 
     def __init__(self, context: ModeContext, *, minimum_far: int) -> None:
@@ -126,11 +127,15 @@ class SparseAttention:
         return torch.stack(rows).to(query.dtype)
 
     def observe(self, state: Any, query: torch.Tensor, split: Layout) -> None:
-        """See every pass's queries (Hq, T, D), far context or not (to buffer them)."""
+        """See every pass's queries (Hq, T, D), far context or not (to buffer them); by
+        default a mode keeps none."""
+        return None
 
+    @abstractmethod
     def new_state(self) -> Any:
-        raise NotImplementedError
+        """A slot's fresh per-request state (the subclass's index)."""
 
+    @abstractmethod
     def far(
         self,
         state: Any,
@@ -141,7 +146,6 @@ class SparseAttention:
         scaling: float,
     ) -> Partial | None:
         """Attention of ``query`` over (part of) the far context; None = nothing far."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers
 
