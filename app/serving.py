@@ -8,6 +8,7 @@ from app.runtime import open_embedder
 from app.settings import Settings
 from serving.engine.config import EngineConfig
 from serving.local import LocalLLM
+from serving.rerank.scorers import RerankerPool
 from serving.server.app import ServerConfig, create_app
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,9 @@ def serve_torch(
     )
     llm = LocalLLM.load(config)
     try:
-        app = create_app(llm, open_embedder(settings), ServerConfig(api_key=api_key))
+        embedder = open_embedder(settings)
+        scorers = RerankerPool.standard(embedder, folders=settings.scorer_folders)
+        app = create_app(llm, embedder, ServerConfig(api_key=api_key), scorers)
         log.warning("serving %s on http://%s:%d/v1", llm.model, host, port)
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

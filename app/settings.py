@@ -99,6 +99,10 @@ class Settings(BaseSettings):
         description='Reranker of paragraph drafts: "embedder" (the bundled MiniLM) or a RankGen '
         "checkpoint (hub name from the local cache, or a folder).",
     )
+    rerank_folders: str = Field(
+        default="",
+        description="Local RankGen checkpoints offered as scorers: name=/path[,name=/path].",
+    )
     api_max_upload_bytes: Annotated[int, Field(ge=1024)] = Field(
         default=20 * 1024 * 1024,
         description="Largest document the REST API accepts, in bytes (larger answers 413).",
@@ -139,6 +143,21 @@ class Settings(BaseSettings):
                 f"backend {url.get_backend_name()!r} is not supported; expected {example}"
             )
         return value.strip()
+
+    @field_validator("rerank_folders")
+    @classmethod
+    def _check_rerank_folders(cls, value: str) -> str:
+        from serving.rerank.scorers import scorer_folders
+
+        scorer_folders(value)  # ValueError names the bad entry
+        return value
+
+    @property
+    def scorer_folders(self) -> dict[str, str]:
+        """``rerank_folders`` as name → folder."""
+        from serving.rerank.scorers import scorer_folders
+
+        return scorer_folders(self.rerank_folders)
 
     @field_validator("chroma_url")
     @classmethod

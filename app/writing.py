@@ -58,8 +58,9 @@ class Writing:
         """The paragraph reranker of the settings (loaded now; a clear error if it cannot be)."""
         from serving.rerank import RerankerPool
 
-        pool = RerankerPool.standard(self.reading.store.embedder)
-        return pool.get(self.reading.settings.rerank_scorer)
+        settings = self.reading.settings
+        pool = RerankerPool.standard(self.reading.store.embedder, folders=settings.scorer_folders)
+        return pool.get(settings.rerank_scorer)
 
     async def start(
         self, genre: str, premise: str, mode: Mode = "novel"

@@ -34,8 +34,13 @@ def build_tiny_llama(
     intermediate_size: int = 128,
     max_positions: int = 2048,
     seed: int = 0,
+    logit_scale: float = 8.0,
 ) -> Path:
-    """A random-weight LlamaForCausalLM at ``folder`` (head_dim = hidden_size / heads)."""
+    """A random-weight LlamaForCausalLM at ``folder`` (head_dim = hidden_size / heads).
+
+    ``logit_scale`` multiplies the (tied) output weights: the default 8 makes sampling
+    peaked (greedy-like, often repeating the last token); 1 leaves it near uniform, so that
+    samples differ."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -59,6 +64,6 @@ def build_tiny_llama(
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # larger logits than the default init, so sampling is not uniform
-        model.lm_head.weight.mul_(8.0)
+        model.lm_head.weight.mul_(logit_scale)
     model.save_pretrained(str(folder))
     return folder

@@ -10,6 +10,21 @@ from serving.rerank.embedder import EmbedderReranker, TextEmbedder
 from serving.rerank.errors import UnknownScorer
 from serving.rerank.reranker import Reranker
 
+FOLDERS_VARIABLE = "MNEME_RERANK_FOLDERS"
+"""Local RankGen checkpoints offered by name: ``name=/path,name2=/path2``."""
+
+
+def scorer_folders(value: str | None) -> dict[str, str]:
+    """``name=/path,name2=/path2`` (``MNEME_RERANK_FOLDERS``) as a mapping; ValueError naming
+    the bad entry."""
+    folders: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in (value or "").split(","))):
+        name, sep, folder = entry.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            raise ValueError(f"entry {entry!r} is not name=/path/to/rankgen-checkpoint")
+        folders[name.strip()] = folder.strip()
+    return folders
+
 
 def canonical(name: str) -> str:
     """One key per scorer: RankGen short names become their hub names."""

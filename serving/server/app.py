@@ -39,6 +39,8 @@ from serving.server.schemas import (
     CompletionRequest,
     EmbeddingRequest,
     TokenizeRequest,
+    error_body,
+    validation_message,
 )
 from serving.server.schemas import Request as Body
 
@@ -61,10 +63,6 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
         super().__init__(message)
         self.status, self.message, self.kind = status, message, kind
-
-
-def error_body(status: int, message: str, kind: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
 def _top_dict(entry: TokenLogprob) -> dict[str, float]:
@@ -144,11 +142,8 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-        problems = []
-        for error in err.errors():
-            where = ".".join(str(part) for part in error["loc"] if part != "body")
-            problems.append(f"{where or 'body'}: {error['msg']}")
-        return JSONResponse(error_body(400, "; ".join(problems), "invalid_request_error"), 400)
+        message = validation_message(err.errors())
+        return JSONResponse(error_body(400, message, "invalid_request_error"), 400)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, err: HTTPException) -> JSONResponse:
@@ -275,7 +270,8 @@ def create_app(
                 if isinstance(body.prompt, str)
                 else llm.tokenizer.decode(ids, skip_special_tokens=True)
             )
-            return rerank_reply(body, served, ids, await reranked(body, ids, prefix), chat=False)
+            result = await reranked(body, ids, prefix)
+            return rerank_reply(body, served, len(ids), result, chat=False)
         scoring = body.echo and body.max_tokens == 0  # legacy prompt scoring: generate nothing
         if scoring:
             body = body.model_copy(update={"max_tokens": 1})
@@ -344,7 +340,7 @@ def create_app(
             raise ApiError(400, str(err)) from err
         if body.rerank is not None:
             result = await reranked(body, ids, prefix_text(messages))
-            return rerank_reply(body, served, ids, result, chat=True)
+            return rerank_reply(body, served, len(ids), result, chat=True)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         request = spec(body, ids, logprobs, body.prompt_logprobs)
         identity, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

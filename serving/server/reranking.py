@@ -24,14 +24,16 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from serving.local import LocalLLM
 from serving.rerank.config import RerankConfig
 from serving.rerank.decoders import RerankResult, decode
 from serving.rerank.generators import EngineGenerator
 from serving.rerank.scorers import RerankerPool
 from serving.server.schemas import ChatRequest, CompletionRequest, Request
+
+if TYPE_CHECKING:
+    from serving.local import LocalLLM
 
 PAPER_TOP_P = 0.9
 
@@ -119,7 +121,7 @@ def rerank_field(result: RerankResult, runners_up: bool) -> dict[str, Any]:
 
 
 def rerank_reply(
-    body: Request, served: str, ids: Sequence[int], result: RerankResult, *, chat: bool
+    body: Request, served: str, prompt_tokens: int, result: RerankResult, *, chat: bool
 ) -> dict[str, Any]:
     """The completion (``chat=False``) or chat completion reply with the chosen text."""
     choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": result.finish_reason}
@@ -135,9 +137,9 @@ def rerank_reply(
         "model": served,
         "choices": [choice],
         "usage": {
-            "prompt_tokens": len(ids),
+            "prompt_tokens": prompt_tokens,
             "completion_tokens": tokens,
-            "total_tokens": len(ids) + tokens,
+            "total_tokens": prompt_tokens + tokens,
         },
         "rerank": rerank_field(result, body.rerank is not None and body.rerank.runners_up > 0),
     }

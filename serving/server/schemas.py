@@ -7,11 +7,26 @@ Unknown fields are ignored, as vLLM does; known fields are validated and a bad o
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serving.llm import Role, SamplingParams
+
+
+def error_body(status: int, message: str, kind: str) -> dict[str, Any]:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """pydantic's errors as one line: ``field.path: problem; ...``."""
+    problems = []
+    for error in errors:
+        where = ".".join(str(part) for part in error["loc"] if part != "body")
+        problems.append(f"{where or 'body'}: {error['msg']}")
+    return "; ".join(problems)
 
 
 class RerankOptions(BaseModel):
@@ -116,6 +131,21 @@ class Message(BaseModel):
 
     role: Role
     content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, value: Any) -> Any:
+        """OpenAI's content-part list, text parts only, joined by newlines (as vLLM does)."""
+        if not isinstance(value, list):
+            return value
+        texts: list[str] = []
+        for part in value:
+            if not (isinstance(part, dict) and part.get("type") == "text"):
+                raise ValueError("only text content parts {'type': 'text', 'text': ...} are served")
+            if not isinstance(text := part.get("text"), str):
+                raise ValueError("a text content part needs 'text': a string")
+            texts.append(text)
+        return "\n".join(texts)
 
 
 class ChatRequest(Request):

@@ -36,6 +36,8 @@ LineSink = Callable[[str], None]
 """Receives each line the server prints (without its newline), as it arrives."""
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+RERANK_MIDDLEWARE = "serving.vllm.rerank.RerankMiddleware"
+"""vLLM's ``--middleware`` value for Mneme's ``rerank`` request field."""
 LOG_TAIL_LINES = 20
 """Lines of the server's output kept for error messages."""
 EXIT_INTERRUPTED = 130
@@ -85,6 +87,9 @@ class VLLMServerConfig:
     """Seconds between SIGTERM and SIGKILL when stopping the server."""
     poll_interval: float = 0.5
     """Seconds between readiness checks while starting."""
+    rerank: bool = True
+    """Serve Mneme's ``rerank`` request field (vLLM's ``--middleware``, serving/vllm/rerank.py);
+    its scorers load only when a request asks for one."""
 
     def __post_init__(self) -> None:
         # A frozen config should not change under the server: keep a read-only copy of env.
@@ -126,6 +131,8 @@ def build_command(config: VLLMServerConfig) -> list[str]:
     command += ["--host", config.host, "--port", str(config.port)]
     if config.api_key is not None:
         command += ["--api-key", config.api_key]
+    if config.rerank:
+        command += ["--middleware", RERANK_MIDDLEWARE]
     return [*command, *config.extra_args]
 
 

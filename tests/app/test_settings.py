@@ -59,6 +59,7 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("MNEME_EMBEDDING_MODEL", "  ", "MNEME_EMBEDDING_MODEL: is empty"),
         ("MNEME_HOME", "", "MNEME_HOME: is empty"),
         ("MNEME_LLM_TIMEOUT_S", "-3", "MNEME_LLM_TIMEOUT_S: Input should be greater than 0"),
+        ("MNEME_RERANK_FOLDERS", "xl", "MNEME_RERANK_FOLDERS: entry 'xl' is not name=/path"),
     ],
 )
 def test_bad_values_name_the_variable(
@@ -68,3 +69,8 @@ def test_bad_values_name_the_variable(
     with pytest.raises(SettingsError) as caught:
         load_settings()
     assert expected in str(caught.value)
+
+
+def test_rerank_folders_name_local_scorers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MNEME_RERANK_FOLDERS", "xl=/models/rankgen-xl, tiny=/tmp/t")
+    assert load_settings().scorer_folders == {"xl": "/models/rankgen-xl", "tiny": "/tmp/t"}

@@ -10,7 +10,7 @@ import pytest
 from serving.rerank.config import ScorerConfig
 from serving.rerank.rankgen import RankGenReranker
 
-TINY_T5 = {"d_model": 32, "num_layers": 2, "num_heads": 4, "d_kv": 8, "d_ff": 64}
+TINY_T5: dict[str, Any] = {"d_model": 32, "num_layers": 2, "num_heads": 4, "d_kv": 8, "d_ff": 64}
 
 
 @pytest.fixture(scope="session")

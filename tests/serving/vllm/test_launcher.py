@@ -93,6 +93,8 @@ def test_command_runs_the_openai_server_module_with_args_verbatim() -> None:
         "9001",
         "--api-key",
         "secret",
+        "--middleware",
+        "serving.vllm.rerank.RerankMiddleware",
         "--max-model-len",
         "4096",
         "--served-model-name=llama",
@@ -101,6 +103,7 @@ def test_command_runs_the_openai_server_module_with_args_verbatim() -> None:
     assert config.base_url == "http://127.0.0.1:9001/v1"  # clients reach 0.0.0.0 on loopback
     assert VLLMServerConfig(model="m", host="::", port=1).base_url == "http://[::1]:1/v1"
     assert VLLMServerConfig(model="m").python == sys.executable
+    assert "--middleware" not in build_command(VLLMServerConfig(model="m", rerank=False))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,148 @@
+"""The vLLM front end's ``rerank`` middleware, over real HTTP in front of Mneme's own server.
+
+The middleware only speaks the OpenAI API to the server it wraps, so Mneme's server (tiny random
+Llama) stands in for vLLM here; tests/serving/vllm/test_vllm_rerank.py runs it inside vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from serving.local import LocalLLM
+from serving.rerank import RerankerPool
+from serving.rerank.rankgen import RankGenReranker
+from serving.rerank.reranker import Reranker
+from serving.rerank.scorers import scorer_folders
+from serving.server.app import ServerConfig, create_app
+from serving.vllm.rerank import RerankMiddleware
+from tests.net import serving
+
+KEY = "secret-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+class Loads:
+    """A scorer factory that counts how often it is called."""
+
+    def __init__(self, reranker: Reranker) -> None:
+        self.reranker, self.count = reranker, 0
+
+    def __call__(self) -> Reranker:
+        self.count += 1
+        return self.reranker
+
+
+@pytest.fixture(scope="module")
+def loads(tiny_rankgen: RankGenReranker) -> Loads:
+    return Loads(tiny_rankgen)
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_llm: LocalLLM, loads: Loads) -> Iterator[str]:
+    # the inner server offers no scorer: every reranked reply must come from the middleware
+    inner = create_app(tiny_llm, None, ServerConfig(served_model_name="tiny", api_key=KEY))
+    pool = RerankerPool({"tiny-rankgen": loads})
+    with serving(RerankMiddleware(inner, pool, default_scorer="tiny-rankgen")) as url:
+        yield url
+
+
+def post(
+    base_url: str, path: str, body: dict[str, Any], headers: dict[str, str] = AUTH
+) -> httpx.Response:
+    return httpx.post(
+        f"{base_url}{path}", json={"model": "tiny", **body}, headers=headers, timeout=60
+    )
+
+
+def test_beam_search_through_the_middleware(base_url: str, tiny_rankgen: RankGenReranker) -> None:
+    rerank = {"method": "beam", "samples": 3, "beam": 2, "step_tokens": 4, "runners_up": 1}
+    body = {"prompt": "Once upon a time", "max_tokens": 8, "seed": 5, "rerank": rerank}
+    reply = post(base_url, "/v1/completions", body)
+    assert reply.status_code == 200, reply.text
+    data = reply.json()
+    (choice,) = data["choices"]
+    extension = data["rerank"]
+    assert extension["method"] == "beam" and extension["scorer"] == tiny_rankgen.name
+    assert extension["steps"] == 2
+    assert extension["score"] == pytest.approx(
+        tiny_rankgen.score("Once upon a time", [choice["text"]])[0], abs=1e-4
+    )
+    assert all(r["score"] <= extension["score"] for r in extension["runners_up"])
+    assert data["model"] == "tiny" and data["usage"]["prompt_tokens"] > 0
+    assert data["usage"]["completion_tokens"] == 6 * 4 + 2 * 3 * 4  # every sampled token
+    assert post(base_url, "/v1/completions", body).json()["choices"] == data["choices"]
+
+
+def test_chat_over_generation_through_the_middleware(base_url: str) -> None:
+    body = {
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Tell a story."}]}],
+        "max_completion_tokens": 5,
+        "rerank": {"method": "sample", "samples": 4, "runners_up": 3},
+    }
+    data = post(base_url, "/v1/chat/completions", body).json()
+    assert data["object"] == "chat.completion"
+    assert data["choices"][0]["message"]["role"] == "assistant"
+    assert data["usage"]["completion_tokens"] == 4 * 5  # max_completion_tokens was honoured
+    scores = [data["rerank"]["score"]] + [r["score"] for r in data["rerank"]["runners_up"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_requests_without_rerank_reach_the_server_untouched(base_url: str) -> None:
+    plain = post(base_url, "/v1/completions", {"prompt": "Hi", "max_tokens": 3, "seed": 1})
+    assert plain.status_code == 200 and "rerank" not in plain.json()
+    with httpx.stream(
+        "POST",
+        f"{base_url}/v1/completions",
+        json={"model": "tiny", "prompt": "Hi", "max_tokens": 3, "seed": 1, "stream": True},
+        headers=AUTH,
+        timeout=60,
+    ) as streamed:
+        events = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    texts = [json.loads(e[6:])["choices"][0]["text"] for e in events[:-1]]
+    assert "".join(texts) == plain.json()["choices"][0]["text"]
+    broken = httpx.post(
+        f"{base_url}/v1/completions", content=b"{not json", headers=AUTH, timeout=10
+    )
+    assert broken.status_code == 400  # the server's own answer to a body that is not JSON
+
+
+def test_no_key_is_refused_before_any_scorer_loads(base_url: str, loads: Loads) -> None:
+    before = loads.count
+    body = {"prompt": "Hi", "rerank": {"method": "sample", "samples": 2}}
+    reply = post(base_url, "/v1/completions", body, headers={})
+    assert reply.status_code == 401, reply.text
+    assert loads.count == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "message"),
+    [
+        ({"rerank": {"samples": 0}}, 400, "rerank.samples"),
+        ({"rerank": {"sample": 3}}, 400, "rerank.sample: Extra inputs are not permitted"),
+        ({"rerank": {}, "stream": True}, 400, "rerank cannot be combined with stream"),
+        ({"rerank": {}, "n": 2}, 400, "rerank cannot be combined with n > 1"),
+        ({"rerank": {}, "echo": True}, 400, "rerank cannot be combined with echo"),
+        ({"rerank": {"scorer": "nope"}}, 400, "unknown rerank scorer 'nope'"),
+        ({"rerank": {}, "prompt": [1, 2, 3]}, 400, "rerank needs a text prompt"),
+        ({"rerank": {}, "model": "other"}, 404, "other"),  # the server's own answer
+    ],
+)
+def test_bad_rerank_requests_get_a_clear_error(
+    base_url: str, extra: dict[str, Any], status: int, message: str
+) -> None:
+    reply = post(base_url, "/v1/completions", {"prompt": "Hi", "max_tokens": 4, **extra})
+    assert reply.status_code == status, reply.text
+    assert message in reply.json()["error"]["message"]
+
+
+def test_scorer_folders_are_read_from_one_variable() -> None:
+    assert scorer_folders(None) == {}
+    assert scorer_folders(" a=/x/a , b=/y/b,") == {"a": "/x/a", "b": "/y/b"}
+    with pytest.raises(ValueError, match="'oops' is not name=/path"):
+        scorer_folders("a=/x,oops")
