@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.retrieval
 	$(BIN)/python -m benchmarks.writer
 	$(BIN)/python -m benchmarks.api
+	$(BIN)/python -m benchmarks.prefixes
 	$(BIN)/python -m benchmarks.agent
 	$(BIN)/python -m benchmarks.attention --context 8192 32768 131072 --seed 0
 	$(BIN)/python -m benchmarks.attention --workload perplexity --model $(TEST_MODEL)

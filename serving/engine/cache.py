@@ -90,6 +90,18 @@ class SlotKVCache:
             observer.slot_copied(source, slot)
         return slot
 
+    def load(self, slot: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Fill empty ``slot`` with keys/values (L, Hkv, T, D) of its first T tokens."""
+        length = keys.shape[2]
+        self.reserve(length)
+        self.keys[:, slot, :, :length] = keys
+        self.values[:, slot, :, :length] = values
+        self.lengths[slot] = length
+
+    def prefix(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of the keys/values (L, Hkv, length, D) of ``slot``'s first tokens."""
+        return self.keys[:, slot, :, :length], self.values[:, slot, :, :length]
+
     def release(self, slot: int) -> int | None:
         """Free ``slot``; returns the slot whose data moved into it (the former last), if any."""
         last = self.live - 1

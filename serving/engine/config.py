@@ -17,6 +17,9 @@ class EngineConfig:
     """Most sequences decoded together in one forward pass."""
     prefill_chunk: int = 512
     """Prompt tokens per prefill forward; long prompts are split so decoding keeps flowing."""
+    prefix_cache_tokens: int = 4096
+    """Prompt tokens whose KV is kept for later prompts that share a prefix (dense attention
+    only; serving/engine/prefixes.py); 0 = off."""
     max_context: int | None = None
     """Longest prompt + completion in tokens; None = the model's max_position_embeddings."""
     attention: str = "dense"

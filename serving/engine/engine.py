@@ -24,6 +24,7 @@ from serving.engine.config import EngineConfig
 from serving.engine.detokenizer import Detokenizer
 from serving.engine.grammar import GrammarCompiler, GrammarMatcher
 from serving.engine.loading import LoadedModel, load_model
+from serving.engine.prefixes import PrefixCache
 from serving.engine.sampling import Sampler, logprobs_of
 from serving.errors import EngineFailed, RequestRejected
 from serving.llm import FinishReason, SamplingParams, TokenLogprob
@@ -108,6 +109,16 @@ class TorchEngine:
         )
         if isinstance(self._mode, SlotObserver):  # per-slot indexes follow the slots
             self.cache.observers.append(self._mode)
+        if self.config.prefix_cache_tokens < 0:
+            raise ValueError(
+                f"prefix_cache_tokens={self.config.prefix_cache_tokens} must be >= 0 (0 = off)"
+            )
+        # A reused prefix is plain KV; the long-context modes also keep per-slot indexes of it.
+        self.prefixes = (
+            PrefixCache(self.config.prefix_cache_tokens)
+            if self.config.prefix_cache_tokens and not self.cache.observers
+            else None
+        )
         self._stop_ids = torch.tensor(
             self.loaded.stop_token_ids, dtype=torch.long, device=self._device
         )
@@ -271,6 +282,7 @@ class TorchEngine:
             if request.slot is None:
                 request.slot = self.cache.allocate()
                 self._owner[request.slot] = request
+                self._reuse_prefix(request)
             starts.append(len(request.spec.prompt_ids) - len(request.pending))
             chunks.append(request.pending[: self.config.prefill_chunk])
             request.pending = request.pending[self.config.prefill_chunk :]
@@ -295,6 +307,9 @@ class TorchEngine:
             if request.pending:
                 continue
             self._waiting.remove(request)
+            if self.prefixes is not None and request.slot is not None:
+                prompt = request.spec.prompt_ids
+                self.prefixes.store(prompt, *self.cache.prefix(request.slot, len(prompt)))
             scored = request.spec.prompt_logprobs is not None
             request.emit(
                 PromptResult(
@@ -303,6 +318,16 @@ class TorchEngine:
                 )
             )
             self._start_sequences(request, final)
+
+    def _reuse_prefix(self, request: _Request) -> None:
+        """Fill the request's fresh slot with the longest cached prefix of its prompt."""
+        if self.prefixes is None or request.spec.prompt_logprobs is not None:
+            return  # prompt logprobs need every prompt position's logits
+        hit = self.prefixes.lookup(request.spec.prompt_ids)
+        if hit is not None:
+            assert request.slot is not None
+            self.cache.load(request.slot, hit.keys, hit.values)
+            request.pending = request.pending[hit.length :]
 
     def _record_prompt_logprobs(
         self, request: _Request, start: int, logits: torch.Tensor, top: int

@@ -87,6 +87,21 @@ def test_beam_search_on_vllm(served: Served) -> None:
     assert data["choices"][0]["finish_reason"] == "length"
 
 
+def prefix_cache_hits(served: Served) -> float:
+    metrics = httpx.get(served.base_url.removesuffix("/v1") + "/metrics", timeout=30).text
+    lines = [line for line in metrics.splitlines() if line.startswith("vllm:prefix_cache_hits")]
+    assert lines, "vLLM reports no prefix cache metric"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def test_beam_steps_hit_vllms_prefix_cache(served: Served) -> None:
+    long_prompt = " ".join([PROMPT] * 30)  # a few hundred tokens: several full KV blocks
+    before = prefix_cache_hits(served)
+    rerank = {"method": "beam", "samples": 2, "beam": 2, "step_tokens": 4}
+    post(served, "/completions", {"prompt": long_prompt, "max_tokens": 8, "rerank": rerank})
+    assert prefix_cache_hits(served) > before  # step 2 reuses step 1's prompt blocks
+
+
 def test_over_generation_keeps_the_best_of_the_samples(served: Served) -> None:
     rerank = {"method": "sample", "samples": 6, "runners_up": 5}
     data = post(served, "/completions", {"prompt": PROMPT, "max_tokens": 8, "rerank": rerank})
