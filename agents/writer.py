@@ -441,16 +441,23 @@ class RecurrentWriter(StoryTree):
             except NotFound:
                 # The story was deleted meanwhile: drop what this ingest wrote (it may have
                 # re-created the namespace), so no memory of a deleted story survives.
-                if story_id not in {story.id for story in self.stories.all()}:
-                    await asyncio.to_thread(memory.store.delete_namespace, memory.namespace)
-                    return []
-                raise
+                if self._exists(story_id):
+                    raise  # the node alone is gone: not this ingest's to clean up
+                await asyncio.to_thread(memory.store.delete_namespace, memory.namespace)
+                return []
         except Exception:
             # Runs as a background task with no caller to raise to: log it; the next step that
             # recalls past this node ingests the paragraph again and raises to its caller.
             log.exception("could not store the paragraph of node %s in long-term memory", node_id)
             raise
         return episode_ids
+
+    def _exists(self, story_id: int) -> bool:
+        try:
+            self.stories.get(story_id)
+        except NotFound:
+            return False
+        return True
 
     async def _remember(self, memory: EpisodicMemory, paragraph: str) -> list[int]:
         """Ingest one paragraph into long-term memory; its episode ids, in order."""

@@ -389,6 +389,26 @@ class SqlStoryStore:
             assert rows[0].parent_id is None and rows[-1].id == node_id, "broken story tree"
             return [to_node(row) for row in rows]
 
+    def paragraphs(
+        self, story_id: int, node_id: int, start: int = 0, stop: int | None = None
+    ) -> list[str]:
+        """Paragraphs ``[start:stop]`` of the path from the root down to ``node_id``, in one
+        query that reads only those (a page of a long book, without every step's prompt)."""
+        if start < 0 or (stop is not None and stop < start):
+            raise InvalidRecord(f"paragraphs [{start}:{stop}] is not a range from 0 forwards")
+        up = self._ancestors(story_id, node_id)
+        query = (
+            select(StoryNodeRow.paragraph)
+            .join(up, StoryNodeRow.id == up.c.id)
+            .order_by(StoryNodeRow.depth)
+            .offset(start)
+        )
+        if stop is not None:
+            query = query.limit(stop - start)
+        with self.database.session() as session:
+            self._node(session, story_id, node_id)  # NotFound naming the story or the node
+            return list(session.scalars(query))
+
     def set_head(self, story_id: int, node_id: int) -> Story:
         """Move the writer to ``node_id`` (undo, or switch branch); nothing is deleted."""
         with self.database.session() as session:

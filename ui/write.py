@@ -152,15 +152,16 @@ def _follow(s: Studio, story: Story) -> bool:
 
 def _text(s: Studio, story: Story, head: StoryNode) -> None:
     """The branch's text a page at a time (the last page first), so long books stay fast."""
-    paragraphs = [node.paragraph for node in s.writing.stories.path(story.id, head.id)]
-    pages = max(1, -(-len(paragraphs) // PAGE))
+    count = head.depth + 1  # the nodes from the opening down to the head
+    pages = max(1, -(-count // PAGE))
     page = pages
     if pages > 1:
         page = int(st.number_input(f"Page (of {pages})", 1, pages, pages, key=f"page-{head.id}"))
+    shown = s.writing.stories.paragraphs(story.id, head.id, (page - 1) * PAGE, page * PAGE)
     with st.container(height=420):
-        for paragraph in paragraphs[(page - 1) * PAGE : page * PAGE]:
+        for paragraph in shown:
             st.write(paragraph)
-    st.caption(f"{len(paragraphs)} paragraphs, {PAGE} a page")
+    st.caption(f"{count} paragraphs, {PAGE} a page")
 
 
 def _writing_loop(s: Studio, story: Story, head: StoryNode) -> None:

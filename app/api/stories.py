@@ -29,6 +29,7 @@ from app.api.schemas import (
 from app.api.services import ApiServices, Caller
 from app.errors import Conflict
 from memory import NotFound, Story, StoryNode
+from memory.errors import InvalidRecord
 
 router = APIRouter(prefix="/v1", tags=["stories"], responses=ERROR_RESPONSES)
 
@@ -130,20 +131,18 @@ def branch(
 ) -> NodeOut:
     """Continue from any node: it becomes the head; the next step sees its memory."""
     _owned(api, caller, story_id)
-    _node(api, story_id, body.node_id)
-    api.writing.stories.set_head(story_id, body.node_id)
-    return node_out(_node(api, story_id, body.node_id))
+    _node(api, story_id, body.node_id)  # a node of another story is a 404, not a branch
+    return node_out(api.writing.tree.switch(story_id, body.node_id))
 
 
 @router.post("/stories/{story_id}/undo", response_model=NodeOut)
 def undo(story_id: RecordId, api: Services, caller: Authenticated) -> NodeOut:
     """Move the head back to its parent (the undone step stays, as a branch)."""
-    story = _owned(api, caller, story_id)
-    head = None if story.head_node_id is None else _node(api, story_id, story.head_node_id)
-    if head is None or head.parent_id is None:
-        raise Conflict(f"nothing to undo: story {story_id} is at its opening")
-    api.writing.stories.set_head(story_id, head.parent_id)
-    return node_out(_node(api, story_id, head.parent_id))
+    _owned(api, caller, story_id)
+    try:
+        return node_out(api.writing.tree.undo(story_id))
+    except InvalidRecord as err:  # at the opening, or not started: a state, not a bad request
+        raise Conflict(f"nothing to undo: {err}") from err
 
 
 @router.get(

@@ -358,6 +358,10 @@ def test_path_of_a_1500_deep_chain_is_one_query(stories: SqlStoryStore) -> None:
     assert path[-1].paragraph == f"paragraph {depth - 1}"
     assert len([s for s in statements if "story_nodes" in s]) == 1
     assert elapsed < 2.0, f"path over {depth} nodes took {elapsed:.2f} s"
+    page = stories.paragraphs(story, leaf, depth - 20, depth)  # the last page of the book
+    assert page == [n.paragraph for n in path[-20:]]
+    assert stories.paragraphs(story, leaf, 0, 2) == [path[0].paragraph, "paragraph 1"]
+    assert stories.paragraphs(story, leaf, depth + 5) == []
     # A cascade along parent_id would recurse once per level (SQLite stops at 1000).
     assert stories.delete(story) == "saga"
     assert count(database, StoryNodeRow) == 0
@@ -383,3 +387,13 @@ def test_timeline_is_the_episodes_of_the_path(database: Database) -> None:
     assert stories.timeline(story.id, left.id) == ids[:3]
     assert stories.timeline(story.id, right.id) == ids[:2] + ids[3:]
     assert stories.timeline(story.id, root.id) == ids[:2]
+
+
+def test_paragraphs_name_what_is_wrong(stories: SqlStoryStore) -> None:
+    story = new_story(stories, "short")
+    root = stories.add_node(story, None, step("root"))
+    assert stories.paragraphs(story, root.id) == [root.paragraph]
+    with pytest.raises(NotFound):
+        stories.paragraphs(story, root.id + 999)
+    with pytest.raises(InvalidRecord, match="not a range"):
+        stories.paragraphs(story, root.id, 5, 2)
