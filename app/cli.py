@@ -18,6 +18,9 @@ from app.errors import EXIT_BROKEN, KNOWN_ERRORS, SettingsError, exit_code
 from app.runtime import open_database
 from app.settings import Settings, load_settings
 from memory.database import Database, describe_url
+from serving.engine.config import EngineConfig
+
+PREFIX_CACHE_TOKENS = EngineConfig().prefix_cache_tokens
 
 cli = typer.Typer(
     name="mneme",
@@ -137,6 +140,14 @@ def llm_serve(
     device: Annotated[str, typer.Option(help="torch device for the torch engine.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16 or auto.")] = "auto",
     max_batch: Annotated[int, typer.Option(help="Sequences decoded together.", min=1)] = 16,
+    prefix_cache_tokens: Annotated[
+        int,
+        typer.Option(
+            help="torch engine: prompt tokens whose KV is kept for prompts sharing a prefix "
+            "(0 = off).",
+            min=0,
+        ),
+    ] = PREFIX_CACHE_TOKENS,
     python: Annotated[
         str | None,
         typer.Option(
@@ -167,6 +178,11 @@ def llm_serve(
         raise SettingsError(
             "--attention retrieval is served by --engine torch; vLLM offers full or blocks"
         )
+    if engine == "vllm" and prefix_cache_tokens != PREFIX_CACHE_TOKENS:
+        raise SettingsError(
+            "--prefix-cache-tokens is the torch engine's; vLLM caches prefixes itself "
+            "(pass --no-enable-prefix-caching to turn that off)"
+        )
     if engine == "vllm":
         selection: dict[str, str] = {}
         if attention == "blocks":
@@ -191,6 +207,7 @@ def llm_serve(
         device=device,
         dtype=dtype,
         max_batch=max_batch,
+        prefix_cache_tokens=prefix_cache_tokens,
         attention="dense" if attention == "full" else attention,
         attention_budget=attention_budget,
         attention_local=attention_local,

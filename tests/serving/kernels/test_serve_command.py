@@ -34,6 +34,20 @@ def test_unknown_attention_is_a_usage_error(tmp_path: Path) -> None:
     assert "--attention 'sparse' is not one of full, blocks, retrieval" in done.stderr
 
 
+def test_prefix_cache_size_is_the_torch_engines(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*MNEME, "llm", "serve", "--engine", "vllm", "--prefix-cache-tokens", "64"],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "--prefix-cache-tokens is the torch engine's" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.slow
 def test_a_budget_below_the_static_set_names_the_fix(tmp_path: Path, tiny_llama: Path) -> None:
     done = subprocess.run(
