@@ -21,6 +21,7 @@ from serving.llm import (
     TokenLogprob,
     json_schema_of,
 )
+from serving.rerank.generation import RerankedGeneration
 from serving.structured import Accumulator, validated
 
 
@@ -33,7 +34,7 @@ class Generation:
     completion_tokens: int
 
 
-class LocalLLM:
+class LocalLLM(RerankedGeneration):
     """The embedded default backend: tokenises, applies the chat template, runs the engine."""
 
     def __init__(self, engine: TorchEngine) -> None:

@@ -43,6 +43,7 @@ from serving.llm import (
     TokenLogprob,
     json_schema_of,
 )
+from serving.rerank.generation import RerankedGeneration
 from serving.structured import Accumulator, validated
 from serving.tokens import TokenCounter, token_counter
 
@@ -100,7 +101,7 @@ class OpenAIClientConfig:
             raise ValueError("; ".join(problems))
 
 
-class OpenAICompatibleLLM:
+class OpenAICompatibleLLM(RerankedGeneration):
     """An :class:`serving.llm.LLM` backed by an OpenAI-compatible HTTP server.
 
     Learns, per instance, what the server offers (guided decoding flavour, prompt logprobs or

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import cast
 
 from serving.llm import LLM, ChatMessage
 from serving.rerank.config import RerankConfig
@@ -53,3 +54,26 @@ async def generate(
         reranker = (scorers or RerankerPool.standard()).get(config.scorer)
     generator = generator_for(llm, prompt, config.max_tokens)
     return await decode(generator, reranker, prefix_text(prompt), config, seed=seed, stop=stop)
+
+
+class RerankedGeneration:
+    """``llm.generate(prompt, rerank=RerankConfig(...))`` on the concrete backends
+    (``LocalLLM``, ``OpenAICompatibleLLM``): the same as :func:`generate` with ``llm = self``."""
+
+    __slots__ = ()
+
+    async def generate(
+        self,
+        prompt: str | Sequence[ChatMessage],
+        *,
+        rerank: RerankConfig | None = None,
+        reranker: Reranker | None = None,
+        scorers: RerankerPool | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> RerankResult:
+        """Continue ``prompt`` with reranked sampling; see :func:`generate`."""
+        llm = cast("LLM", self)  # only LLM backends mix this in
+        return await generate(
+            llm, prompt, rerank=rerank, reranker=reranker, scorers=scorers, seed=seed, stop=stop
+        )

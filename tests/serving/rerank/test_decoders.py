@@ -178,7 +178,8 @@ def test_beam_search_on_the_engine_is_repeatable_and_token_exact(
 ) -> None:
     config = RerankConfig(samples=3, beam=2, step_tokens=4, max_tokens=10, runners_up=1)
     first = run(generate(tiny_llm, "The dragon", rerank=config, reranker=tiny_rankgen, seed=3))
-    again = run(generate(tiny_llm, "The dragon", rerank=config, reranker=tiny_rankgen, seed=3))
+    # the same through the method on the backend: llm.generate(prompt, rerank=...)
+    again = run(tiny_llm.generate("The dragon", rerank=config, reranker=tiny_rankgen, seed=3))
     assert (first.text, first.score) == (again.text, again.score)
     assert first.steps == 3 and first.finish_reason == "length"  # 4 + 4 + 2 tokens
     assert 2 * 3 <= first.candidates <= 2 * 3 * 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,8 @@ import openai
 import pytest
 
 from serving.local import LocalLLM
-from serving.rerank import RerankerPool
+from serving.openai_client import OpenAIClientConfig, OpenAICompatibleLLM
+from serving.rerank import RerankConfig, RerankerPool, RerankResult
 from serving.rerank.rankgen import RankGenReranker
 from serving.server.app import ServerConfig, create_app
 from tests.net import serving
@@ -106,3 +108,20 @@ def test_bad_rerank_options_are_a_400_naming_the_problem(
     reply = post(base_url, "/v1/completions", {"prompt": "Hello", "max_tokens": 4, **extra})
     assert reply.status_code == 400, reply.text
     assert message in reply.json()["error"]["message"]
+
+
+def test_the_openai_client_reranks_over_any_server(
+    base_url: str, tiny_rankgen: RankGenReranker
+) -> None:
+    """``llm.generate(..., rerank=...)`` on the HTTP backend samples through the server."""
+
+    async def reranked() -> RerankResult:
+        config = OpenAIClientConfig(base_url=f"{base_url}/v1", model="tiny", max_retries=0)
+        async with OpenAICompatibleLLM(config) as llm:
+            rerank = RerankConfig(method="sample", samples=4, max_tokens=6, runners_up=3)
+            return await llm.generate("The dragon", rerank=rerank, reranker=tiny_rankgen, seed=2)
+
+    result = asyncio.run(reranked())
+    scores = tiny_rankgen.score("The dragon", [result.text] + [r.text for r in result.runners_up])
+    assert result.score == pytest.approx(max(scores), abs=1e-5)
+    assert result.completion_tokens == 4 * 6
