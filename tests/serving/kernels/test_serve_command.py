@@ -21,31 +21,29 @@ def environment(home: Path) -> dict[str, str]:
     return {**env, "MNEME_HOME": str(home)}
 
 
-def test_unknown_attention_is_a_usage_error(tmp_path: Path) -> None:
+def refused(home: Path, *args: str) -> str:
+    """``mneme llm serve ARGS`` must fail at once, in one line: its stderr."""
     done = subprocess.run(
-        [*MNEME, "llm", "serve", "--attention", "sparse"],
-        env=environment(tmp_path),
+        [*MNEME, "llm", "serve", *args],
+        env=environment(home),
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode != 0
-    assert "--attention 'sparse' is not one of full, blocks, retrieval" in done.stderr
+    assert "Traceback" not in done.stderr
+    return done.stderr
+
+
+def test_unknown_attention_is_a_usage_error(tmp_path: Path) -> None:
+    message = "--attention 'sparse' is not one of full, blocks, retrieval"
+    assert message in refused(tmp_path, "--attention", "sparse")
 
 
 def test_prefix_cache_size_is_the_torch_engines(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*MNEME, "llm", "serve", "--engine", "vllm", "--prefix-cache-tokens", "64"],
-        env=environment(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode != 0
-    assert "--prefix-cache-tokens is the torch engine's" in done.stderr
-    assert "Traceback" not in done.stderr
+    stderr = refused(tmp_path, "--engine", "vllm", "--prefix-cache-tokens", "64")
+    assert "--prefix-cache-tokens is the torch engine's" in stderr
 
 
 @pytest.mark.slow
