@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.attention --workload perplexity --model $(TEST_MODEL)
 	MNEME_TEST_MODEL=$${MNEME_TEST_MODEL:-$$(test -d $(TEST_MODEL) && cd $(TEST_MODEL) && pwd)} \
 		$(BIN)/python -m benchmarks.rerank
+	$(BIN)/python -m benchmarks.mauve
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
