@@ -24,7 +24,7 @@ from serving.engine.config import EngineConfig
 from serving.engine.detokenizer import Detokenizer
 from serving.engine.grammar import GrammarCompiler, GrammarMatcher
 from serving.engine.loading import LoadedModel, load_model
-from serving.engine.prefixes import PrefixCache
+from serving.engine.prefixes import PrefixCache, shares_prefix
 from serving.engine.sampling import Sampler, logprobs_of
 from serving.errors import EngineFailed, RequestRejected
 from serving.llm import FinishReason, SamplingParams, TokenLogprob
@@ -276,7 +276,7 @@ class TorchEngine:
             batch = [first]
         else:
             batch = [r for r in self._waiting if r.spec.prompt_logprobs is None]
-            batch = batch[: self.config.max_batch]
+            batch = self._hold_back_shared(batch)[: self.config.max_batch]
         starts, chunks = [], []
         for request in batch:
             if request.slot is None:
@@ -318,6 +318,21 @@ class TorchEngine:
                 )
             )
             self._start_sequences(request, final)
+
+    def _hold_back_shared(self, waiting: list[_Request]) -> list[_Request]:
+        """``waiting`` without the not-yet-started prompts that share a prefix with one before
+        them: they wait until it is prefilled and kept, then prefill only what differs."""
+        if self.prefixes is None:
+            return waiting
+        going: list[_Request] = []
+        for request in waiting:
+            prompt = request.spec.prompt_ids
+            if request.slot is None and any(
+                shares_prefix(prompt, other.spec.prompt_ids) for other in going
+            ):
+                continue
+            going.append(request)
+        return going
 
     def _reuse_prefix(self, request: _Request) -> None:
         """Fill the request's fresh slot with the longest cached prefix of its prompt."""

@@ -12,6 +12,10 @@ Entries live in a least-recently-used map bounded by a token budget. An entry wh
 prefix of a newer one is dropped: the newer one serves every lookup it could. The slab cache
 (serving/engine/cache.py) has one row per sequence, so kept prefixes are copies, not shared
 pages as in vLLM's automatic prefix caching; a hit costs one copy of the reused KV.
+
+Prompts that arrive together and share a prefix (the writer's drafts, a chat fanned out) would
+all be prefilled in the same step, before any of them is kept; the engine holds the later ones
+back until the first is prefilled (:func:`shares_prefix`), so they reuse it.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ class PrefixCache:
         limit = len(prompt) - 1
         best, best_length = None, 0
         for tokens in self._entries:
-            length = _common(tokens, prompt, limit)
+            length = common_prefix(tokens, prompt, limit)
             if length > best_length:
                 best, best_length = tokens, length
         if best is None or best_length < MIN_REUSE:
@@ -96,7 +100,7 @@ class PrefixCache:
         if tokens in self._entries:
             self._entries.move_to_end(tokens)
             return
-        for kept in [k for k in self._entries if _common(k, tokens, len(k)) == len(k)]:
+        for kept in [k for k in self._entries if common_prefix(k, tokens, len(k)) == len(k)]:
             self._drop(kept)  # a prefix of the new entry: the new one serves its lookups
         while self._kept + len(tokens) > self.budget:
             self._drop(next(iter(self._entries)))
@@ -112,7 +116,12 @@ class PrefixCache:
         self._kept -= len(tokens)
 
 
-def _common(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+def shares_prefix(prompt: Sequence[int], other: Sequence[int]) -> bool:
+    """Would ``prompt`` reuse at least :data:`MIN_REUSE` tokens of ``other``'s KV?"""
+    return common_prefix(prompt, other, len(prompt) - 1) >= MIN_REUSE
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     """Length of the common prefix of ``a`` and ``b``, at most ``limit``."""
     n = min(len(a), len(b), limit)
     for i in range(n):

@@ -137,3 +137,27 @@ def test_beam_search_reuses_each_steps_prompt_and_decodes_the_same(
     prompt = len(ids_of(cached, STORY))
     # steps 2 and 3: each beam's prompt starts with the whole prompt of the step before
     assert cached.prefixes.stats.reused_tokens - before >= 2 * 2 * prompt
+
+
+def test_prompts_arriving_together_prefill_their_shared_prefix_once(
+    engines: tuple[TorchEngine, TorchEngine],
+) -> None:
+    cached, plain = engines
+    assert cached.prefixes is not None
+    prompt = ids_of(cached, STORY + " Three drafts of the next line:")
+    prompts = [prompt, prompt, (*prompt, *ids_of(cached, " A"))]
+
+    async def together(engine: TorchEngine) -> list[list[int]]:
+        async def one(ids: tuple[int, ...]) -> list[int]:
+            _, out = await collect(
+                engine, EngineRequest(ids, SamplingParams(max_tokens=6, temperature=0.0))
+            )
+            return tokens(out[0])
+
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    before = cached.prefixes.stats
+    assert asyncio.run(together(cached)) == asyncio.run(together(plain))
+    after = cached.prefixes.stats
+    # the first is prefilled whole; the other two wait for it and reuse all but their ends
+    assert after.reused_tokens - before.reused_tokens >= 2 * (len(prompt) - 1)
