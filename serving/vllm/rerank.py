@@ -22,7 +22,9 @@ scorer gets ``MNEME_RERANK_SCORER`` (default ``rankgen-t5-base-all``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
@@ -44,6 +46,8 @@ from serving.server.schemas import (
     error_body,
     validation_message,
 )
+
+log = logging.getLogger("vllm.plugins.mneme.rerank")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -171,13 +175,28 @@ class RerankMiddleware:
             body = json.loads(raw)
         except ValueError:
             body = None  # not JSON: vLLM answers it
-        if not isinstance(body, dict) or "rerank" not in body:
+        if not isinstance(body, dict) or body.get("rerank") is None:
             await self.app(scope, _replay(raw, receive), send)
             return
+        work = asyncio.ensure_future(self.rerank(scope, body, chat=ROUTES[scope["path"]]))
+        gone = asyncio.ensure_future(_disconnect(receive))
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():  # the client left: stop sampling (vLLM aborts what it was asked)
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            return
+        gone.cancel()
         try:
-            status, reply = 200, await self.rerank(scope, body, chat=ROUTES[scope["path"]])
+            status, reply = 200, work.result()
         except Refused as refused:
             status, reply = refused.status, refused.body
+        except httpx.HTTPError as err:  # this server did not answer its own sampling requests
+            message = f"rerank could not sample from this server ({type(err).__name__}: {err})"
+            status, reply = 502, error_body(502, message, "server_error")
+        except Exception as err:  # the request's edge: an error reply, never a bare 500 page
+            log.exception("rerank failed")
+            status, reply = 500, error_body(500, f"rerank failed: {err}", "server_error")
         await _send_json(send, status, reply)
 
     async def rerank(self, scope: Scope, body: dict[str, Any], *, chat: bool) -> dict[str, Any]:
@@ -257,6 +276,12 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Return when the client disconnects (the body has been read: nothing else comes)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _replay(raw: bytes, receive: Receive) -> Receive:

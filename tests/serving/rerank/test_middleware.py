@@ -6,6 +6,7 @@ Llama) stands in for vLLM here; tests/serving/vllm/test_vllm_rerank.py runs it i
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -19,8 +20,8 @@ from serving.rerank.rankgen import RankGenReranker
 from serving.rerank.reranker import Reranker
 from serving.rerank.scorers import scorer_folders
 from serving.server.app import ServerConfig, create_app
-from serving.vllm.rerank import RerankMiddleware
-from tests.net import serving
+from serving.vllm.rerank import RerankMiddleware, Scope
+from tests.net import free_port, serving
 
 KEY = "secret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -146,3 +147,70 @@ def test_scorer_folders_are_read_from_one_variable() -> None:
     assert scorer_folders(" a=/x/a , b=/y/b,") == {"a": "/x/a", "b": "/y/b"}
     with pytest.raises(ValueError, match="'oops' is not name=/path"):
         scorer_folders("a=/x,oops")
+
+
+def test_a_null_rerank_is_an_ordinary_request(base_url: str) -> None:
+    reply = post(base_url, "/v1/completions", {"prompt": "Hi", "max_tokens": 2, "rerank": None})
+    assert reply.status_code == 200 and "rerank" not in reply.json()
+
+
+async def call(
+    middleware: RerankMiddleware, body: dict[str, Any], *, port: int, disconnect: bool
+) -> list[dict[str, Any]]:
+    """Call the middleware with a POST of ``body`` (then a disconnect, or nothing more); what it
+    sent back."""
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/completions",
+        "headers": [],
+        "server": ("127.0.0.1", port),
+        "scheme": "http",
+    }
+    messages = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+    if disconnect:
+        messages.append({"type": "http.disconnect"})
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # nothing more: wait, as a server does
+        raise AssertionError
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(middleware(scope, receive, send), timeout=30)
+    return sent
+
+
+async def never_called(scope: Scope, receive: Any, send: Any) -> None:
+    raise AssertionError("a rerank request reached the wrapped app")
+
+
+def test_a_client_that_leaves_stops_the_reranking() -> None:
+    cancelled = asyncio.Event()
+
+    class Slow(RerankMiddleware):
+        async def rerank(self, scope: Scope, body: dict[str, Any], *, chat: bool) -> Any:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    middleware = Slow(never_called, RerankerPool({}), default_scorer="none")
+    body = {"model": "m", "prompt": "x", "rerank": {}}
+    assert asyncio.run(call(middleware, body, port=1, disconnect=True)) == []  # nobody to answer
+    assert cancelled.is_set()
+
+
+def test_an_unreachable_own_address_is_a_502() -> None:
+    middleware = RerankMiddleware(never_called, RerankerPool({}), default_scorer="none")
+    body = {"model": "m", "prompt": "x", "rerank": {"method": "sample"}}
+    start, reply = asyncio.run(call(middleware, body, port=free_port(), disconnect=False))
+    assert start["status"] == 502
+    message = json.loads(reply["body"])["error"]["message"]
+    assert "rerank could not sample from this server" in message
