@@ -33,6 +33,7 @@ from serving.rerank.decoders import RerankResult
 from serving.rerank.errors import RerankError
 from serving.rerank.generation import prefix_text
 from serving.rerank.scorers import RerankerPool
+from serving.server.disconnect import ClientGone, unless_disconnected
 from serving.server.reranking import rerank_ids, rerank_reply
 from serving.server.schemas import (
     ChatRequest,
@@ -199,10 +200,14 @@ def create_app(
             raise ApiError(500, str(err), "server_error") from err
         return result.prompt, result.choices, result.completion_tokens
 
-    async def reranked(body: Body, ids: list[int], prefix: str) -> RerankResult:
-        """The request's ``rerank`` generation; every option or scorer problem is a 400."""
+    async def reranked(body: Body, ids: list[int], prefix: str, http: Request) -> RerankResult:
+        """The request's ``rerank`` generation, stopped if the client leaves; every option or
+        scorer problem is a 400."""
+        work = rerank_ids(llm, scorers, body, ids, prefix, config.rerank_scorer)
         try:
-            return await rerank_ids(llm, scorers, body, ids, prefix, config.rerank_scorer)
+            return await unless_disconnected(work, http.receive)
+        except ClientGone as err:
+            raise ApiError(499, str(err)) from err  # nginx's "client closed request"
         except (ValueError, RerankError, ModelNotAvailable, RequestRejected) as err:
             raise ApiError(400, str(err)) from err
         except EngineFailed as err:
@@ -255,7 +260,9 @@ def create_app(
         return {"object": "list", "data": data}
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(body: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+    async def completions(
+        body: CompletionRequest, http: Request
+    ) -> dict[str, Any] | StreamingResponse:
         check_model(body.model)
         if isinstance(body.prompt, str):
             ids = llm.encode(body.prompt)
@@ -270,7 +277,7 @@ def create_app(
                 if isinstance(body.prompt, str)
                 else llm.tokenizer.decode(ids, skip_special_tokens=True)
             )
-            result = await reranked(body, ids, prefix)
+            result = await reranked(body, ids, prefix, http)
             return rerank_reply(body, served, len(ids), result, chat=False)
         scoring = body.echo and body.max_tokens == 0  # legacy prompt scoring: generate nothing
         if scoring:
@@ -331,7 +338,7 @@ def create_app(
         }
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(body: ChatRequest) -> dict[str, Any] | StreamingResponse:
+    async def chat(body: ChatRequest, http: Request) -> dict[str, Any] | StreamingResponse:
         check_model(body.model)
         messages = [ChatMessage(m.role, m.content) for m in body.messages]
         try:
@@ -339,7 +346,7 @@ def create_app(
         except RequestRejected as err:
             raise ApiError(400, str(err)) from err
         if body.rerank is not None:
-            result = await reranked(body, ids, prefix_text(messages))
+            result = await reranked(body, ids, prefix_text(messages), http)
             return rerank_reply(body, served, len(ids), result, chat=True)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         request = spec(body, ids, logprobs, body.prompt_logprobs)

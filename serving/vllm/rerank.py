@@ -22,7 +22,6 @@ scorer gets ``MNEME_RERANK_SCORER`` (default ``rankgen-t5-base-all``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from serving.rerank.decoders import Beam, RerankResult, Sample, Step, decode
 from serving.rerank.errors import RerankError
 from serving.rerank.generation import prefix_text
 from serving.rerank.scorers import FOLDERS_VARIABLE, RerankerPool, scorer_folders
+from serving.server.disconnect import ClientGone, unless_disconnected
 from serving.server.reranking import refuse_combinations, rerank_config, rerank_reply
 from serving.server.schemas import (
     ChatRequest,
@@ -178,17 +178,13 @@ class RerankMiddleware:
         if not isinstance(body, dict) or body.get("rerank") is None:
             await self.app(scope, _replay(raw, receive), send)
             return
-        work = asyncio.ensure_future(self.rerank(scope, body, chat=ROUTES[scope["path"]]))
-        gone = asyncio.ensure_future(_disconnect(receive))
-        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():  # the client left: stop sampling (vLLM aborts what it was asked)
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            return
-        gone.cancel()
         try:
-            status, reply = 200, work.result()
+            reply = await unless_disconnected(
+                self.rerank(scope, body, chat=ROUTES[scope["path"]]), receive
+            )
+            status = 200
+        except ClientGone:
+            return  # nobody to answer; vLLM aborts the sampling requests that were in flight
         except Refused as refused:
             status, reply = refused.status, refused.body
         except httpx.HTTPError as err:  # this server did not answer its own sampling requests
@@ -276,12 +272,6 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-async def _disconnect(receive: Receive) -> None:
-    """Return when the client disconnects (the body has been read: nothing else comes)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 def _replay(raw: bytes, receive: Receive) -> Receive:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -14,14 +15,42 @@ from serving.local import LocalLLM
 from serving.openai_client import OpenAIClientConfig, OpenAICompatibleLLM
 from serving.rerank import RerankConfig, RerankerPool, RerankResult
 from serving.rerank.rankgen import RankGenReranker
+from serving.rerank.reranker import Ranked
 from serving.server.app import ServerConfig, create_app
 from tests.net import serving
 
 
+class Counting:
+    """A scorer that counts its calls and takes its time (a search that runs a while)."""
+
+    def __init__(self, inner: RankGenReranker) -> None:
+        self.inner, self.calls = inner, 0
+
+    @property
+    def name(self) -> str:
+        return "counting"
+
+    def score(self, prefix: str, candidates: Sequence[str]) -> list[float]:
+        return self.inner.score(prefix, candidates)
+
+    def top(self, prefix: str, candidates: Sequence[str], k: int) -> list[Ranked]:
+        self.calls += 1
+        time.sleep(0.05)
+        return self.inner.top(prefix, candidates, k)
+
+
 @pytest.fixture(scope="module")
-def base_url(tiny_llm: LocalLLM, tiny_rankgen: RankGenReranker) -> Iterator[str]:
+def counting(tiny_rankgen: RankGenReranker) -> Counting:
+    return Counting(tiny_rankgen)
+
+
+@pytest.fixture(scope="module")
+def base_url(
+    tiny_llm: LocalLLM, tiny_rankgen: RankGenReranker, counting: Counting
+) -> Iterator[str]:
     pool = RerankerPool.standard()
     pool.add("tiny-rankgen", tiny_rankgen)
+    pool.add("counting", counting)
     app = create_app(
         tiny_llm, None, ServerConfig(served_model_name="tiny", rerank_scorer="tiny-rankgen"), pool
     )
@@ -125,3 +154,14 @@ def test_the_openai_client_reranks_over_any_server(
     scores = tiny_rankgen.score("The dragon", [result.text] + [r.text for r in result.runners_up])
     assert result.score == pytest.approx(max(scores), abs=1e-5)
     assert result.completion_tokens == 4 * 6
+
+
+def test_a_client_that_leaves_stops_the_search(base_url: str, counting: Counting) -> None:
+    rerank = {"method": "beam", "samples": 2, "beam": 2, "step_tokens": 1, "scorer": "counting"}
+    body = {"model": "tiny", "prompt": "Once", "max_tokens": 150, "rerank": rerank}
+    with pytest.raises(httpx.ReadTimeout):  # 150 steps of >= 50 ms: it cannot be done in time
+        httpx.post(f"{base_url}/v1/completions", json=body, timeout=1.0)
+    time.sleep(1.0)  # the server notices the disconnect and cancels
+    stopped_at = counting.calls
+    time.sleep(1.0)
+    assert counting.calls == stopped_at < 100  # no step scored after the client left
