@@ -141,13 +141,13 @@ def llm_serve(
     dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16 or auto.")] = "auto",
     max_batch: Annotated[int, typer.Option(help="Sequences decoded together.", min=1)] = 16,
     prefix_cache_tokens: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="torch engine: prompt tokens whose KV is kept for prompts sharing a prefix "
-            "(0 = off).",
+            f"(0 = off; default {PREFIX_CACHE_TOKENS}).",
             min=0,
         ),
-    ] = PREFIX_CACHE_TOKENS,
+    ] = None,
     python: Annotated[
         str | None,
         typer.Option(
@@ -178,7 +178,7 @@ def llm_serve(
         raise SettingsError(
             "--attention retrieval is served by --engine torch; vLLM offers full or blocks"
         )
-    if engine == "vllm" and prefix_cache_tokens != PREFIX_CACHE_TOKENS:
+    if engine == "vllm" and prefix_cache_tokens is not None:
         raise SettingsError(
             "--prefix-cache-tokens is the torch engine's; vLLM caches prefixes itself "
             "(pass --no-enable-prefix-caching to turn that off)"
@@ -207,7 +207,9 @@ def llm_serve(
         device=device,
         dtype=dtype,
         max_batch=max_batch,
-        prefix_cache_tokens=prefix_cache_tokens,
+        prefix_cache_tokens=PREFIX_CACHE_TOKENS
+        if prefix_cache_tokens is None
+        else prefix_cache_tokens,
         attention="dense" if attention == "full" else attention,
         attention_budget=attention_budget,
         attention_local=attention_local,

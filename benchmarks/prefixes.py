@@ -137,7 +137,7 @@ async def draft_rows(
         on, off = [], []
         reused = cached.engine.prefixes.stats.reused_tokens  # a running total: clear keeps it
         for seed in range(repeats):
-            cached.engine.prefixes.clear()  # a new prompt: nothing of it kept (the engine is idle)
+            cached.engine.clear_prefixes()  # a new prompt: nothing of it kept
             texts, seconds = await drafts(cached, prompt, seed)
             plain_texts, plain_seconds = await drafts(plain, prompt, seed)
             if texts != plain_texts:

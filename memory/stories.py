@@ -406,7 +406,8 @@ class SqlStoryStore:
         if stop is not None:
             query = query.limit(stop - start)
         with self.database.session() as session:
-            self._node(session, story_id, node_id)  # NotFound naming the story or the node
+            self._story(session, story_id)  # NotFound naming the story, then the node
+            self._node(session, story_id, node_id)
             return list(session.scalars(query))
 
     def set_head(self, story_id: int, node_id: int) -> Story:

@@ -142,7 +142,7 @@ def undo(story_id: RecordId, api: Services, caller: Authenticated) -> NodeOut:
     try:
         return node_out(api.writing.tree.undo(story_id))
     except InvalidRecord as err:  # at the opening, or not started: a state, not a bad request
-        raise Conflict(f"nothing to undo: {err}") from err
+        raise Conflict(f"story {story_id}: {err}") from err
 
 
 @router.get(

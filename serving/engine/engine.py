@@ -24,7 +24,7 @@ from serving.engine.config import EngineConfig
 from serving.engine.detokenizer import Detokenizer
 from serving.engine.grammar import GrammarCompiler, GrammarMatcher
 from serving.engine.loading import LoadedModel, load_model
-from serving.engine.prefixes import PrefixCache, shares_prefix
+from serving.engine.prefixes import PrefixCache, worth_waiting
 from serving.engine.sampling import Sampler, logprobs_of
 from serving.errors import EngineFailed, RequestRejected
 from serving.llm import FinishReason, SamplingParams, TokenLogprob
@@ -116,9 +116,10 @@ class TorchEngine:
         # A reused prefix is plain KV; the long-context modes also keep per-slot indexes of it.
         self.prefixes = (
             PrefixCache(self.config.prefix_cache_tokens)
-            if self.config.prefix_cache_tokens and not self.cache.observers
+            if self.config.prefix_cache_tokens and self.config.attention == "dense"
             else None
         )
+        self._clear_prefixes = threading.Event()
         self._stop_ids = torch.tensor(
             self.loaded.stop_token_ids, dtype=torch.long, device=self._device
         )
@@ -166,6 +167,10 @@ class TorchEngine:
             request.cancelled.set()
             self._inbox.put(None)  # wake the loop so it frees the request's slots now
 
+    def clear_prefixes(self) -> None:
+        """Forget every kept prompt prefix before the next request is prefilled."""
+        self._clear_prefixes.set()
+
     def shutdown(self) -> None:
         self._stopped.set()
         self._inbox.put(None)
@@ -199,6 +204,9 @@ class TorchEngine:
             while not self._stopped.is_set():
                 idle = not self._waiting and not self._running
                 self._admit(block=idle)
+                if self._clear_prefixes.is_set() and self.prefixes is not None:
+                    self._clear_prefixes.clear()
+                    self.prefixes.clear()  # here: only this thread touches the prefix cache
                 self._drop_cancelled()
                 try:
                     if self._waiting:
@@ -328,7 +336,8 @@ class TorchEngine:
         for request in waiting:
             prompt = request.spec.prompt_ids
             if request.slot is None and any(
-                shares_prefix(prompt, other.spec.prompt_ids) for other in going
+                worth_waiting(prompt, other.spec.prompt_ids, self.prefixes.budget)
+                for other in going
             ):
                 continue
             going.append(request)

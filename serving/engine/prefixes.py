@@ -15,7 +15,7 @@ pages as in vLLM's automatic prefix caching; a hit costs one copy of the reused 
 
 Prompts that arrive together and share a prefix (the writer's drafts, a chat fanned out) would
 all be prefilled in the same step, before any of them is kept; the engine holds the later ones
-back until the first is prefilled (:func:`shares_prefix`), so they reuse it.
+back until the first is prefilled (:func:`worth_waiting`), so they reuse it.
 """
 
 from __future__ import annotations
@@ -93,19 +93,23 @@ class PrefixCache:
         return PrefixHit(best_length, keys[:, :, :best_length], values[:, :, :best_length])
 
     def store(self, prompt: Sequence[int], keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Keep ``keys``/``values`` (L, Hkv, len(prompt), D, copied here) for ``prompt``."""
-        tokens = tuple(prompt)
-        if len(tokens) < MIN_REUSE or len(tokens) > self.budget:
+        """Keep ``keys``/``values`` (L, Hkv, len(prompt), D, copied here) for ``prompt``; a
+        prompt longer than the budget keeps its first ``budget`` tokens."""
+        tokens = tuple(prompt[: self.budget])
+        if len(tokens) < MIN_REUSE:
             return
         if tokens in self._entries:
             self._entries.move_to_end(tokens)
             return
+        if any(common_prefix(k, tokens, len(tokens)) == len(tokens) for k in self._entries):
+            return  # already inside a kept entry, which serves every lookup this one would
         for kept in [k for k in self._entries if common_prefix(k, tokens, len(k)) == len(k)]:
             self._drop(kept)  # a prefix of the new entry: the new one serves its lookups
         while self._kept + len(tokens) > self.budget:
             self._drop(next(iter(self._entries)))
-        self._entries[tokens] = (keys.clone(), values.clone())
-        self._kept += len(tokens)
+        length = len(tokens)
+        self._entries[tokens] = (keys[:, :, :length].clone(), values[:, :, :length].clone())
+        self._kept += length
 
     def clear(self) -> None:
         self._entries.clear()
@@ -116,9 +120,11 @@ class PrefixCache:
         self._kept -= len(tokens)
 
 
-def shares_prefix(prompt: Sequence[int], other: Sequence[int]) -> bool:
-    """Would ``prompt`` reuse at least :data:`MIN_REUSE` tokens of ``other``'s KV?"""
-    return common_prefix(prompt, other, len(prompt) - 1) >= MIN_REUSE
+def worth_waiting(prompt: tuple[int, ...], other: tuple[int, ...], budget: int) -> bool:
+    """Should ``prompt`` wait for ``other``'s prefill? When at least half of it (and at least
+    :data:`MIN_REUSE` tokens, within what ``budget`` keeps) would then come from the cache."""
+    need = max(MIN_REUSE, len(prompt) // 2)
+    return need <= min(len(prompt) - 1, len(other), budget) and prompt[:need] == other[:need]
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Sequence
 from typing import cast
@@ -12,6 +13,13 @@ from serving.rerank.decoders import Generator, RerankResult, decode
 from serving.rerank.generators import EngineGenerator, ProtocolGenerator
 from serving.rerank.reranker import Reranker
 from serving.rerank.scorers import RerankerPool
+
+
+@functools.cache
+def standard_pool() -> RerankerPool:
+    """The process's standard scorers, each loaded on first use and kept (``generate``'s
+    default, so a RankGen checkpoint is not reloaded per call)."""
+    return RerankerPool.standard()
 
 
 def prefix_text(prompt: str | Sequence[ChatMessage]) -> str:
@@ -43,15 +51,15 @@ async def generate(
 ) -> RerankResult:
     """Continue ``prompt`` (text, or a conversation) with reranked sampling.
 
-    The scorer is ``reranker`` if given, else ``rerank.scorer`` from ``scorers`` (default: a
-    fresh standard pool, so the scorer is loaded on every call: pass one to reuse it).
+    The scorer is ``reranker`` if given, else ``rerank.scorer`` from ``scorers`` (default: the
+    process's :func:`standard_pool`, which loads each scorer once and keeps it).
     Raises :class:`~serving.errors.ModelNotAvailable` when the scorer's weights are missing,
     :class:`~serving.errors.RequestRejected` when prompt + ``rerank.max_tokens`` exceed the
     local model's context, and whatever the backend raises (``LLMError``).
     """
     config = rerank or RerankConfig()
     if reranker is None:
-        reranker = (scorers or RerankerPool.standard()).get(config.scorer)
+        reranker = (scorers or standard_pool()).get(config.scorer)
     generator = generator_for(llm, prompt, config.max_tokens)
     return await decode(generator, reranker, prefix_text(prompt), config, seed=seed, stop=stop)
 

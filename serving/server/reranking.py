@@ -15,7 +15,8 @@ to the candidates. The reply is an ordinary completion with one choice, the chos
                "runners_up": [{"text", "score"}, ...]}   # only when runners_up > 0
 
 ``usage.completion_tokens`` counts every sampled token, discarded candidates included.
-Streaming, ``n`` > 1, logprobs, echo and structured outputs cannot be combined with it (400).
+Streaming, ``n`` > 1, logprobs, echo, min_tokens and structured outputs cannot be combined with
+it (400).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def refuse_combinations(body: Request) -> None:
         "logprobs": (isinstance(body, CompletionRequest) and body.logprobs is not None)
         or (isinstance(body, ChatRequest) and body.logprobs),
         "echo": isinstance(body, CompletionRequest) and body.echo,
+        "min_tokens": body.min_tokens > 0,  # per step or per continuation? neither is clear
     }
     for name, clash in clashes.items():
         if clash:

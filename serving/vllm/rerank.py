@@ -56,11 +56,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SCORER_VARIABLE = "MNEME_RERANK_SCORER"
+LOOPBACK_VARIABLE = "MNEME_RERANK_LOOPBACK"
 ROUTES = {"/v1/completions": False, "/v1/chat/completions": True}
 """The routes that take ``rerank``, and whether each is chat."""
 FORWARDED_HEADERS = ("authorization", "x-request-id")
 """Caller headers the candidate requests carry (vLLM's auth applies to them)."""
-_NOT_FORWARDED = ("rerank", "stream", "stream_options", "max_completion_tokens")
+_NOT_FORWARDED = ("rerank", "stream", "stream_options", "max_completion_tokens", "echo")
 
 
 class Refused(Exception):
@@ -113,10 +114,16 @@ class LoopbackGenerator:
             return body
         if not self.chat:
             return {**body, "prompt": body["prompt"] + beam.text}
-        reply = {"role": "assistant", "content": beam.text}
+        messages = list(body["messages"])
+        last = messages[-1] if messages else {}
+        if body.get("continue_final_message") and last.get("role") == "assistant":
+            # the caller continues its own partial reply: the beam extends that one
+            messages[-1] = {**last, "content": _text_of(last.get("content")) + beam.text}
+        else:
+            messages.append({"role": "assistant", "content": beam.text})
         return {
             **body,
-            "messages": [*body["messages"], reply],
+            "messages": messages,
             "continue_final_message": True,
             "add_generation_prompt": False,
         }
@@ -141,7 +148,14 @@ class LoopbackGenerator:
         return tuple(samples), int(usage.get("completion_tokens") or 0)
 
     async def sample(self, beams: Sequence[Beam], params: SamplingParams) -> Step:
-        parts = await asyncio.gather(*(self._one(b, params) for b in beams))
+        tasks = [asyncio.ensure_future(self._one(b, params)) for b in beams]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one failed (or we were cancelled): stop the others too
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return Step(tuple(p[0] for p in parts), sum(p[1] for p in parts))
 
 
@@ -171,10 +185,12 @@ class RerankMiddleware:
         raw = await _read_body(receive)
         if raw is None:
             return  # the client left before it finished sending
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None  # not JSON: vLLM answers it
+        body = None
+        if b'"rerank"' in raw:  # most requests: no JSON parsed here at all
+            try:
+                body = json.loads(raw)
+            except (ValueError, RecursionError):
+                body = None  # not JSON (or absurdly nested): vLLM answers it
         if not isinstance(body, dict) or body.get("rerank") is None:
             await self.app(scope, _replay(raw, receive), send)
             return
@@ -197,6 +213,31 @@ class RerankMiddleware:
 
     async def rerank(self, scope: Scope, body: dict[str, Any], *, chat: bool) -> dict[str, Any]:
         """The reranked reply to ``body``; :class:`Refused` with the error reply otherwise."""
+        headers = {k: v for k, v in _headers(scope).items() if k in FORWARDED_HEADERS}
+        async with httpx.AsyncClient(
+            base_url=_own_url(scope), headers=headers, timeout=None, trust_env=False
+        ) as client:
+            await _check_access(client)  # vLLM's --api-key first, as for any other request
+            request, config = self._checked(body, chat=chat)
+            try:
+                reranker = await asyncio.to_thread(self.scorers.get, config.scorer)
+            except (RerankError, ModelNotAvailable) as err:
+                raise Refused.invalid(str(err)) from err
+            if isinstance(request, CompletionRequest):
+                prefix = str(request.prompt)
+            else:
+                prefix = prefix_text([ChatMessage(m.role, m.content) for m in request.messages])
+            generator = LoopbackGenerator(client, scope["path"], body, chat=chat)
+            result: RerankResult = await decode(
+                generator, reranker, prefix, config, seed=request.seed, stop=request.stop or ()
+            )
+        served = generator.model or request.model
+        return rerank_reply(request, served, generator.prompt_tokens or 0, result, chat=chat)
+
+    def _checked(
+        self, body: dict[str, Any], *, chat: bool
+    ) -> tuple[CompletionRequest | ChatRequest, RerankConfig]:
+        """The validated request and its decoding; :class:`Refused` (400) naming the problem."""
         if chat and "max_tokens" not in body and "max_completion_tokens" in body:
             body = {**body, "max_tokens": body["max_completion_tokens"]}
         try:
@@ -209,28 +250,9 @@ class RerankMiddleware:
             )
         try:
             refuse_combinations(request)
-            config = rerank_config(request, self.default_scorer)
+            return request, rerank_config(request, self.default_scorer)
         except ValueError as err:
             raise Refused.invalid(str(err)) from err
-        if isinstance(request, CompletionRequest):
-            prefix = str(request.prompt)
-        else:
-            prefix = prefix_text([ChatMessage(m.role, m.content) for m in request.messages])
-        headers = {k: v for k, v in _headers(scope).items() if k in FORWARDED_HEADERS}
-        async with httpx.AsyncClient(
-            base_url=_own_url(scope), headers=headers, timeout=None, trust_env=False
-        ) as client:
-            await _check_access(client)  # vLLM's --api-key, before any scorer is loaded
-            try:
-                reranker = await asyncio.to_thread(self.scorers.get, config.scorer)
-            except (RerankError, ModelNotAvailable) as err:
-                raise Refused.invalid(str(err)) from err
-            generator = LoopbackGenerator(client, scope["path"], body, chat=chat)
-            result: RerankResult = await decode(
-                generator, reranker, prefix, config, seed=request.seed, stop=request.stop or ()
-            )
-        served = generator.model or request.model
-        return rerank_reply(request, served, generator.prompt_tokens or 0, result, chat=chat)
 
 
 async def _check_access(client: httpx.AsyncClient) -> None:
@@ -248,7 +270,11 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 def _own_url(scope: Scope) -> str:
-    """The base URL of this server, as the request reached it."""
+    """The base URL this server samples from: ``MNEME_RERANK_LOOPBACK`` if set (a server behind
+    TLS: its https URL), else plain HTTP to the socket the request came in on. Not the request's
+    scheme: behind a local TLS proxy uvicorn reports the proxy's."""
+    if configured := os.environ.get(LOOPBACK_VARIABLE):
+        return configured.rstrip("/")
     server = scope.get("server")
     if not server or server[1] is None:
         raise Refused(
@@ -259,7 +285,7 @@ def _own_url(scope: Scope) -> str:
         )
     host, port = server
     host = f"[{host}]" if ":" in host else host
-    return f"{scope.get('scheme', 'http')}://{host}:{port}"
+    return f"http://{host}:{port}"
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -293,3 +319,10 @@ async def _send_json(send: Send, status: int, body: Any) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
+
+
+def _text_of(content: Any) -> str:
+    """A chat message's text: a string, or OpenAI's list of text parts."""
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content or "")

@@ -395,5 +395,7 @@ def test_paragraphs_name_what_is_wrong(stories: SqlStoryStore) -> None:
     assert stories.paragraphs(story, root.id) == [root.paragraph]
     with pytest.raises(NotFound):
         stories.paragraphs(story, root.id + 999)
+    with pytest.raises(NotFound, match="story"):
+        stories.paragraphs(story + 999, root.id)
     with pytest.raises(InvalidRecord, match="not a range"):
         stories.paragraphs(story, root.id, 5, 2)

@@ -11,7 +11,7 @@ import torch
 
 from serving.engine.config import EngineConfig
 from serving.engine.engine import EngineRequest, TorchEngine
-from serving.engine.prefixes import MIN_REUSE, PrefixCache
+from serving.engine.prefixes import MIN_REUSE, PrefixCache, worth_waiting
 from serving.llm import SamplingParams
 from serving.local import LocalLLM
 from serving.rerank import RerankConfig, generate
@@ -52,8 +52,13 @@ def test_store_drops_covered_prefixes_and_the_least_recently_used() -> None:
     assert cache.lookup([*range(9), 1]) is not None
     assert cache.stats.kept_tokens <= 20
     cache.store(range(MIN_REUSE - 1), *kv(MIN_REUSE - 1))  # too short to be worth keeping
-    cache.store(range(300, 330), *kv(30))  # longer than the whole budget
     assert cache.stats.kept_tokens == 19
+    cache.store(range(3), *kv(3))  # inside a kept entry: nothing new to keep
+    assert cache.stats.kept_tokens == 19 and len(cache) == 2
+    cache.store(range(300, 330), *kv(30))  # longer than the whole budget: its first 20 tokens
+    assert cache.stats.kept_tokens == 20 and len(cache) == 1
+    hit = cache.lookup([*range(300, 330), 0])
+    assert hit is not None and hit.length == 20 and hit.keys.shape[2] == 20
     with pytest.raises(ValueError, match="budget=0"):
         PrefixCache(0)
 
@@ -161,3 +166,41 @@ def test_prompts_arriving_together_prefill_their_shared_prefix_once(
     after = cached.prefixes.stats
     # the first is prefilled whole; the other two wait for it and reuse all but their ends
     assert after.reused_tokens - before.reused_tokens >= 2 * (len(prompt) - 1)
+
+
+def test_only_a_large_shared_part_is_worth_waiting_for() -> None:
+    prompt = tuple(range(100))
+    assert worth_waiting(prompt, prompt, budget=4096)
+    assert worth_waiting(prompt, (*range(60), 7, 7), budget=4096)  # 60 of 100 shared
+    assert not worth_waiting(prompt, (*range(30), 7), budget=4096)  # a short shared head
+    assert not worth_waiting(prompt, prompt, budget=40)  # what would be kept is too short
+    assert not worth_waiting((1, 2, 3), (1, 2, 3), budget=4096)  # below MIN_REUSE
+
+
+def test_prompts_the_cache_cannot_serve_are_not_held_back(tiny_llama: Path) -> None:
+    engine = TorchEngine(
+        EngineConfig(model=str(tiny_llama), prefill_chunk=8, prefix_cache_tokens=16)
+    )
+    steps = 0
+    prefill = engine._prefill_step
+
+    def counted() -> None:
+        nonlocal steps
+        steps += 1
+        prefill()
+
+    engine._prefill_step = counted  # type: ignore[method-assign]
+    head = ids_of(engine, STORY + STORY)[:36]
+    prompts = [(*head, *ids_of(engine, f" {word}")) for word in ("one", "two", "three", "four")]
+
+    async def together() -> None:
+        spec = [EngineRequest(p, SamplingParams(max_tokens=1, temperature=0.0)) for p in prompts]
+        await asyncio.gather(*(collect(engine, s) for s in spec))
+
+    try:
+        asyncio.run(together())
+    finally:
+        engine.shutdown()
+    # 16 kept tokens are under half of each prompt: the four prefill side by side (5 chunks of
+    # 8 each, ~5 steps, a few more if they arrive a step apart), not one after another (20)
+    assert steps <= 10

@@ -14,13 +14,15 @@ from typing import Any
 import httpx
 import pytest
 
+from serving.llm import SamplingParams
 from serving.local import LocalLLM
 from serving.rerank import RerankerPool
+from serving.rerank.decoders import Beam
 from serving.rerank.rankgen import RankGenReranker
 from serving.rerank.reranker import Reranker
 from serving.rerank.scorers import scorer_folders
 from serving.server.app import ServerConfig, create_app
-from serving.vllm.rerank import RerankMiddleware, Scope
+from serving.vllm.rerank import LoopbackGenerator, RerankMiddleware, Scope
 from tests.net import free_port, serving
 
 KEY = "secret-key"
@@ -129,6 +131,7 @@ def test_no_key_is_refused_before_any_scorer_loads(base_url: str, loads: Loads) 
         ({"rerank": {}, "stream": True}, 400, "rerank cannot be combined with stream"),
         ({"rerank": {}, "n": 2}, 400, "rerank cannot be combined with n > 1"),
         ({"rerank": {}, "echo": True}, 400, "rerank cannot be combined with echo"),
+        ({"rerank": {}, "min_tokens": 2}, 400, "rerank cannot be combined with min_tokens"),
         ({"rerank": {"scorer": "nope"}}, 400, "unknown rerank scorer 'nope'"),
         ({"rerank": {}, "prompt": [1, 2, 3]}, 400, "rerank needs a text prompt"),
         ({"rerank": {}, "model": "other"}, 404, "other"),  # the server's own answer
@@ -214,3 +217,40 @@ def test_an_unreachable_own_address_is_a_502() -> None:
     assert start["status"] == 502
     message = json.loads(reply["body"])["error"]["message"]
     assert "rerank could not sample from this server" in message
+
+
+def test_the_loopback_is_plain_http_to_the_socket_behind_a_tls_proxy(base_url: str) -> None:
+    body = {"prompt": "Hi", "max_tokens": 3, "rerank": {"method": "sample", "samples": 2}}
+    reply = httpx.post(
+        f"{base_url}/v1/completions",
+        json={"model": "tiny", **body},
+        headers={**AUTH, "X-Forwarded-Proto": "https"},  # what a local nginx with TLS adds
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+
+
+def test_chat_beams_extend_a_reply_the_caller_continues() -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "Tell me."},
+            {"role": "assistant", "content": [{"type": "text", "text": "Once"}]},
+        ],
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+        "echo": True,
+        "rerank": {},
+    }
+    path = "/v1/chat/completions"
+    no_client: Any = None  # building a request sends nothing
+    generator = LoopbackGenerator(no_client, path, body, chat=True)
+    params = SamplingParams(max_tokens=4, n=3)
+    sent = generator._request(Beam(text=" upon"), params)
+    assert sent["messages"][-1] == {"role": "assistant", "content": "Once upon"}
+    assert len(sent["messages"]) == 2 and "echo" not in sent and "rerank" not in sent
+    opening = {**body, "messages": body["messages"][:1], "continue_final_message": False}
+    fresh = LoopbackGenerator(no_client, path, opening, chat=True)
+    sent = fresh._request(Beam(text="Once"), params)
+    assert sent["messages"][-1] == {"role": "assistant", "content": "Once"}
+    assert sent["continue_final_message"] is True and sent["n"] == 3 and sent["max_tokens"] == 4

@@ -123,6 +123,7 @@ def test_chat_with_rerank(base_url: str) -> None:
         ({"rerank": {}, "stream": True}, "rerank cannot be combined with stream"),
         ({"rerank": {}, "n": 2}, "rerank cannot be combined with n > 1"),
         ({"rerank": {}, "logprobs": 1}, "rerank cannot be combined with logprobs"),
+        ({"rerank": {}, "min_tokens": 3}, "rerank cannot be combined with min_tokens"),
         ({"rerank": {}, "temperature": 0}, "temperature=0.0 must be in (0, 2]"),
         ({"rerank": {}, "max_tokens": 1000}, "context is 256 tokens"),
         (
