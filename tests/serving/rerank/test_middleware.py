@@ -254,3 +254,12 @@ def test_chat_beams_extend_a_reply_the_caller_continues() -> None:
     sent = fresh._request(Beam(text="Once"), params)
     assert sent["messages"][-1] == {"role": "assistant", "content": "Once"}
     assert sent["continue_final_message"] is True and sent["n"] == 3 and sent["max_tokens"] == 4
+
+
+def test_the_loopback_address_can_be_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.vllm.rerank import _own_url
+
+    scope: Scope = {"server": ("::1", 8000), "scheme": "https"}
+    assert _own_url(scope) == "http://[::1]:8000"  # the socket, never the reported scheme
+    monkeypatch.setenv("MNEME_RERANK_LOOPBACK", "https://gpu-box.internal:8443/")
+    assert _own_url(scope) == "https://gpu-box.internal:8443"
