@@ -19,7 +19,8 @@ the SmolLM2-135M generator rows). Three parts:
    the total (the paper: 1-10%, GPT2-medium generator on a GPU), and total time against plain
    sampling of one continuation.
 
-MAUVE is not measured: its feature model (GPT-2 large) cannot be downloaded here.
+MAUVE of the decoders is measured by benchmarks/mauve.py, with local featurizers (MAUVE's
+GPT-2 large cannot be downloaded here).
 """
 
 from __future__ import annotations
