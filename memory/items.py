@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
 
 from memory.database import Database
 from memory.errors import InvalidRecord
@@ -62,6 +63,16 @@ def join_path(path: Sequence[str]) -> str:
     return joined
 
 
+def _item_row(session: Session, namespace_id: int, path: str, key: str) -> StoreItemRow | None:
+    return session.scalar(
+        select(StoreItemRow).where(
+            StoreItemRow.namespace_id == namespace_id,
+            StoreItemRow.path == path,
+            StoreItemRow.key == key,
+        )
+    )
+
+
 def _like(prefix: str) -> str:
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + ".%"
@@ -76,13 +87,7 @@ class SqlItemStore:
     def get(self, namespace: str, path: Sequence[str], key: str) -> StoredItem | None:
         with self.database.session() as session:
             space = namespace_row(session, namespace)
-            row = session.scalar(
-                select(StoreItemRow).where(
-                    StoreItemRow.namespace_id == space.id,
-                    StoreItemRow.path == join_path(path),
-                    StoreItemRow.key == key,
-                )
-            )
+            row = _item_row(session, space.id, join_path(path), key)
             return None if row is None else _to_item(row)
 
     def put(
@@ -104,13 +109,7 @@ class SqlItemStore:
         joined = join_path(path)
         with self.database.session() as session:
             space = namespace_row(session, namespace)
-            row = session.scalar(
-                select(StoreItemRow).where(
-                    StoreItemRow.namespace_id == space.id,
-                    StoreItemRow.path == joined,
-                    StoreItemRow.key == key,
-                )
-            )
+            row = _item_row(session, space.id, joined, key)
             previous = None
             if row is None:
                 row = StoreItemRow(
@@ -131,13 +130,7 @@ class SqlItemStore:
         """Delete an item if it exists; returns the episode it pointed at."""
         with self.database.session() as session:
             space = namespace_row(session, namespace)
-            row = session.scalar(
-                select(StoreItemRow).where(
-                    StoreItemRow.namespace_id == space.id,
-                    StoreItemRow.path == join_path(path),
-                    StoreItemRow.key == key,
-                )
-            )
+            row = _item_row(session, space.id, join_path(path), key)
             if row is None:
                 return None
             episode = row.episode_id

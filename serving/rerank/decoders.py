@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from serving.llm import FinishReason, SamplingParams
 from serving.rerank.config import Method, RerankConfig
 from serving.rerank.reranker import Ranked, Reranker
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,19 @@ class RerankResult:
     scoring_seconds: float = 0.0
 
 
+async def gather_all(work: Iterable[Awaitable[T]]) -> list[T]:
+    """Every result in order, like ``asyncio.gather``; when one fails (or this is cancelled) the
+    others are cancelled too, instead of running on for nobody."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 def step_seed(seed: int | None, step: int, beam: int) -> int | None:
     """A distinct, repeatable seed per step and beam (step 0, beam 0 keeps the caller's seed,
     so one sample equals plain sampling with that seed)."""
@@ -118,10 +133,35 @@ class _Timer:
     ) -> list[Step]:
         """Run the requests concurrently (the backend batches them); wall time counted once."""
         start = time.perf_counter()
-        steps = await asyncio.gather(*(generator.sample(b, p) for b, p in requests))
+        steps = await gather_all(generator.sample(b, p) for b, p in requests)
         self.generation += time.perf_counter() - start
         self.tokens += sum(s.completion_tokens for s in steps)
         return list(steps)
+
+    def result(
+        self,
+        text: str,
+        score: float,
+        finish_reason: FinishReason,
+        method: Method,
+        reranker: Reranker,
+        runners_up: tuple[Ranked, ...],
+        steps: int,
+    ) -> RerankResult:
+        """The chosen continuation, with what this decoding cost."""
+        return RerankResult(
+            text=text,
+            score=score,
+            finish_reason=finish_reason,
+            method=method,
+            scorer=reranker.name,
+            runners_up=runners_up,
+            candidates=self.scored,
+            steps=steps,
+            completion_tokens=self.tokens,
+            generation_seconds=self.generation,
+            scoring_seconds=self.scoring,
+        )
 
     async def top(self, reranker: Reranker, prefix: str, texts: list[str], k: int) -> list[Ranked]:
         start = time.perf_counter()
@@ -147,19 +187,9 @@ async def over_generate(
     samples = step.samples[0]
     best = await timer.top(reranker, prefix, [s.text for s in samples], 1 + config.runners_up)
     chosen = samples[best[0].index]
-    return RerankResult(
-        text=chosen.text,
-        score=best[0].score,
-        finish_reason="stop" if chosen.ended else "length",
-        method="sample",
-        scorer=reranker.name,
-        runners_up=tuple(Ranked(r, b.text, b.score) for r, b in enumerate(best[1:], 1)),
-        candidates=timer.scored,
-        steps=1,
-        completion_tokens=timer.tokens,
-        generation_seconds=timer.generation,
-        scoring_seconds=timer.scoring,
-    )
+    runners_up = tuple(Ranked(r, b.text, b.score) for r, b in enumerate(best[1:], 1))
+    finish: FinishReason = "stop" if chosen.ended else "length"
+    return timer.result(chosen.text, best[0].score, finish, "sample", reranker, runners_up, 1)
 
 
 async def beam_search(
@@ -213,18 +243,9 @@ async def beam_search(
         beams = pool[: config.beam]
     winner, others = beams[0], beams[1 : 1 + config.runners_up]
     assert winner.score is not None and winner.finish_reason is not None
-    return RerankResult(
-        text=winner.text,
-        score=winner.score,
-        finish_reason=winner.finish_reason,
-        method="beam",
-        scorer=reranker.name,
-        runners_up=tuple(Ranked(r, b.text, b.score or 0.0) for r, b in enumerate(others, 1)),
-        candidates=timer.scored,
-        steps=steps,
-        completion_tokens=timer.tokens,
-        generation_seconds=timer.generation,
-        scoring_seconds=timer.scoring,
+    runners_up = tuple(Ranked(r, b.text, b.score or 0.0) for r, b in enumerate(others, 1))
+    return timer.result(
+        winner.text, winner.score, winner.finish_reason, "beam", reranker, runners_up, steps
     )
 
 

@@ -10,12 +10,11 @@ a beam share one prefill of its prompt (the engine forks the prompt's KV cache s
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from serving.llm import ChatMessage, Completion, SamplingParams
-from serving.rerank.decoders import Beam, Sample, Step
+from serving.rerank.decoders import Beam, Sample, Step, gather_all
 from serving.rerank.errors import RerankUnsupported
 
 if TYPE_CHECKING:
@@ -47,7 +46,7 @@ class ProtocolGenerator:
         return await self.llm.chat(self.prompt, params)
 
     async def sample(self, beams: Sequence[Beam], params: SamplingParams) -> Step:
-        replies = await asyncio.gather(*(self._one(b, params) for b in beams))
+        replies = await gather_all(self._one(b, params) for b in beams)
         samples = tuple(
             tuple(Sample(beam.text + c.text, (), c.finish_reason == "stop") for c in reply.choices)
             for beam, reply in zip(beams, replies, strict=True)
@@ -96,5 +95,5 @@ class EngineGenerator:
         return tuple(samples), sum(len(n) for n in ids)
 
     async def sample(self, beams: Sequence[Beam], params: SamplingParams) -> Step:
-        parts = await asyncio.gather(*(self._one(b, params) for b in beams))
+        parts = await gather_all(self._one(b, params) for b in beams)
         return Step(tuple(p[0] for p in parts), sum(p[1] for p in parts))

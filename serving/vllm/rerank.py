@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from serving.errors import ModelNotAvailable
 from serving.llm import ChatMessage, SamplingParams
 from serving.rerank.config import RerankConfig
-from serving.rerank.decoders import Beam, RerankResult, Sample, Step, decode
+from serving.rerank.decoders import Beam, RerankResult, Sample, Step, decode, gather_all
 from serving.rerank.errors import RerankError
 from serving.rerank.generation import prefix_text
 from serving.rerank.scorers import FOLDERS_VARIABLE, RerankerPool, scorer_folders
@@ -148,14 +148,7 @@ class LoopbackGenerator:
         return tuple(samples), int(usage.get("completion_tokens") or 0)
 
     async def sample(self, beams: Sequence[Beam], params: SamplingParams) -> Step:
-        tasks = [asyncio.ensure_future(self._one(b, params)) for b in beams]
-        try:
-            parts = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:  # one failed (or we were cancelled): stop the others too
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        parts = await gather_all(self._one(b, params) for b in beams)
         return Step(tuple(p[0] for p in parts), sum(p[1] for p in parts))
 
 

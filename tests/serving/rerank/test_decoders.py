@@ -22,7 +22,7 @@ from serving.rerank import (
     generate,
     rank,
 )
-from serving.rerank.decoders import Beam, Sample, Step, beam_search, over_generate
+from serving.rerank.decoders import Beam, Sample, Step, beam_search, gather_all, over_generate
 from serving.rerank.generators import ProtocolGenerator
 from serving.rerank.rankgen import RankGenReranker
 
@@ -239,3 +239,26 @@ def test_the_standard_pool_offers_the_bundled_embedder(tiny_llm: LocalLLM) -> No
     result = run(generate(tiny_llm, "The lighthouse keeper", rerank=config, seed=0))
     assert result.scorer == "embedder:sentence-transformers/all-MiniLM-L6-v2"
     assert result.candidates == 2
+
+
+def test_a_failed_request_cancels_the_rest_of_its_step() -> None:
+    cancelled = []
+
+    async def slow() -> int:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return 1
+
+    async def failing() -> int:
+        await asyncio.sleep(0)
+        raise RuntimeError("the backend refused")
+
+    async def step() -> int:
+        with pytest.raises(RuntimeError, match="refused"):
+            await gather_all([slow(), failing(), slow()])
+        return len(cancelled)  # counted before asyncio.run would cancel leftovers itself
+
+    assert asyncio.run(step()) == 2
