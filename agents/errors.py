@@ -17,3 +17,8 @@ class AgentConfigError(AgentError):
 
 class TrajectoryNotResumable(AgentError):
     """A trajectory asked to resume has already finished (done or failed)."""
+
+
+class StepFailed(AgentError):
+    """A writer step could not produce valid content within its attempts and its time limit;
+    nothing was stored. The message is one sentence a writer understands."""

@@ -1,48 +1,48 @@
-"""The JSON replies the writer asks the model for (validated; guided decoding where offered)."""
+"""The JSON replies the writer asks the model for (validated; guided decoding where offered).
+
+The paragraph itself is never JSON: it is prose, streamed as it is written (RecurrentGPT's content
+split). These are the smaller structured calls around it, with length limits in the schema so a
+guided decoder cannot run long.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-
-class MemoryUpdate(BaseModel):
-    reason: str = Field(max_length=600, description="Why the short-term memory changed.")
-    short_term_memory: str = Field(
-        min_length=1, max_length=2400, description="The rewritten running summary."
-    )
-
-
-class StepReply(BaseModel):
-    """What the model answers each step."""
-
-    paragraph: str = Field(min_length=1, max_length=2800)
-    memory_update: MemoryUpdate
-    plans: list[str] = Field(min_length=3, max_length=3)
-
-
-class StartReply(BaseModel):
-    """What the model answers when a story starts."""
-
-    title: str = Field(min_length=1, max_length=120)
-    outline: str = Field(min_length=1, max_length=1600)
-    paragraphs: list[str] = Field(min_length=1, max_length=3)
-    short_term_memory: str = Field(min_length=1, max_length=2400)
-    plans: list[str] = Field(min_length=3, max_length=3)
+Plan = Annotated[str, Field(min_length=1, max_length=300)]
 
 
 class BibleItem(BaseModel):
     kind: Literal["character", "place", "fact", "other"]
-    name: str = Field(min_length=1, max_length=120)
-    text: str = Field(min_length=1, max_length=600)
+    name: str = Field(min_length=1, max_length=80)
+    text: str = Field(min_length=1, max_length=300)
 
 
-class ImportReply(BaseModel):
-    """What the model answers about an imported manuscript."""
+class StepNotes(BaseModel):
+    """What the model answers after each paragraph: the memory update and the next plans."""
 
-    title: str = Field(min_length=1, max_length=120)
-    outline: str = Field(min_length=1, max_length=1600)
-    short_term_memory: str = Field(min_length=1, max_length=2400)
-    plans: list[str] = Field(min_length=3, max_length=3)
+    short_term_memory: str = Field(
+        min_length=1, max_length=1200, description="What the reader must keep in mind now."
+    )
+    reason: str = Field(max_length=300, description="Why the short-term memory changed.")
+    plans: list[Plan] = Field(min_length=3, max_length=3)
+    bible: list[BibleItem] = Field(
+        default_factory=list,
+        max_length=3,
+        description="New characters, places or facts the newest paragraph introduced.",
+    )
+
+
+class StoryFrame(BaseModel):
+    """What the model answers before a story's opening paragraph: its title and outline."""
+
+    title: str = Field(min_length=1, max_length=80)
+    outline: str = Field(min_length=1, max_length=800)
+
+
+class ImportFrame(StoryFrame):
+    """What the model answers about an imported manuscript: title, outline, first bible."""
+
     bible: list[BibleItem] = Field(default_factory=list, max_length=12)

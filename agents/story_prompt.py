@@ -18,23 +18,51 @@ class Prompt:
 
     messages: list[ChatMessage]
     parts: dict[str, int]
+    continuation: str = ""
+    """The same prompt as raw text to continue, for a base model without a chat template."""
 
     def record(self) -> dict[str, Any]:
         return {
             "parts": {name: {"tokens": tokens} for name, tokens in self.parts.items()},
             "messages": [{"role": m.role, "content": m.content} for m in self.messages],
+            **({"continuation": self.continuation} if self.continuation else {}),
         }
 
 
 NOVEL = (
-    "You are a novelist writing a long story one paragraph at a time. You keep a short-term "
-    "memory: a concise running summary of what matters now. Answer with JSON only."
+    "You are a novelist writing a long story one paragraph at a time. Write only the story's "
+    "next paragraph: plain prose, with no title, no heading, no list and no note to the reader."
 )
 INTERACTIVE = (
     "You are the narrator of an interactive story. The reader is the protagonist: write in the "
-    "second person ('you'), answer the reader's action, and offer three options for what they "
-    "might do next. You keep a short-term memory of what matters now. Answer with JSON only."
+    "second person ('you') and show what happens after the reader's action. Write only the "
+    "story's next paragraph: plain prose, with no title, no heading, no list and no options."
 )
+NOTES = (
+    "You keep the notes of a story that is being written: what the reader must keep in mind, "
+    "and what could happen next. Answer with JSON only."
+)
+FRAME = "You help a novelist plan a story. Answer with JSON only."
+PROSE_ASK = "Write the next paragraph, about {words} words."
+OPENING_ASK = "Write the story's opening paragraph, about {words} words."
+NOTES_ASK = (
+    "Rewrite the notes after the newest paragraph: what the reader must keep in mind now, in a "
+    "few sentences (names, places, what each character wants, what is unresolved), and why it "
+    "changed. Then give three different {plans}, one sentence each, and up to three story-bible "
+    "entries for characters, places or facts the newest paragraph introduced."
+)
+PLANS = {
+    "novel": "plans for the next paragraph",
+    "interactive": "actions the reader could take next, each starting with a verb ('Open the "
+    "door')",
+}
+FRAME_ASK = (
+    "Give the story a title and an outline of the whole story in a few sentences: the main "
+    "characters, the conflict, and how it could end."
+)
+
+INSTRUCTION_TEXTS = (NOVEL, INTERACTIVE, NOTES, FRAME, PROSE_ASK, OPENING_ASK, NOTES_ASK, FRAME_ASK)
+"""The prompts' fixed wording: stored text must not echo it (see :func:`agents.quality.echoes`)."""
 
 
 def _words(text: str) -> set[str]:

@@ -2,46 +2,81 @@
 
 RecurrentGPT replaces an RNN's hidden state with language: each step the model reads a short-term
 memory (a running summary it rewrites), passages recalled from long-term memory, the last
-paragraph and the chosen plan, and answers with the next paragraph, the updated short-term memory
-(with its reason) and three plans for what comes next. Here:
+paragraph and the chosen plan, and writes the next paragraph, the updated short-term memory (with
+its reason) and three plans for what comes next. Here:
 
+- the step is split as RecurrentGPT's content is: the paragraph is plain prose, generated as a
+  continuation and streamed, and what streams is exactly what is stored; then one smaller
+  structured call (guided decoding where the backend has it, length limits in the schema) gives
+  the memory update, the three plans and the story-bible suggestions;
+- nothing is stored that fails :mod:`agents.quality` (empty, degenerate, echoing instructions or
+  repair requests); a step that cannot produce valid content within its attempts and its time
+  limit raises :class:`StepFailed` with one sentence a writer understands, and stores nothing;
 - long-term memory is the story's :class:`~memory.episodic.EpisodicMemory`; each new paragraph is
   ingested on its own (never the whole story again), and recall is limited to the current
   node's ancestors, in their order (``search(within=...)``), so branches never see each other;
 - every step is a node of a story tree (:class:`~memory.stories.SqlStoryStore`) keeping its
   short-term memory, plans and exactly what was sent, so undo, branch and regenerate restore
   that node's state;
-- every part of the prompt has a token budget, so its size is bounded however long the story;
-- the reply is a validated JSON object (guided decoding where the backend has it).
+- every part of the prompt has a token budget, so its size is bounded however long the story.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal
 
-from agents.replies import ImportReply, StartReply, StepReply
-from agents.story_prompt import INTERACTIVE, NOVEL, Prompt, pick_entries, tail
+from agents.errors import StepFailed
+from agents.quality import plans_problem, prose_problem, words
+from agents.replies import BibleItem, ImportFrame, StepNotes, StoryFrame
+from agents.story_prompt import (
+    FRAME,
+    FRAME_ASK,
+    INSTRUCTION_TEXTS,
+    INTERACTIVE,
+    NOTES,
+    NOTES_ASK,
+    NOVEL,
+    OPENING_ASK,
+    PLANS,
+    PROSE_ASK,
+    Prompt,
+    pick_entries,
+    tail,
+)
 from memory.episodic import EpisodicMemory
 from memory.errors import InvalidRecord, NotFound
 from memory.records import NewStoryNode, Story, StoryNode
 from memory.retrieval import clip
 from memory.stories import SqlStoryStore
+from serving.errors import RequestRejected, StructuredOutputError
 from serving.llm import LLM, ChatMessage, SamplingParams
 from serving.rerank.reranker import Reranker
-from serving.structured import streamed_field
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["novel", "interactive"]
+PromptStyle = Literal["auto", "chat", "completion"]
+Phase = Literal["frame", "paragraph", "notes", "storing"]
+
+PREMISE_CHARS = 2000
+"""Longest premise a story may start from (characters); longer is refused before any model."""
+GENRE_CHARS = 200
+"""Longest genre (characters), the width of the stories table's column."""
 
 
 @dataclass(frozen=True, slots=True)
 class WriterConfig:
-    """Token budgets of each prompt part, and sampling; ``app`` builds one and passes it in."""
+    """Token budgets of each prompt part, sampling and limits; ``app`` builds one and passes it.
+
+    The sampling defaults were chosen by ``benchmarks/writer_quality.py`` (see the README)."""
 
     short_term_tokens: int = 300
     """Most tokens of short-term memory shown (and asked for)."""
@@ -55,29 +90,86 @@ class WriterConfig:
     """Most tokens of the outline shown."""
     instruction_tokens: int = 200
     """Most tokens of the plan or the reader's action."""
-    paragraph_tokens: int = 350
-    """Size of a paragraph asked for (tokens); bounds the reply."""
+    paragraph_tokens: int = 220
+    """Most tokens of a paragraph (its generation stops there)."""
+    notes_tokens: int = 360
+    """Most tokens of the structured notes call (memory, reason, three plans, bible)."""
     temperature: float = 0.8
     """Sampling temperature of generation."""
     top_p: float = 0.95
     """Nucleus sampling mass of generation."""
+    min_p: float = 0.05
+    """Drop tokens below this share of the likeliest token's probability (vLLM's min_p)."""
+    repetition_penalty: float = 1.15
+    """vLLM's repetition penalty over prompt and output tokens (1 = off)."""
+    presence_penalty: float = 0.0
+    """OpenAI's presence penalty (0 = off)."""
+    frequency_penalty: float = 0.0
+    """OpenAI's frequency penalty (0 = off)."""
     candidates: int = 1
     """Paragraphs drafted per step; with a reranker the best-scored one is kept (RankGen's
     over-generate-and-rerank), without one the first."""
+    attempts: int = 2
+    """Tries of each part (paragraph, notes) before the step fails; each try is shown."""
+    step_timeout_s: float = 180.0
+    """A step that has not finished after this many seconds fails (nothing is stored)."""
+    prompt_style: PromptStyle = "auto"
+    """``chat`` (instruction-tuned models), ``completion`` (base models: the paragraph continues
+    the story's text, notes are written field by field), or ``auto``: chat, and completion once
+    the backend says the model has no chat template."""
     remember_in_background: bool = True
     """Ingest each new paragraph into long-term memory while the next step is being written
     (its recall never needs it: the last paragraph is in the prompt verbatim)."""
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempts <= 5:
+            raise InvalidRecord(f"attempts={self.attempts} must be in [1, 5]")
+        if self.step_timeout_s <= 0:
+            raise InvalidRecord(f"step_timeout_s={self.step_timeout_s} must be positive")
+        if self.paragraph_tokens < 16:
+            raise InvalidRecord(f"paragraph_tokens={self.paragraph_tokens} must be at least 16")
 
-_PLAN_CHARS = 400
+    def sampling(self, max_tokens: int) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a running step is: what the page shows while it runs."""
+
+    phase: Phase
+    paragraph: str = ""
+    """The paragraph so far, exactly as it will be stored if the step succeeds."""
+    attempt: int = 1
+    notice: str = ""
+    """Why an earlier try was discarded (shown with the new one), or what was chosen."""
+
+
+OnProgress = Callable[[Progress], None]
+
+_PLAN_CHARS = 300
 _IMPORT_HEAD_TOKENS = 600
 _IMPORT_TAIL_TOKENS = 1500
+_MIN_PARAGRAPH_WORDS = 12
+_MIN_MEMORY_WORDS = 5
+_DEGENERATE_AFTER_WORDS = 48
+"""A paragraph still streaming is checked for a repetition loop once it has this many words."""
 
 
-def _reply_tokens(config: WriterConfig) -> int:
-    """Tokens a reply may take: the paragraph, the memory, its reason, three plans and the JSON
-    around them. A reply cut short is repaired by ``generate_json`` (bounded retries)."""
-    return config.paragraph_tokens + config.short_term_tokens + 3 * 80 + 100 + 120
+def _quiet(progress: Progress) -> None:
+    """The default progress listener: nobody is watching."""
+
+
+def _shown(on_progress: OnProgress, attempt: int, notice: str, text: str) -> None:
+    on_progress(Progress("paragraph", text, attempt, notice))
 
 
 class StoryTree:
@@ -136,58 +228,58 @@ class RecurrentWriter(StoryTree):
         self.llm = llm
         self.config = config
         self.reranker = reranker
+        self.style: Literal["chat", "completion"] = (
+            "completion" if config.prompt_style == "completion" else "chat"
+        )
         self._pending: dict[int, asyncio.Task[list[int]]] = {}
         """Background ingests of new paragraphs, by node id (see :meth:`settle`)."""
 
     # -- starting ---------------------------------------------------------------------------
 
     async def start(
-        self, namespace: str, *, genre: str, premise: str, mode: Mode = "novel"
+        self,
+        namespace: str,
+        *,
+        genre: str,
+        premise: str,
+        mode: Mode = "novel",
+        on_progress: OnProgress = _quiet,
     ) -> tuple[Story, StoryNode]:
-        """A new story from a genre and a premise: title, outline, first paragraphs, first
-        short-term memory and three plans. ``namespace`` will hold its long-term memory."""
-        if not genre.strip() or not premise.strip():
-            raise InvalidRecord("a story needs a genre and a premise; give both")
+        """A new story from a genre and a premise: a title and outline, the opening paragraph
+        (streamed), its short-term memory and three plans. ``namespace`` will hold its long-term
+        memory. Nothing is stored unless every part is valid."""
+        check_opening(genre, premise, mode)
         memory = self.memory_for(namespace)
         count = memory.count_tokens
-        person = "second person, the reader is the protagonist" if mode == "interactive" else ""
-        user = (
-            f"Genre: {genre.strip()}\nPremise: {clip(premise.strip(), 400, count)}\n\n"
-            "Start the story. Give a title, an outline of the whole story (a few sentences), "
-            f"the first one to three paragraphs{' (' + person + ')' if person else ''}, a "
-            "short-term memory summarising what the reader must keep in mind, and three "
-            "different plans for the next paragraph."
-        )
-        system = INTERACTIVE if mode == "interactive" else NOVEL
-        messages = [ChatMessage("system", system), ChatMessage("user", user)]
-        prompt = Prompt(messages, {"instructions": count(system) + count(user)})
-        reply = await self.llm.generate_json(messages, StartReply, self._params())
-        memory.store.namespace(namespace)
-        story = self.stories.create(
-            namespace,
-            title=reply.title.strip(),
-            genre=genre.strip(),
-            premise=premise.strip(),
-            outline=reply.outline.strip(),
-            mode=mode,
-        )
-        text = "\n\n".join(p.strip() for p in reply.paragraphs if p.strip())
-        episode_ids = await self._remember(memory, text)
-        root = self.stories.add_node(
-            story.id,
-            None,
-            NewStoryNode(
-                instruction="",
-                paragraph=text,
-                short_term_memory=clip(
-                    reply.short_term_memory, self.config.short_term_tokens, count
-                ),
-                memory_reason="the story starts",
-                plans=[p.strip()[:_PLAN_CHARS] for p in reply.plans],
-                episode_ids=episode_ids,
-                prompt=prompt.record(),
-            ),
-        )
+        async with self._limit():
+            premise_text = clip(premise.strip(), 400, count)
+            setting = f"Genre: {genre.strip()}\nPremise: {premise_text}"
+            frame = await self._frame(setting, StoryFrame, on_progress)
+            context = f"Title: {frame.title}\n{setting}\nOutline: {frame.outline}"
+            system = INTERACTIVE if mode == "interactive" else NOVEL
+            prose = self._prose_prompt(
+                system, context, "", OPENING_ASK.format(words=self._words()), {"story": count(context)}
+            )
+            paragraph, ranking = await self._paragraph(prose, "", on_progress)
+            notes, notes_prompt = await self._notes(
+                context, premise_text, paragraph, mode, on_progress
+            )
+            on_progress(Progress("storing", paragraph))
+            memory.store.namespace(namespace)
+            story = self.stories.create(
+                namespace,
+                title=frame.title.strip(),
+                genre=genre.strip(),
+                premise=premise.strip(),
+                outline=frame.outline.strip(),
+                mode=mode,
+            )
+            root = self._store_node(
+                story.id, None, "", paragraph, notes, prose, notes_prompt, ranking, "the start"
+            )
+            root = self.stories.update_node(
+                story.id, root.id, episode_ids=await self._remember(memory, paragraph)
+            )
         return self.stories.get(story.id), root
 
     async def adopt(
@@ -198,54 +290,56 @@ class RecurrentWriter(StoryTree):
         genre: str,
         title: str | None = None,
         mode: Mode = "novel",
+        on_progress: OnProgress = _quiet,
     ) -> tuple[Story, StoryNode]:
         """A story that continues an existing manuscript: the whole text goes to long-term
         memory; the model reads its opening and its end (a bounded prompt however long it is)
-        and gives an outline, the short-term memory, three plans and the first bible entries."""
+        and gives a title, an outline and the first bible entries, then the short-term memory
+        and three plans as after any paragraph."""
         if not manuscript.strip():
             raise InvalidRecord("the manuscript is empty; import a file with some text")
+        if len(genre) > GENRE_CHARS:
+            raise InvalidRecord(f"the genre has {len(genre)} characters; the most is {GENRE_CHARS}")
         memory = self.memory_for(namespace)
         count = memory.count_tokens
         head = clip(manuscript.strip(), _IMPORT_HEAD_TOKENS, count)
         ending = tail(manuscript.strip(), _IMPORT_TAIL_TOKENS, count)
-        user = (
-            f"Genre: {genre.strip() or 'unknown'}\n\nThe manuscript begins:\n{head}\n\n"
-            f"It currently ends:\n{ending}\n\nGive its title, an outline of the story so far and "
-            "where it seems to go, a short-term memory of what the reader must keep in mind at "
-            "its end, three different plans for the next paragraph, and up to twelve story-bible "
-            "entries (main characters, places, facts)."
-        )
-        system = INTERACTIVE if mode == "interactive" else NOVEL
-        messages = [ChatMessage("system", system), ChatMessage("user", user)]
-        prompt = Prompt(messages, {"instructions": count(system) + count(user)})
-        reply = await self.llm.generate_json(messages, ImportReply, self._params())
-        memory.store.namespace(namespace)
-        done = await memory.ingest(manuscript, name="manuscript")
-        story = self.stories.create(
-            namespace,
-            title=(title or reply.title).strip(),
-            genre=genre.strip() or "unknown",
-            premise=clip(manuscript.strip(), 200, count),
-            outline=reply.outline.strip(),
-            mode=mode,
-        )
-        for item in reply.bible:
-            self.stories.upsert_entry(story.id, kind=item.kind, name=item.name, text=item.text)
-        root = self.stories.add_node(
-            story.id,
-            None,
-            NewStoryNode(
-                instruction="",
-                paragraph=manuscript.strip(),
-                short_term_memory=clip(
-                    reply.short_term_memory, self.config.short_term_tokens, count
-                ),
-                memory_reason="imported manuscript",
-                plans=[p.strip()[:_PLAN_CHARS] for p in reply.plans],
-                episode_ids=[e.id for e in done.episodes],
-                prompt=prompt.record(),
-            ),
-        )
+        async with self._limit():
+            setting = (
+                f"Genre: {genre.strip() or 'unknown'}\n\nThe manuscript begins:\n{head}\n\n"
+                f"It currently ends:\n{ending}"
+            )
+            frame = await self._frame(setting, ImportFrame, on_progress)
+            context = f"Title: {title or frame.title}\nOutline: {frame.outline}"
+            notes, notes_prompt = await self._notes(context, "", ending, mode, on_progress)
+            on_progress(Progress("storing"))
+            memory.store.namespace(namespace)
+            done = await memory.ingest(manuscript, name="manuscript")
+            story = self.stories.create(
+                namespace,
+                title=(title or frame.title).strip(),
+                genre=genre.strip() or "unknown",
+                premise=clip(manuscript.strip(), 200, count),
+                outline=frame.outline.strip(),
+                mode=mode,
+            )
+            for item in [*frame.bible, *notes.bible]:
+                self.stories.upsert_entry(story.id, kind=item.kind, name=item.name, text=item.text)
+            notes = notes.model_copy(update={"bible": []})  # accepted already, not suggestions
+            root = self._store_node(
+                story.id,
+                None,
+                "",
+                manuscript.strip(),
+                notes,
+                Prompt([], {}),
+                notes_prompt,
+                None,
+                "imported manuscript",
+            )
+            root = self.stories.update_node(
+                story.id, root.id, episode_ids=[e.id for e in done.episodes]
+            )
         return self.stories.get(story.id), root
 
     # -- stepping ---------------------------------------------------------------------------
@@ -257,76 +351,85 @@ class RecurrentWriter(StoryTree):
         plan: str | None = None,
         action: str | None = None,
         parent_id: int | None = None,
-        on_paragraph: Callable[[str], None] | None = None,
+        on_progress: OnProgress = _quiet,
     ) -> StoryNode:
         """Write the paragraph after ``parent_id`` (default: the head) following ``plan`` (or,
         in interactive mode, the reader's ``action``); the new node becomes the head.
 
-        ``on_paragraph`` is called with the paragraph so far while it is generated (the first
-        draft's, when several are drafted). Cancelling the call stores nothing.
-        """
+        ``on_progress`` hears the paragraph as it streams (exactly what will be stored), a try
+        that was discarded and why, and the phase. Cancelling the call stores nothing; so does
+        :class:`StepFailed`."""
         story = self.stories.get(story_id)
         parent = self.stories.node(story_id, parent_id or self._head(story))
         instruction = (action if story.mode == "interactive" and action else plan) or ""
         if not instruction.strip():
             instruction = parent.plans[0] if parent.plans else "Continue the story."
         memory = self.memory_for(story.namespace)
-        prompt = await self.prompt(story, parent, instruction, memory)
-        reply, ranking = await self._draft(prompt, parent, on_paragraph)
-        paragraph = reply.paragraph.strip()
-        background = self.config.remember_in_background
-        episode_ids = [] if background else await self._remember(memory, paragraph)
-        count = memory.count_tokens
-        node = self.stories.add_node(
-            story_id,
-            parent.id,
-            NewStoryNode(
-                instruction=instruction.strip(),
-                paragraph=paragraph,
-                short_term_memory=clip(
-                    reply.memory_update.short_term_memory, self.config.short_term_tokens, count
-                ),
-                memory_reason=reply.memory_update.reason.strip(),
-                plans=[p.strip()[:_PLAN_CHARS] for p in reply.plans],
-                episode_ids=episode_ids,
-                prompt=prompt.record(),
-                metadata={"rerank": ranking} if ranking else {},
-            ),
-        )
-        if background and paragraph:
+        async with self._limit():
+            prose = await self.prompt(story, parent, instruction, memory)
+            paragraph, ranking = await self._paragraph(prose, parent.paragraph, on_progress)
+            context = self._context(story, memory)
+            notes, notes_prompt = await self._notes(
+                context, parent.short_term_memory, paragraph, story.mode.value, on_progress
+            )
+            on_progress(Progress("storing", paragraph))
+            background = self.config.remember_in_background
+            episode_ids = [] if background else await self._remember(memory, paragraph)
+            node = self._store_node(
+                story_id,
+                parent.id,
+                instruction.strip(),
+                paragraph,
+                notes,
+                prose,
+                notes_prompt,
+                ranking,
+                "",
+                episode_ids,
+            )
+        if background:
             self._pending[node.id] = asyncio.create_task(
                 self._remember_node(story_id, node.id, memory, paragraph)
             )
         return node
 
-    async def _draft(
-        self, prompt: Prompt, parent: StoryNode, on_paragraph: Callable[[str], None] | None
-    ) -> tuple[StepReply, dict[str, Any] | None]:
-        """The step's reply: one draft, or ``candidates`` drafts and the reranker's choice
-        (scored against the last paragraph, RankGen's prefix) with the scores to record."""
-        params = self._params()
-
-        def stream(text: str) -> None:
-            if on_paragraph is not None and (paragraph := streamed_field(text, "paragraph")):
-                on_paragraph(paragraph)
-
-        first = self.llm.generate_json(prompt.messages, StepReply, params, on_text=stream)
-        if self.config.candidates == 1 or self.reranker is None:
-            return await first, None
-        others = [
-            self.llm.generate_json(prompt.messages, StepReply, params)
-            for _ in range(self.config.candidates - 1)
-        ]
-        replies = await asyncio.gather(first, *others)
-        reranker = self.reranker
-        texts = [r.paragraph.strip() for r in replies]
-        scores = await asyncio.to_thread(reranker.score, parent.paragraph, texts)
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-        ranking = {"scorer": reranker.name, "scores": [float(x) for x in scores], "chosen": best}
-        return replies[best], ranking
+    def _store_node(
+        self,
+        story_id: int,
+        parent_id: int | None,
+        instruction: str,
+        paragraph: str,
+        notes: StepNotes,
+        prose: Prompt,
+        notes_prompt: Prompt,
+        ranking: dict[str, Any] | None,
+        default_reason: str,
+        episode_ids: Sequence[int] = (),
+    ) -> StoryNode:
+        metadata: dict[str, Any] = {}
+        if ranking:
+            metadata["rerank"] = ranking
+        if notes.bible:
+            metadata["bible_suggestions"] = [item.model_dump() for item in notes.bible]
+        record = prose.record()
+        record["notes"] = notes_prompt.record()
+        return self.stories.add_node(
+            story_id,
+            parent_id,
+            NewStoryNode(
+                instruction=instruction,
+                paragraph=paragraph,
+                short_term_memory=notes.short_term_memory.strip(),
+                memory_reason=notes.reason.strip() or default_reason,
+                plans=[p.strip()[:_PLAN_CHARS] for p in notes.plans],
+                episode_ids=episode_ids,
+                prompt=record,
+                metadata=metadata,
+            ),
+        )
 
     async def regenerate(
-        self, story_id: int, node_id: int, on_paragraph: Callable[[str], None] | None = None
+        self, story_id: int, node_id: int, on_progress: OnProgress = _quiet
     ) -> StoryNode:
         """Another take on a step: a sibling of ``node_id`` with the same instruction."""
         node = self.stories.node(story_id, node_id)
@@ -336,18 +439,226 @@ class RecurrentWriter(StoryTree):
         parent, instruction = node.parent_id, node.instruction
         if story.mode == "interactive":
             return await self.step(
-                story_id, parent_id=parent, action=instruction, on_paragraph=on_paragraph
+                story_id, parent_id=parent, action=instruction, on_progress=on_progress
             )
         return await self.step(
-            story_id, parent_id=parent, plan=instruction, on_paragraph=on_paragraph
+            story_id, parent_id=parent, plan=instruction, on_progress=on_progress
         )
 
+    async def edit_paragraph(self, story_id: int, node_id: int, paragraph: str) -> StoryNode:
+        """The writer's own text for a stored paragraph: the node keeps every earlier version
+        (``metadata["versions"]``), and its long-term memory is replaced by the new text's
+        episodes (re-embedded), so recall finds what the story now says."""
+        if not paragraph.strip():
+            raise InvalidRecord("a paragraph cannot be empty; write some text or undo the step")
+        story = self.stories.get(story_id)
+        node = self.stories.node(story_id, node_id)
+        if paragraph.strip() == node.paragraph:
+            return node
+        memory = self.memory_for(story.namespace)
+        await self._wait_for(node_id)
+        node = self.stories.node(story_id, node_id)
+        versions = [*node.metadata.get("versions", []), {
+            "paragraph": node.paragraph, "replaced_at": time.time()
+        }]  # fmt: skip
+        episode_ids = await self._remember(memory, paragraph.strip())
+        edited = self.stories.update_node(
+            story_id,
+            node_id,
+            paragraph=paragraph.strip(),
+            episode_ids=episode_ids,
+            metadata={**node.metadata, "versions": versions},
+        )
+        if node.episode_ids:
+            await memory.forget(list(node.episode_ids))
+        return edited
+
+    # -- the parts of a step ----------------------------------------------------------------
+
+    def _limit(self) -> AbstractAsyncContextManager[None]:
+        return _deadline(self.config.step_timeout_s)
+
+    def _words(self) -> int:
+        return max(20, int(self.config.paragraph_tokens * 0.6))
+
+    async def _frame(self, setting: str, schema: type[StoryFrame], on_progress: OnProgress) -> Any:
+        """Title and outline (and, for an import, bible entries), validated like all content."""
+        on_progress(Progress("frame"))
+        ask = FRAME_ASK + (
+            " Add up to twelve story-bible entries (main characters, places, facts)."
+            if schema is ImportFrame
+            else ""
+        )
+        frame: StoryFrame | None = None
+        if self.style == "chat":
+            messages = [ChatMessage("system", FRAME), ChatMessage("user", f"{setting}\n\n{ask}")]
+            budget = 300 + (720 if schema is ImportFrame else 0)
+            frame = await self._structured(messages, schema, budget)
+        if frame is None:  # a base model: each field a short continuation
+            title = await self._field(f"{setting}\n\nTitle:", 20)
+            outline = await self._field(f"{setting}\n\nTitle: {title}\nOutline:", 120)
+            frame = schema(title=title[:80] or "Untitled", outline=outline[:800] or "-")
+        problem = prose_problem(frame.outline, min_words=4, instructions=INSTRUCTION_TEXTS,
+                                what="outline")  # fmt: skip
+        if problem is None and not words(frame.title):
+            problem = "the title came back empty"
+        if problem is not None:
+            raise StepFailed(f"The model could not plan this story ({problem}). {_RETRY}")
+        return frame
+
+    async def _paragraph(
+        self, prose: Prompt, prefix: str, on_progress: OnProgress
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The paragraph, streamed: up to ``attempts`` tries, each shown; with several
+        candidates, the reranker's choice among valid drafts (the choice is reported)."""
+        notice = ""
+        for attempt in range(1, self.config.attempts + 1):
+            on_progress(Progress("paragraph", "", attempt, notice))
+            drafts = [self._draft(prose, partial(_shown, on_progress, attempt, notice))]
+            drafts += [self._draft(prose, None) for _ in range(self.config.candidates - 1)]
+            results = await asyncio.gather(*drafts)
+            valid = [(text, problem) for text, problem in results if problem is None]
+            if valid:
+                texts = [text for text, _ in valid]
+                if len(texts) == 1 or self.reranker is None:
+                    return texts[0], None
+                scores = await asyncio.to_thread(self.reranker.score, prefix, texts)
+                best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+                ranking = {
+                    "scorer": self.reranker.name,
+                    "scores": [float(x) for x in scores],
+                    "chosen": best,
+                }
+                chosen = f"The reranker kept draft {best + 1} of {len(texts)}."
+                on_progress(Progress("paragraph", texts[best], attempt, chosen))
+                return texts[best], ranking
+            problem = results[0][1] or "the draft was unusable"
+            notice = f"Try {attempt} was discarded: {problem}."
+            log.info("paragraph try %d discarded: %s", attempt, problem)
+        raise StepFailed(f"The model could not write a usable paragraph ({problem}). {_RETRY}")
+
+    async def _draft(
+        self, prose: Prompt, shown: Callable[[str], None] | None
+    ) -> tuple[str, str | None]:
+        """One draft of the paragraph and why it is unusable (None when it is fine). A draft
+        that falls into a repetition loop is stopped early."""
+        params = self.config.sampling(self.config.paragraph_tokens)
+        text = ""
+        async for piece in self._stream(prose, params):
+            text += piece
+            cleaned = clean_paragraph(text)
+            if shown is not None:
+                shown(cleaned)
+            count = len(words(cleaned))
+            looping = count >= _DEGENERATE_AFTER_WORDS and count % 8 == 0
+            if looping and (problem := prose_problem(cleaned, min_words=0)) is not None:
+                return cleaned, problem
+        cleaned = clean_paragraph(text)
+        problem = prose_problem(
+            cleaned, min_words=_MIN_PARAGRAPH_WORDS, instructions=INSTRUCTION_TEXTS
+        )
+        return cleaned, problem
+
+    async def _stream(self, prose: Prompt, params: SamplingParams) -> AsyncIterator[str]:
+        """The prose call's text as it arrives, by the writer's prompt style (``auto`` moves to
+        completion once the backend refuses chat for want of a chat template)."""
+        if self.style == "chat":
+            try:
+                async for delta in self.llm.stream_chat(prose.messages, params):
+                    if delta.index == 0:
+                        yield delta.text
+                return
+            except RequestRejected as err:
+                if self.config.prompt_style != "auto" or "chat template" not in str(err):
+                    raise
+                log.info("%s has no chat template: writing by continuation", self.llm.model)
+                self.style = "completion"
+        async for delta in self.llm.stream_complete(as_continuation(prose), params):
+            if delta.index == 0:
+                yield delta.text
+
+    async def _notes(
+        self, context: str, memory_before: str, paragraph: str, mode: str, on_progress: OnProgress
+    ) -> tuple[StepNotes, Prompt]:
+        """The memory update, three plans (or actions) and bible suggestions after
+        ``paragraph``: up to ``attempts`` fresh tries, each validated as content."""
+        plans = PLANS["interactive" if mode == "interactive" else "novel"]
+        body = (
+            f"{context}\n\nWhat the reader had to keep in mind:\n{memory_before or '(nothing yet)'}"
+            f"\n\nThe newest paragraph:\n{paragraph}\n\n{NOTES_ASK.format(plans=plans)}"
+        )
+        prompt = Prompt(
+            [ChatMessage("system", NOTES), ChatMessage("user", body)],
+            {"notes": len(words(body))},
+        )
+        problem = "the notes were unusable"
+        for attempt in range(1, self.config.attempts + 1):
+            on_progress(Progress("notes", paragraph, attempt))
+            try:
+                notes = None
+                if self.style == "chat":
+                    notes = await self._structured(
+                        prompt.messages, StepNotes, self.config.notes_tokens
+                    )
+                if notes is None:
+                    notes = await self._notes_by_fields(context, memory_before, paragraph)
+            except StructuredOutputError as err:
+                problem = "the model did not answer in the notes' format"
+                log.info("notes try %d failed: %s", attempt, err)
+                continue
+            found = notes_problem(notes)
+            if found is None:
+                return clean_notes(notes), prompt
+            problem = found
+            log.info("notes try %d discarded: %s", attempt, problem)
+        raise StepFailed(
+            f"The model could not update the memory and plans ({problem}); nothing was "
+            f"stored. {_RETRY}"
+        )
+
+    async def _notes_by_fields(self, context: str, before: str, paragraph: str) -> StepNotes:
+        """Notes for a base model (no chat template): each field a short continuation."""
+        lead = f"{context}\n\nStory so far:\n{tail(paragraph, 300, lambda t: len(t.split()))}\n\n"
+        memory = await self._field(f"{lead}Summary of the story so far:", 90)
+        plans = [
+            await self._field(f"{lead}Summary: {memory}\nWhat happens next, idea {i}:", 40)
+            for i in (1, 2, 3)
+        ]
+        return StepNotes(
+            short_term_memory=memory or "-",
+            reason="rewritten after the newest paragraph",
+            plans=[p or "-" for p in plans],
+        )
+
+    async def _field(self, prompt: str, max_tokens: int) -> str:
+        params = replace(self.config.sampling(max_tokens), stop=("\n",))
+        completion = await self.llm.complete(prompt, params)
+        return completion.text.strip()
+
+    async def _structured(
+        self, messages: Sequence[ChatMessage], schema: type[Any], max_tokens: int
+    ) -> Any:
+        """A validated reply, or None once the backend says the model has no chat template
+        (``auto`` style: the writer moves to completion, and the caller asks field by field)."""
+        try:
+            return await self.llm.generate_json(messages, schema, self.config.sampling(max_tokens))
+        except RequestRejected as err:
+            if self.config.prompt_style != "auto" or "chat template" not in str(err):
+                raise
+            log.info("%s has no chat template: writing by continuation", self.llm.model)
+            self.style = "completion"
+            return None
+
     # -- the prompt -------------------------------------------------------------------------
+
+    def _context(self, story: Story, memory: EpisodicMemory) -> str:
+        outline = clip(story.outline, self.config.outline_tokens, memory.count_tokens)
+        return f"Title: {story.title}\nGenre: {story.genre}\nOutline: {outline}"
 
     async def prompt(
         self, story: Story, parent: StoryNode, instruction: str, memory: EpisodicMemory
     ) -> Prompt:
-        """The step's prompt, every part within its budget (so bounded in story length)."""
+        """The paragraph's prompt, every part within its budget (so bounded in story length)."""
         config, count = self.config, memory.count_tokens
         # The ancestors' events: the parent's paragraph is in the prompt already.
         timeline = await self._timeline(story.id, parent.parent_id, memory)
@@ -363,32 +674,50 @@ class RecurrentWriter(StoryTree):
             self.stories.entries(story.id), f"{instruction}\n{last}", config.bible_tokens, count
         )
         parts = {
-            "story": f"Title: {story.title}\nGenre: {story.genre}\nOutline: "
-            + clip(story.outline, config.outline_tokens, count),
+            "story": self._context(story, memory),
             "short-term memory": clip(parent.short_term_memory, config.short_term_tokens, count),
             "story bible": "\n".join(f"- {e.name} ({e.kind}): {e.text}" for e in bible),
             "recalled events": "\n---\n".join(r.text.strip() for r in recalled),
             "last paragraph": last,
             "instruction": instruction,
         }
-        ask = "Reader's action" if story.mode == "interactive" else "Plan for the next paragraph"
-        body = "\n\n".join(
+        ask = "The reader's action" if story.mode == "interactive" else "What happens next"
+        context = "\n\n".join(
             [
-                f"{parts['story']}",
-                f"Short-term memory:\n{parts['short-term memory']}",
+                parts["story"],
+                f"What the reader must keep in mind:\n{parts['short-term memory']}",
                 *([f"Story bible:\n{parts['story bible']}"] if bible else []),
                 *([f"Earlier events:\n{parts['recalled events']}"] if recalled else []),
-                f"Last paragraph:\n{last}",
-                f"{ask}:\n{instruction}",
-                f"Write the next paragraph (about {config.paragraph_tokens} tokens at most), "
-                "rewrite the short-term memory (say why it changed), and give three different "
-                "plans for the paragraph after it.",
             ]
         )
         system = INTERACTIVE if story.mode == "interactive" else NOVEL
-        sizes = {name: count(text) for name, text in parts.items()}
-        sizes["instructions"] = count(system) + count(body) - sum(sizes.values())
-        return Prompt([ChatMessage("system", system), ChatMessage("user", body)], sizes)
+        return self._prose_prompt(
+            system,
+            context,
+            last,
+            f"{ask}: {instruction}\n\n{PROSE_ASK.format(words=self._words())}",
+            {name: count(text) for name, text in parts.items()},
+            count,
+        )
+
+    @staticmethod
+    def _prose_prompt(
+        system: str,
+        context: str,
+        last: str,
+        ask: str,
+        sizes: dict[str, int],
+        count: Callable[[str], int] = lambda text: len(text.split()),
+    ) -> Prompt:
+        """Messages for the prose call: the context, the story's end, then what to write."""
+        ending = f"The story so far ends:\n{last}\n\n" if last else ""
+        body = f"{context}\n\n{ending}{ask}"
+        sizes = dict(sizes)
+        sizes["instructions"] = max(0, count(system) + count(body) - sum(sizes.values()))
+        continuation = f"{context}\n\n{ask}\n\n{last}\n\n" if last else f"{context}\n\n{ask}\n\n"
+        return Prompt(
+            [ChatMessage("system", system), ChatMessage("user", body)], sizes, continuation
+        )
 
     # -- long-term memory ---------------------------------------------------------------------
 
@@ -466,12 +795,97 @@ class RecurrentWriter(StoryTree):
         done = await memory.ingest(paragraph, name="paragraph")
         return [e.id for e in done.episodes]
 
-    def _params(self) -> SamplingParams:
-        return SamplingParams(
-            max_tokens=_reply_tokens(self.config),
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
+
+_RETRY = "Nothing was stored; press Regenerate to try again."
+
+_LABEL = re.compile(
+    r"^\s*(?:#+\s*|\*\*)?(?:(?:the\s+)?(?:next\s+|opening\s+)?paragraph(?:\s*\d+)?|plan\s*\d*|"
+    r"option\s*\d*|action\s*\d*|short[- ]term memory|memory|summary|title|outline|"
+    r"here(?:'s| is)[^:\n]{0,60})\s*:\**\s*",
+    re.IGNORECASE,
+)
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
+
+
+def clean_paragraph(text: str) -> str:
+    """The paragraph as shown and stored: surrounding space and a leading label or preamble
+    ("Here is the next paragraph:", "Paragraph 3:") removed. Applied to the text so far on
+    every streamed piece, so what is shown is always what would be stored."""
+    return _LABEL.sub("", text.lstrip(), count=1).strip()
+
+
+def _clean_line(text: str) -> str:
+    return _LABEL.sub("", _BULLET.sub("", text.strip(), count=1), count=1).strip().strip('"')
+
+
+def clean_notes(notes: StepNotes) -> StepNotes:
+    """Notes without the labels and numbering a model puts around them; bible suggestions that
+    are not real entries dropped (they are only suggestions)."""
+    bible = [
+        item
+        for item in notes.bible
+        if words(item.name)
+        and prose_problem(item.text, min_words=2, instructions=INSTRUCTION_TEXTS) is None
+        and prose_problem(item.name, min_words=1, instructions=INSTRUCTION_TEXTS) is None
+    ]
+    return StepNotes(
+        short_term_memory=_clean_line(notes.short_term_memory),
+        reason=_clean_line(notes.reason),
+        plans=[_clean_line(plan) for plan in notes.plans],
+        bible=[BibleItem(kind=b.kind, name=_clean_line(b.name), text=b.text) for b in bible],
+    )
+
+
+def notes_problem(notes: StepNotes) -> str | None:
+    """Why the notes cannot be stored (checked after :func:`clean_notes`), or None."""
+    notes = clean_notes(notes)
+    memory = prose_problem(notes.short_term_memory, min_words=_MIN_MEMORY_WORDS,
+                           instructions=INSTRUCTION_TEXTS, what="short-term memory")  # fmt: skip
+    if memory is not None:
+        return memory
+    if notes.reason and echoes_instructions(notes.reason):
+        return "the memory's reason repeated the instructions"
+    return plans_problem(notes.plans, instructions=INSTRUCTION_TEXTS)
+
+
+def echoes_instructions(text: str) -> bool:
+    return prose_problem(text, min_words=0, instructions=INSTRUCTION_TEXTS) is not None
+
+
+def check_opening(genre: str, premise: str, mode: str) -> None:
+    """Refuse a story that cannot start, before any model loads: the limits are named."""
+    if not isinstance(genre, str) or not isinstance(premise, str):
+        raise InvalidRecord("a story needs a genre and a premise, both text")
+    if not genre.strip() or not premise.strip():
+        raise InvalidRecord("a story needs a genre and a premise; give both")
+    if len(genre) > GENRE_CHARS:
+        raise InvalidRecord(f"the genre has {len(genre)} characters; the most is {GENRE_CHARS}")
+    if len(premise) > PREMISE_CHARS:
+        raise InvalidRecord(
+            f"the premise has {len(premise)} characters; the most is {PREMISE_CHARS}: "
+            "shorten it, or import the text as a manuscript instead"
         )
+    if not words(premise):
+        raise InvalidRecord("the premise holds no words; describe the story in a sentence or two")
+    if mode not in ("novel", "interactive"):
+        raise InvalidRecord(f"mode {mode!r} is not 'novel' or 'interactive'")
+
+
+def as_continuation(prompt: Prompt) -> str:
+    """The prose prompt as raw text for a base model (no chat template): the context, the
+    instruction, then the story's end, so the model's continuation is the next paragraph."""
+    return prompt.continuation or "\n\n".join(m.content for m in prompt.messages) + "\n\n"
+
+
+@asynccontextmanager
+async def _deadline(seconds: float) -> AsyncIterator[None]:
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as err:
+        raise StepFailed(
+            f"The model took longer than {seconds:.0f} s, so the step was stopped. {_RETRY}"
+        ) from err
 
 
 def story_text(stories: SqlStoryStore, story_id: int, node_id: int | None = None) -> str:
@@ -483,9 +897,10 @@ def story_text(stories: SqlStoryStore, story_id: int, node_id: int | None = None
 
 
 __all__: Sequence[str] = [
+    "Progress",
     "RecurrentWriter",
-    "StartReply",
-    "StepReply",
+    "StepFailed",
+    "StepNotes",
     "StoryTree",
     "WriterConfig",
     "story_text",

@@ -424,13 +424,17 @@ class SqlStoryStore:
         story_id: int,
         node_id: int,
         *,
+        paragraph: str | None = None,
         short_term_memory: str | None = None,
         plans: Sequence[str] | None = None,
         episode_ids: Sequence[int] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> StoryNode:
-        """Edit a node's memory fields (None keeps a field; ``metadata`` replaces the mapping)."""
+        """Edit a node's memory fields or its paragraph (None keeps a field; ``metadata``
+        replaces the mapping). The writer keeps earlier paragraphs in the metadata."""
         values: dict[str, Any] = {}
+        if paragraph is not None:
+            values["paragraph"] = _string(paragraph, "the paragraph", required=True)
         if short_term_memory is not None:
             values["short_term_memory"] = _string(short_term_memory, "short_term_memory")
         if plans is not None:

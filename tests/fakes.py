@@ -14,13 +14,19 @@ import numpy.typing as npt
 from serving.llm import (
     GREEDY,
     ChatMessage,
+    Choice,
     Completion,
     OnText,
     SamplingParams,
     Schema,
     StreamDelta,
 )
+from serving.errors import RequestRejected
 from serving.structured import validated
+
+
+def _completion(text: str) -> Completion:
+    return Completion("scripted", (Choice(0, text, "stop"),), 0, len(text.split()))
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -61,14 +67,23 @@ Reply = Callable[[str, int], str]
 
 
 class ScriptedLLM:
-    """The LLM Protocol's JSON path: raw replies from a script, validated by the real repair
-    loop (``serving.structured.validated``). The other methods are not scripted and raise."""
+    """The LLM Protocol from a script: ``reply(last user message, call number)`` is the raw text
+    of every call. JSON goes through the real repair loop (``serving.structured.validated``);
+    chat and completion stream the reply in pieces of 7 characters, as a server would.
+    ``prompts`` records each call's last user message (or the raw prompt)."""
 
     model = "scripted"
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, *, chat_template: bool = True) -> None:
         self.reply = reply
+        self.chat_template = chat_template
         self.prompts: list[str] = []
+        self.params: list[SamplingParams] = []
+
+    def _next(self, text: str, params: SamplingParams) -> str:
+        self.prompts.append(text)
+        self.params.append(params)
+        return self.reply(text, len(self.prompts))
 
     async def generate_json(
         self,
@@ -78,10 +93,13 @@ class ScriptedLLM:
         *,
         on_text: OnText | None = None,
     ) -> Schema:
+        self._refuse_chat()
+
         async def generate(conversation: Sequence[ChatMessage]) -> str:
-            self.prompts.append(conversation[-1].content)
+            self.prompts.append(conversation[-1].content)  # a repair request, after the first
+            self.params.append(params)
             reply = self.reply(messages[-1].content, len(self.prompts))
-            if on_text is not None:  # streamed in pieces of 7 characters, as a server would
+            if on_text is not None:
                 for end in range(7, len(reply) + 7, 7):
                     on_text(reply[:end])
                     await asyncio.sleep(0)
@@ -89,23 +107,38 @@ class ScriptedLLM:
 
         return await validated(generate, messages, schema)
 
+    def _refuse_chat(self) -> None:
+        if not self.chat_template:
+            raise RequestRejected("the model 'scripted' has no chat template; use completions")
+
+    async def _pieces(self, text: str, params: SamplingParams) -> AsyncIterator[StreamDelta]:
+        reply = self._next(text, params)
+        for start in range(0, len(reply), 7):
+            await asyncio.sleep(0)
+            yield StreamDelta(0, reply[start : start + 7])
+        yield StreamDelta(0, "", "stop")
+
     async def chat(
         self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
     ) -> Completion:
-        raise NotImplementedError
+        self._refuse_chat()
+        return _completion(self._next(messages[-1].content, params))
 
     async def complete(self, prompt: str, params: SamplingParams = GREEDY) -> Completion:
-        raise NotImplementedError
+        return _completion(self._next(prompt, params))
 
-    def stream_chat(
+    async def stream_chat(
         self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
     ) -> AsyncIterator[StreamDelta]:
-        raise NotImplementedError
+        self._refuse_chat()
+        async for delta in self._pieces(messages[-1].content, params):
+            yield delta
 
-    def stream_complete(
+    async def stream_complete(
         self, prompt: str, params: SamplingParams = GREEDY
     ) -> AsyncIterator[StreamDelta]:
-        raise NotImplementedError
+        async for delta in self._pieces(prompt, params):
+            yield delta
 
     async def token_logprobs(self, text: str) -> list[Any]:
         raise NotImplementedError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +18,6 @@ from memory.errors import InvalidRecord
 from memory.segmentation import SegmenterConfig
 from memory.segmenters import FixedSegmenter
 from memory.stories import SqlStoryStore
-from serving.errors import StructuredOutputError
 from tests.fakes import HashEmbedder, ScriptedLLM
 
 T = TypeVar("T")
@@ -27,33 +27,49 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
-def step_reply(paragraph: str, memory: str = "The hero is at sea.") -> str:
+FRAME = json.dumps(
+    {"title": "The Salt Road", "outline": "A courier crosses the desert with a sealed letter."}
+)
+OPENING = (
+    "Mara left the oasis at dawn with the sealed letter, and the dunes rose before her like "
+    "the waves of a frozen sea."
+)
+PLANS = ["She meets a caravan at the well.", "A storm rises from the south.", "She opens the letter."]
+
+
+def notes(
+    memory: str = "The hero is at sea with the sealed letter.",
+    plans: list[str] | None = None,
+    bible: list[dict[str, str]] | None = None,
+) -> str:
     return json.dumps(
         {
-            "paragraph": paragraph,
-            "memory_update": {"reason": "new events", "short_term_memory": memory},
-            "plans": ["Go north.", "Go south.", "Wait for dawn."],
+            "short_term_memory": memory,
+            "reason": "new events",
+            "plans": PLANS if plans is None else plans,
+            "bible": bible or [],
         }
     )
 
 
-START = json.dumps(
-    {
-        "title": "The Salt Road",
-        "outline": "A courier crosses the desert with a sealed letter.",
-        "paragraphs": ["Mara left the oasis at dawn with the sealed letter."],
-        "short_term_memory": "Mara carries a sealed letter across the desert.",
-        "plans": ["She meets a caravan.", "A storm rises.", "She opens the letter."],
-    }
-)
+def instruction_of(user: str) -> str:
+    found = re.search(r"(?:What happens next|The reader's action): (.*?)\n\nWrite the next", user,
+                      re.S)  # fmt: skip
+    return found.group(1).strip() if found else ""
 
 
 def echo(user: str, call: int) -> str:
-    """Start, then a paragraph that names the instruction it was given."""
-    if "Start the story" in user:
-        return START
-    instruction = user.split(":\n")[-1].split("\n\nWrite the next")[0].strip()
-    return step_reply(f"Step {call}. Following '{instruction}', the journey went on.")
+    """A story: its frame, an opening, notes, and paragraphs that name their instruction."""
+    if "Give the story a title" in user:
+        return FRAME
+    if "Rewrite the notes" in user:
+        return notes()
+    if "opening paragraph" in user:
+        return OPENING
+    return (
+        f"Step {call}. Following '{instruction_of(user)}', the journey went on across the "
+        "dunes for many more long days."
+    )
 
 
 def writer_for(
@@ -72,10 +88,10 @@ def test_start_then_steps_grow_one_branch(store: MemoryStore) -> None:
     writer = writer_for(store, ScriptedLLM(echo))
     story, root = run(writer.start("story-1", genre="adventure", premise="A courier and a letter."))
     assert story.title == "The Salt Road" and story.head_node_id == root.id
-    assert len(root.plans) == 3 and root.episode_ids
+    assert root.paragraph == OPENING and root.plans == tuple(PLANS) and root.episode_ids
     node = run(writer.step(story.id, plan="She meets a caravan."))
     assert node.parent_id == root.id and "She meets a caravan." in node.paragraph
-    assert node.short_term_memory == "The hero is at sea."
+    assert node.short_term_memory == "The hero is at sea with the sealed letter."
     parts = node.prompt["parts"]
     assert set(parts) >= {"short-term memory", "last paragraph", "instruction", "instructions"}
     assert all(p["tokens"] >= 0 for p in parts.values())
@@ -93,7 +109,7 @@ def test_branches_never_see_each_other(store: MemoryStore) -> None:
     other = run(writer.step(story.id, plan="A storm rises."))
     assert other.parent_id == root.id
     run(writer.step(story.id, plan="The dunes again."))
-    assert "ZEBRA" not in llm.prompts[-1]  # the sibling branch's paragraphs are not recalled
+    assert "ZEBRA" not in llm.prompts[-2]  # the sibling branch's paragraphs are not recalled
     writer.switch(story.id, first.id)
     assert "ZEBRA" in writer.text(story.id)
     writer.switch(story.id, root.id)
@@ -109,7 +125,7 @@ def test_recall_brings_back_an_early_event_on_the_branch(store: MemoryStore) -> 
     for i in range(6):
         run(writer.step(story.id, plan=f"Walk day {i}."))
     run(writer.step(story.id, plan="Mara takes out the brass compass from the lighthouse keeper."))
-    assert "Earlier events" in llm.prompts[-1] and "brass compass" in llm.prompts[-1]
+    assert "Earlier events" in llm.prompts[-2] and "brass compass" in llm.prompts[-2]
 
 
 def test_regenerate_is_a_sibling_with_the_same_plan(store: MemoryStore) -> None:
@@ -129,25 +145,9 @@ def test_edited_memory_is_what_the_next_step_reads(store: MemoryStore) -> None:
     story, root = run(writer.start("story-1", genre="adventure", premise="A courier."))
     writer.edit_memory(story.id, root.id, "Mara secretly fears the sea.")
     run(writer.step(story.id, plan="Go on."))
-    assert "Mara secretly fears the sea." in llm.prompts[-1]
+    assert "Mara secretly fears the sea." in llm.prompts[-2]
     with pytest.raises(InvalidRecord, match="empty"):
         writer.edit_memory(story.id, root.id, "  ")
-
-
-def test_malformed_reply_is_repaired_and_hostile_one_changes_nothing(store: MemoryStore) -> None:
-    replies = {2: 'Sure! Here is the paragraph: {"paragraph": ', 3: step_reply("Fixed.")}
-    llm = ScriptedLLM(lambda user, call: START if call == 1 else replies[call])
-    writer = writer_for(store, llm)
-    story, _ = run(writer.start("story-1", genre="adventure", premise="A courier."))
-    node = run(writer.step(story.id, plan="Go on."))
-    assert node.paragraph == "Fixed." and len(llm.prompts) == 3
-    hostile = ScriptedLLM(lambda user, call: '{"paragraph": 5, "plans": "DROP TABLE stories"}')
-    writer = writer_for(store, hostile)
-    before = writer.stories.tree(story.id)
-    with pytest.raises(StructuredOutputError):
-        run(writer.step(story.id, plan="Go on."))
-    assert writer.stories.tree(story.id) == before
-    assert writer.stories.get(story.id).head_node_id == node.id
 
 
 def test_interactive_mode_answers_the_readers_action(store: MemoryStore) -> None:
@@ -157,7 +157,8 @@ def test_interactive_mode_answers_the_readers_action(store: MemoryStore) -> None
                                 mode="interactive"))  # fmt: skip
     node = run(writer.step(story.id, action="I try the door handle."))
     assert "I try the door handle." in node.paragraph
-    assert "Reader's action" in llm.prompts[-1]
+    assert "The reader's action: I try the door handle." in llm.prompts[-2]  # then the notes
+    assert "actions the reader could take next" in llm.prompts[-1]
 
 
 def test_bible_entries_mentioned_are_in_the_prompt(store: MemoryStore) -> None:
@@ -169,8 +170,8 @@ def test_bible_entries_mentioned_are_in_the_prompt(store: MemoryStore) -> None:
     writer.stories.upsert_entry(story.id, kind="place", name="Qasr",
                                 text="A ruined fortress on the salt flats.")  # fmt: skip
     run(writer.step(story.id, plan="Idris appears at the well."))
-    assert "one-eyed caravan master" in llm.prompts[-1]
-    assert "ruined fortress" not in llm.prompts[-1]
+    assert "one-eyed caravan master" in llm.prompts[-2]  # the paragraph's prompt
+    assert "ruined fortress" not in llm.prompts[-2]
 
 
 @pytest.mark.slow
@@ -178,9 +179,15 @@ def test_prompt_stays_bounded_over_500_steps(tmp_path: Path) -> None:
     database = Database(f"sqlite:///{tmp_path / 'w.db'}")
     database.upgrade()
     store, _ = MemoryStore.open(database, ChromaVectorIndex(path=tmp_path / "c"), HashEmbedder())
-    long = " ".join(["The caravan moved through the endless dunes under a white sun."] * 12)
-    llm = ScriptedLLM(lambda user, call: START if call == 1 else step_reply(
-        f"{long} Day {call}.", memory=" ".join(["Mara remembers everything."] * 80)))  # fmt: skip
+    long = " ".join(f"dune{i} sand{i * 7}" for i in range(100))  # long, and no loop
+    memory = " ".join(f"Mara remembers day {i}." for i in range(80))
+
+    def reply(user: str, call: int) -> str:
+        if "Rewrite the notes" in user:
+            return notes(memory[:1150])
+        return echo(user, call) if "Give the story" in user else f"{long} Day {call}."
+
+    llm = ScriptedLLM(reply)
     config = WriterConfig()
     writer = writer_for(store, llm, config)
     story, _ = run(writer.start("long", genre="adventure", premise="A courier."))

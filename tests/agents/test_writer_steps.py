@@ -12,7 +12,7 @@ import pytest
 from agents.writer import WriterConfig
 from memory import MemoryStore
 from memory.errors import InvalidRecord
-from tests.agents.test_writer import echo, run, step_reply, writer_for
+from tests.agents.test_writer import echo, run, writer_for
 from tests.fakes import ScriptedLLM
 
 
@@ -23,7 +23,9 @@ def test_paragraph_streams_as_it_is_written(store: MemoryStore) -> None:
     async def scenario() -> str:
         story, _ = await writer.start("story-1", genre="adventure", premise="A courier.")
         node = await writer.step(
-            story.id, plan='Mara says "hello"\nand waves.', on_paragraph=seen.append
+            story.id,
+            plan='Mara says "hello"\nand waves.',
+            on_progress=lambda p: seen.append(p.paragraph) if p.phase == "paragraph" else None,
         )
         await writer.settle()
         return node.paragraph
@@ -31,7 +33,7 @@ def test_paragraph_streams_as_it_is_written(store: MemoryStore) -> None:
     paragraph = run(scenario())
     assert len(seen) > 3  # several growing pieces, not one final answer
     assert all(b.startswith(a) for a, b in itertools.pairwise(seen))
-    assert seen[-1] == paragraph and '"hello"\nand waves.' in paragraph  # escapes decoded
+    assert seen[-1] == paragraph and '"hello"\nand waves.' in paragraph  # what streamed is kept
 
 
 def test_a_cancelled_step_stores_nothing(store: MemoryStore) -> None:
@@ -42,7 +44,7 @@ def test_a_cancelled_step_stores_nothing(store: MemoryStore) -> None:
         story, _ = await writer.start("story-1", genre="adventure", premise="A courier.")
         before = len(writer.stories.tree(story.id))
         task = asyncio.create_task(
-            writer.step(story.id, plan="Go on.", on_paragraph=lambda _: started.set())
+            writer.step(story.id, plan="Go on.", on_progress=lambda _: started.set())
         )
         await started.wait()  # the paragraph is streaming: cancel it mid-way
         task.cancel()
@@ -67,7 +69,7 @@ def test_new_paragraphs_are_remembered_in_the_background(store: MemoryStore) -> 
             await writer.step(story.id, plan=f"Walk day {i}, thinking of the brass compass.")
         await writer.settle()
         path = writer.stories.path(story.id, writer.stories.get(story.id).head_node_id or 0)
-        return pending, [len(n.episode_ids) for n in path], llm.prompts[-1]
+        return pending, [len(n.episode_ids) for n in path], llm.prompts[-2]
 
     pending, counts, last_prompt = run(scenario())
     assert pending == []  # not stored before the step returned ...
@@ -122,10 +124,13 @@ class LengthReranker:
 
 
 def test_reranking_keeps_the_best_of_several_drafts(store: MemoryStore) -> None:
+    short = "A short paragraph of twelve words in which the caravan reaches the well."
+    longer = short + " Then the night came down over the dunes, cold and full of stars."
+
     def drafts(user: str, call: int) -> str:
-        if "Start the story" in user:
+        if "Write the next paragraph" not in user:
             return echo(user, call)
-        return step_reply("Short." if call % 3 else "A much longer paragraph than the others.")
+        return longer if call % 3 == 0 else short
 
     reranker = LengthReranker()
     writer = writer_for(store, ScriptedLLM(drafts), WriterConfig(candidates=3))
@@ -138,13 +143,13 @@ def test_reranking_keeps_the_best_of_several_drafts(store: MemoryStore) -> None:
         return node.paragraph, dict(node.metadata)
 
     paragraph, metadata = run(scenario())
-    assert paragraph == "A much longer paragraph than the others."
+    assert paragraph == longer
     ranking = metadata["rerank"]
     assert isinstance(ranking, dict) and ranking["scorer"] == "length"
     assert len(ranking["scores"]) == 3 and ranking["scores"][ranking["chosen"]] == max(
         ranking["scores"]
     )
-    prefix, candidates = reranker.calls[0]
+    prefix, candidates = reranker.calls[-1]  # the step (the opening was drafted 3 times too)
     assert "Mara left the oasis" in prefix and len(candidates) == 3
 
 

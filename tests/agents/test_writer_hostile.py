@@ -1,0 +1,229 @@
+"""The writer against hostile model output: nothing of it is stored, and the failure is clear."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from agents.errors import StepFailed
+from agents.writer import PREMISE_CHARS, Progress, WriterConfig
+from memory import MemoryStore
+from memory.errors import InvalidRecord
+from tests.agents.test_writer import FRAME, OPENING, echo, notes, run, writer_for
+from tests.fakes import ScriptedLLM
+
+LEAKED = (
+    "For a short answer, the requested length of 300 characters should be preserved. "
+    "Reply again with only the corrected JSON object: no prose, no code fences."
+)
+LOOP = " ".join(["The door was red and the door was red and the door was red."] * 12)
+
+
+def hostile_paragraph(text: str):  # type: ignore[no-untyped-def]
+    """A story that starts well; then every paragraph is ``text``."""
+
+    def reply(user: str, call: int) -> str:
+        return text if "Write the next paragraph" in user else echo(user, call)
+
+    return reply
+
+
+def started(store: MemoryStore, llm: ScriptedLLM, config: WriterConfig | None = None):  # type: ignore[no-untyped-def]
+    writer = writer_for(store, llm, config)
+    story, root = run(writer.start("story-1", genre="adventure", premise="A courier and a letter."))
+    return writer, story, root
+
+
+@pytest.mark.parametrize(
+    ("paragraph", "why"),
+    [
+        (LEAKED, "repeated the instructions"),
+        (",", "came back empty"),
+        ("", "came back empty"),
+        (LOOP, "went round in circles"),
+        ("The end came. " * 2 + "Short.", "nearly empty"),
+    ],
+)
+def test_a_bad_paragraph_is_never_stored(store: MemoryStore, paragraph: str, why: str) -> None:
+    llm = ScriptedLLM(echo)
+    writer, story, root = started(store, llm)
+    llm.reply = hostile_paragraph(paragraph)
+    seen: list[Progress] = []
+    with pytest.raises(StepFailed, match=why) as failure:
+        run(writer.step(story.id, plan="Go on.", on_progress=seen.append))
+    assert "Nothing was stored" in str(failure.value) and "Regenerate" in str(failure.value)
+    assert writer.stories.tree(story.id) == [(root.id, None, 0)]
+    assert writer.stories.get(story.id).head_node_id == root.id
+    assert [p.attempt for p in seen if p.phase == "paragraph"][-1] == 2  # two tries, both shown
+    assert any(p.notice.startswith("Try 1 was discarded") for p in seen)
+
+
+def test_a_repetition_loop_is_stopped_while_it_streams(store: MemoryStore) -> None:
+    llm = ScriptedLLM(echo)
+    writer, story, _ = started(store, llm, WriterConfig(attempts=1))
+    llm.reply = hostile_paragraph(LOOP)
+    seen: list[str] = []
+    with pytest.raises(StepFailed):
+        run(writer.step(story.id, on_progress=lambda p: seen.append(p.paragraph)))
+    assert len(seen[-1]) < len(LOOP) / 2  # abandoned early, not generated to the end
+
+
+def test_a_discarded_try_is_shown_and_the_next_one_kept(store: MemoryStore) -> None:
+    llm = ScriptedLLM(echo)
+    writer, story, _ = started(store, llm)
+    good = "Mara reached the well at noon and found the caravan master waiting in the shade."
+    tries = iter([",", good])
+    llm.reply = lambda user, call: (
+        next(tries) if "Write the next paragraph" in user else echo(user, call)
+    )
+    seen: list[Progress] = []
+    node = run(writer.step(story.id, plan="Go on.", on_progress=seen.append))
+    shown = [p for p in seen if p.phase == "paragraph"]
+    assert node.paragraph == good == shown[-1].paragraph  # what streamed last is what is kept
+    assert shown[-1].attempt == 2 and "came back empty" in shown[-1].notice
+
+
+@pytest.mark.parametrize(
+    "bad_notes",
+    [
+        notes(". The response may have been cut off at max_tokens. Keep it shorter."),
+        notes(plans=[",", ",", ","]),
+        notes(plans=["Go north now.", "Go north now.", "Go south now."]),
+        notes(plans=["She goes.", "Reply again with only the corrected JSON object.", "Stop."]),
+        '{"short_term_memory": "Mara is lost", "reason": "x", "plans": ["a"',  # cut off
+        '{"paragraph": 5, "plans": "DROP TABLE stories"}',
+    ],
+)
+def test_bad_notes_store_nothing(store: MemoryStore, bad_notes: str) -> None:
+    llm = ScriptedLLM(echo)
+    writer, story, root = started(store, llm)
+    llm.reply = lambda user, call: bad_notes if "Rewrite the notes" in user else echo(user, call)
+    with pytest.raises(StepFailed, match="could not update the memory and plans") as failure:
+        run(writer.step(story.id, plan="Go on."))
+    assert "Nothing was stored" in str(failure.value)
+    assert "JSON" not in str(failure.value) and "StepNotes" not in str(failure.value)
+    assert writer.stories.tree(story.id) == [(root.id, None, 0)]
+
+
+def test_a_garbage_interactive_opening_creates_no_story(store: MemoryStore) -> None:
+    def comma(user: str, call: int) -> str:
+        if "Give the story a title" in user:
+            return FRAME
+        return notes(",", plans=[",", ",", ","]) if "Rewrite the notes" in user else ","
+
+    llm = ScriptedLLM(comma)
+    writer = writer_for(store, llm)
+    with pytest.raises(StepFailed, match="usable paragraph"):
+        run(writer.start("s", genre="mystery", premise="You wake in a locked room.",
+                         mode="interactive"))  # fmt: skip
+    assert writer.stories.all() == []
+
+
+def test_a_step_past_its_time_limit_fails_and_stores_nothing(store: MemoryStore) -> None:
+    llm = ScriptedLLM(echo)
+    writer, story, root = started(store, llm, WriterConfig(step_timeout_s=0.2))
+
+    async def slow_stream(*args, **kwargs):  # type: ignore[no-untyped-def]
+        yield_ = "Mara walked on. "
+        while True:
+            await asyncio.sleep(0.05)
+            yield type("D", (), {"index": 0, "text": yield_})()
+
+    llm.stream_chat = slow_stream  # type: ignore[method-assign]
+    with pytest.raises(StepFailed, match="longer than 0 s"):
+        run(writer.step(story.id, plan="Go on."))
+    assert writer.stories.tree(story.id) == [(root.id, None, 0)]
+
+
+def test_bad_openings_are_refused_before_any_model_call(store: MemoryStore) -> None:
+    llm = ScriptedLLM(echo)
+    writer = writer_for(store, llm)
+    for genre, premise, why in [
+        ("fantasy", "   ", "give both"),
+        ("", "A dragon.", "give both"),
+        ("fantasy", "x" * (PREMISE_CHARS + 1), f"the most is {PREMISE_CHARS}"),
+        ("f" * 201, "A dragon.", "the most is 200"),
+        ("fantasy", "!!! ???", "no words"),
+    ]:
+        with pytest.raises(InvalidRecord, match=why):
+            run(writer.start("s", genre=genre, premise=premise))
+    assert llm.prompts == []
+
+
+def test_a_base_model_writes_by_continuation(store: MemoryStore) -> None:
+    """No chat template (the tiny pretrained model): prose continues the story's text, and the
+    notes are written field by field; nothing needs JSON."""
+
+    def base(prompt: str, call: int) -> str:
+        if prompt.endswith("Title:"):
+            return " The Salt Road"
+        if prompt.endswith("Outline:"):
+            return " A courier crosses the desert with a sealed letter."
+        if prompt.endswith("Summary of the story so far:"):
+            return " Mara crosses the desert with a sealed letter for the queen."
+        if "idea" in prompt:
+            return f" Mara finds water number {call} in the dunes."
+        return OPENING
+
+    llm = ScriptedLLM(base, chat_template=False)
+    writer = writer_for(store, llm)
+    story, root = run(writer.start("s", genre="adventure", premise="A courier and a letter."))
+    assert writer.style == "completion" and story.title == "The Salt Road"
+    assert root.paragraph == OPENING and len(set(root.plans)) == 3
+    node = run(writer.step(story.id, plan="She finds water."))
+    assert node.paragraph == OPENING and "The story so far ends" not in llm.prompts[-5]
+
+
+def test_bible_suggestions_are_kept_on_the_node(store: MemoryStore) -> None:
+    idris = {"kind": "character", "name": "Idris", "text": "A one-eyed caravan master."}
+    junk = {"kind": "fact", "name": "JSON", "text": "Reply again with only the JSON object."}
+
+    def reply(user: str, call: int) -> str:
+        return notes(bible=[idris, junk]) if "Rewrite the notes" in user else echo(user, call)
+
+    writer, story, _ = started(store, ScriptedLLM(reply))
+    node = run(writer.step(story.id, plan="Idris arrives."))
+    assert node.metadata["bible_suggestions"] == [idris]  # the echo is dropped
+    assert writer.stories.entries(story.id) == []  # only suggested, not accepted
+
+
+def test_editing_a_paragraph_keeps_its_versions_and_re_embeds_it(store: MemoryStore) -> None:
+    writer, story, _ = started(store, ScriptedLLM(echo))
+    node = run(writer.step(story.id, plan="Go on."))
+
+    async def edit() -> tuple[object, list[str]]:
+        await writer.settle()
+        before = writer.stories.node(story.id, node.id)
+        edited = await writer.edit_paragraph(
+            story.id, node.id, "Mara buried the letter under a white stone by the well."
+        )
+        memory = writer.memory_for(story.namespace)
+        texts = [e.text for e in await memory.episodes()]
+        assert edited.metadata["versions"][0]["paragraph"] == before.paragraph
+        assert set(edited.episode_ids).isdisjoint(before.episode_ids)
+        return edited, texts
+
+    edited, texts = run(edit())
+    assert any("white stone" in t for t in texts)
+    assert not any("Following 'Go on.'" in t for t in texts)  # the old text is forgotten
+    with pytest.raises(InvalidRecord, match="cannot be empty"):
+        run(writer.edit_paragraph(story.id, node.id, "  "))
+
+
+def test_leaked_notes_from_a_real_repair_loop_never_reach_the_story(store: MemoryStore) -> None:
+    """The repair loop asks again with a repair request; a model that echoes it is refused."""
+    answers = iter(['{"short_term_memory": ', json.dumps({
+        "short_term_memory": "That reply is not valid JSON for the StepNotes schema.",
+        "reason": "", "plans": ["a plan here", "another plan here", "third plan here"]})])  # fmt: skip
+
+    def reply(user: str, call: int) -> str:
+        if "Rewrite the notes" in user:
+            return next(answers, notes())
+        return echo(user, call)
+
+    writer, story, _ = started(store, ScriptedLLM(echo))
+    writer.llm = ScriptedLLM(reply)
+    node = run(writer.step(story.id, plan="Go on."))
+    assert "JSON" not in node.short_term_memory and node.plans[0].startswith("She meets")
