@@ -258,7 +258,11 @@ class RecurrentWriter(StoryTree):
             context = f"Title: {frame.title}\n{setting}\nOutline: {frame.outline}"
             system = INTERACTIVE if mode == "interactive" else NOVEL
             prose = self._prose_prompt(
-                system, context, "", OPENING_ASK.format(words=self._words()), {"story": count(context)}
+                system,
+                context,
+                "",
+                OPENING_ASK.format(words=self._words()),
+                {"story": count(context)},
             )
             paragraph, ranking = await self._paragraph(prose, "", on_progress)
             notes, notes_prompt = await self._notes(
@@ -611,10 +615,7 @@ class RecurrentWriter(StoryTree):
                 return clean_notes(notes), prompt
             problem = found
             log.info("notes try %d discarded: %s", attempt, problem)
-        raise StepFailed(
-            f"The model could not update the memory and plans ({problem}); nothing was "
-            f"stored. {_RETRY}"
-        )
+        raise StepFailed(f"The model could not update the memory and plans ({problem}). {_RETRY}")
 
     async def _notes_by_fields(self, context: str, before: str, paragraph: str) -> StepNotes:
         """Notes for a base model (no chat template): each field a short continuation."""

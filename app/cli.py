@@ -273,6 +273,9 @@ def ui(
         "true",
         "--browser.gatherUsageStats",
         "false",
+        # Writers get no Deploy button, rerun or clear-cache: Streamlit's developer toolbar.
+        "--client.toolbarMode",
+        "viewer",
     ]
     typer.echo(f"Mneme is at http://{host}:{port}")
     sys.stdout.flush()

@@ -6,6 +6,7 @@ Library errors (``memory``, ``serving``) become user-facing messages only here, 
 
 from __future__ import annotations
 
+from agents.errors import AgentError, StepFailed
 from memory.errors import (
     InvalidQuery,
     InvalidRecord,
@@ -73,9 +74,10 @@ _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (StoreError, EXIT_STORE),
     (ModelNotAvailable, EXIT_MODEL),
     (ServingError, EXIT_MODEL),
+    (StepFailed, EXIT_MODEL),
 )
 
-KNOWN_ERRORS = (MnemeError, StoreError, ServingError)
+KNOWN_ERRORS = (MnemeError, StoreError, ServingError, AgentError)
 
 
 def exit_code(error: Exception) -> int:
@@ -105,6 +107,7 @@ _HTTP_STATUSES: tuple[tuple[type[Exception], int, str], ...] = (
     (ModelNotAvailable, 503, "model_unavailable"),
     (LLMUnavailable, 503, "model_unavailable"),
     (ServingError, 502, "model_error"),
+    (StepFailed, 502, "model_error"),
 )
 
 

@@ -94,6 +94,30 @@ class Settings(BaseSettings):
         default=1,
         description="Paragraph drafts per writer step; above 1 the reranker keeps the best.",
     )
+    writer_temperature: Annotated[float, Field(ge=0.0, le=2.0)] = Field(
+        default=0.8, description="Sampling temperature of the writer's paragraphs and notes."
+    )
+    writer_top_p: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=0.95, description="Nucleus sampling mass of the writer."
+    )
+    writer_min_p: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.05, description="vLLM's min_p for the writer (0 = off)."
+    )
+    writer_repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] = Field(
+        default=1.15, description="vLLM's repetition penalty for the writer (1 = off)."
+    )
+    writer_presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = Field(
+        default=0.0, description="OpenAI's presence penalty for the writer (0 = off)."
+    )
+    writer_frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = Field(
+        default=0.0, description="OpenAI's frequency penalty for the writer (0 = off)."
+    )
+    writer_paragraph_tokens: Annotated[int, Field(ge=16, le=2048)] = Field(
+        default=220, description="Most tokens of one paragraph."
+    )
+    writer_step_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
+        default=180.0, description="Seconds after which a writer step fails (nothing stored)."
+    )
     rerank_scorer: str = Field(
         default="embedder",
         description='Reranker of paragraph drafts: "embedder" (the bundled MiniLM) or a RankGen '

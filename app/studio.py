@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from app.errors import KNOWN_ERRORS
 from app.reading import Reading
 from app.settings import load_settings
+from app.story_runs import StoryRuns
 from app.writing import Writing
 
 T = TypeVar("T")
@@ -44,6 +45,7 @@ class Studio:
     def __init__(self, reading: Reading | None = None) -> None:
         self.reading = reading or Reading(load_settings())
         self._writing: Writing | None = None
+        self._runs: StoryRuns | None = None
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="mneme-ui", daemon=True).start()
 
@@ -52,6 +54,13 @@ class Studio:
         if self._writing is None:
             self._writing = Writing(self.reading)
         return self._writing
+
+    @property
+    def runs(self) -> StoryRuns:
+        """The writer's running steps and openings (they outlive the page that started them)."""
+        if self._runs is None:
+            self._runs = StoryRuns(self.writing)
+        return self._runs
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the studio's loop and wait for it."""

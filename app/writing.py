@@ -13,14 +13,37 @@ import uuid
 import warnings
 from pathlib import Path
 
-from agents.writer import Mode, RecurrentWriter, StoryTree, WriterConfig, story_text
+from agents.writer import (
+    Mode,
+    RecurrentWriter,
+    StoryTree,
+    WriterConfig,
+    check_opening,
+    story_text,
+)
 from app.loaders import load_document
 from app.reading import Reading
+from app.settings import Settings
 from memory.records import Story, StoryNode
 from memory.stories import SqlStoryStore
 from serving.rerank.reranker import Reranker
 
 __all__ = ["Story", "StoryNode", "Writing", "story_namespace"]
+
+
+def writer_config(settings: Settings) -> WriterConfig:
+    """The writer's sampling and limits from the settings (``MNEME_WRITER_*``)."""
+    return WriterConfig(
+        candidates=settings.writer_candidates,
+        temperature=settings.writer_temperature,
+        top_p=settings.writer_top_p,
+        min_p=settings.writer_min_p,
+        repetition_penalty=settings.writer_repetition_penalty,
+        presence_penalty=settings.writer_presence_penalty,
+        frequency_penalty=settings.writer_frequency_penalty,
+        paragraph_tokens=settings.writer_paragraph_tokens,
+        step_timeout_s=settings.writer_step_timeout_s,
+    )
 
 
 def story_namespace(title: str) -> str:
@@ -35,7 +58,7 @@ class Writing:
     def __init__(self, reading: Reading, config: WriterConfig | None = None) -> None:
         self.reading = reading
         self.stories = SqlStoryStore(reading.store.database)
-        self.config = config or WriterConfig(candidates=reading.settings.writer_candidates)
+        self.config = config or writer_config(reading.settings)
         self._writer: RecurrentWriter | None = None
         self.tree = StoryTree(self.stories)
         """Undo, switch, edit memory: the moves that need no model (so no model is loaded)."""
@@ -65,6 +88,7 @@ class Writing:
     async def start(
         self, genre: str, premise: str, mode: Mode = "novel"
     ) -> tuple[Story, StoryNode]:
+        check_opening(genre, premise, mode)  # before the model loads
         return await self.writer.start(story_namespace(premise[:40]), genre=genre,
                                        premise=premise, mode=mode)  # fmt: skip
 

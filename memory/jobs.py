@@ -130,6 +130,23 @@ class SqlJobStore:
             error=error,
         )
 
+    def note(self, job_id: str, payload: Mapping[str, Any]) -> Job:
+        """Replace a running job's payload (what it has produced so far, for others to read);
+        :class:`InvalidRecord` once the job has ended (stopped elsewhere, say)."""
+        return self._move(job_id, (JobStatus.RUNNING.value,), payload=dict(payload))
+
+    def running(self, kind: str, *, namespace_id: int | None = None) -> list[Job]:
+        """Running jobs of ``kind`` (in ``namespace_id``, when given), oldest first."""
+        with self.database.session() as session:
+            query = (
+                select(JobRow)
+                .where(JobRow.kind == kind, JobRow.status == JobStatus.RUNNING.value)
+                .order_by(JobRow.created_at)
+            )
+            if namespace_id is not None:
+                query = query.where(JobRow.namespace_id == namespace_id)
+            return [to_job(row) for row in session.scalars(query)]
+
     def fail_stale(self, older_than: timedelta, now: datetime | None = None) -> list[str]:
         """Fail running jobs with no progress for ``older_than`` (their worker died).
 

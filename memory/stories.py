@@ -394,11 +394,18 @@ class SqlStoryStore:
     ) -> list[str]:
         """Paragraphs ``[start:stop]`` of the path from the root down to ``node_id``, in one
         query that reads only those (a page of a long book, without every step's prompt)."""
+        return [paragraph for _, paragraph in self.steps(story_id, node_id, start, stop)]
+
+    def steps(
+        self, story_id: int, node_id: int, start: int = 0, stop: int | None = None
+    ) -> list[tuple[str, str]]:
+        """(instruction, paragraph) of steps ``[start:stop]`` of the path down to ``node_id``:
+        an interactive story's transcript (the reader's actions and what followed)."""
         if start < 0 or (stop is not None and stop < start):
             raise InvalidRecord(f"paragraphs [{start}:{stop}] is not a range from 0 forwards")
         up = self._ancestors(story_id, node_id)
         query = (
-            select(StoryNodeRow.paragraph)
+            select(StoryNodeRow.instruction, StoryNodeRow.paragraph)
             .join(up, StoryNodeRow.id == up.c.id)
             .order_by(StoryNodeRow.depth)
             .offset(start)
@@ -408,7 +415,7 @@ class SqlStoryStore:
         with self.database.session() as session:
             self._story(session, story_id)  # NotFound naming the story, then the node
             self._node(session, story_id, node_id)
-            return list(session.scalars(query))
+            return [(instruction, paragraph) for instruction, paragraph in session.execute(query)]
 
     def set_head(self, story_id: int, node_id: int) -> Story:
         """Move the writer to ``node_id`` (undo, or switch branch); nothing is deleted."""
@@ -462,6 +469,22 @@ class SqlStoryStore:
                 .order_by(StoryNodeRow.id)
             )
             return [(id_, parent, depth) for id_, parent, depth in rows]
+
+    def previews(self, story_id: int, chars: int = 80) -> list[tuple[int, int | None, str]]:
+        """(id, parent id, the paragraph's first ``chars`` characters) of every node, oldest
+        first: the branch tree with a preview of each node, without reading whole paragraphs."""
+        with self.database.session() as session:
+            self._story(session, story_id)
+            rows = session.execute(
+                select(
+                    StoryNodeRow.id,
+                    StoryNodeRow.parent_id,
+                    func.substr(StoryNodeRow.paragraph, 1, chars),
+                )
+                .where(StoryNodeRow.story_id == story_id)
+                .order_by(StoryNodeRow.id)
+            )
+            return [(id_, parent, preview) for id_, parent, preview in rows]
 
     # -- bible ------------------------------------------------------------------------------
 

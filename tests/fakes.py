@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from serving.errors import RequestRejected
 from serving.llm import (
     GREEDY,
     ChatMessage,
@@ -21,12 +22,12 @@ from serving.llm import (
     Schema,
     StreamDelta,
 )
-from serving.errors import RequestRejected
 from serving.structured import validated
 
 
 def _completion(text: str) -> Completion:
     return Completion("scripted", (Choice(0, text, "stop"),), 0, len(text.split()))
+
 
 _WORD = re.compile(r"[a-z0-9]+")
 

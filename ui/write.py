@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import difflib
+import textwrap
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import numpy as np
 import streamlit as st
 
+from agents.writer import GENRE_CHARS, PREMISE_CHARS
+from app.story_runs import STOPPED
 from app.studio import Studio, current
 from app.writing import Story, StoryNode
+from memory.records import JobStatus
 from ui.uploads import saved
 
 PAGE = 20
 """Paragraphs shown per page of the text."""
+EVENTS_SHOWN = 200
+"""Most events of a branch plotted and listed (its latest)."""
 
 
 def studio() -> Studio:
@@ -32,19 +39,93 @@ def _fail(message: str | None) -> bool:
 def _new_story(s: Studio) -> None:
     with st.sidebar.form("new-story", clear_on_submit=False):
         st.subheader("New story")
-        genre = st.text_input("Genre", value=st.session_state.get("draft-genre", ""))
-        premise = st.text_area("Premise", value=st.session_state.get("draft-premise", ""))
+        genre = st.text_input("Genre", value=st.session_state.get("draft-genre", ""),
+                              max_chars=GENRE_CHARS)  # fmt: skip
+        premise = st.text_area("Premise", value=st.session_state.get("draft-premise", ""),
+                               max_chars=PREMISE_CHARS)  # fmt: skip
         mode = st.radio("Mode", ["novel", "interactive"], horizontal=True)
         if st.form_submit_button("Start"):
             st.session_state["draft-genre"], st.session_state["draft-premise"] = genre, premise
-            with st.spinner("Writing the opening…"):
-                result, error = s.call(
-                    lambda: s.run(s.writing.start(genre, premise, mode))  # type: ignore[arg-type]
-                )
-            if not _fail(error) and result is not None:
-                st.session_state["story"] = result[0].id
-                st.session_state.pop("draft-premise", None)
-                st.rerun()
+            _open(s, genre, premise, str(mode))
+
+
+def _open(s: Studio, genre: str, premise: str, mode: str) -> None:
+    """Start writing a story's opening (bad input is refused before any model loads)."""
+    _, error = s.call(lambda: s.run(s.runs.opening(genre, premise, mode)))  # type: ignore[arg-type]
+    if not _fail(error):
+        st.rerun()
+
+
+def _follow_openings(s: Studio) -> bool:
+    """Show the stories being started, streaming, with Stop; whether one was running."""
+    openings = s.runs.openings()
+    for job in openings:
+        st.subheader(f"Starting a story: {job.payload.get('premise', '')[:80]}")
+        _follow_run(s, job.id, what="opening")
+    return bool(openings)
+
+
+_PHASES = {
+    "queued": "Loading the model…",
+    "frame": "Planning the title and outline…",
+    "paragraph": "Writing the paragraph…",
+    "notes": "Paragraph written. Updating the memory and the plans…",
+    "storing": "Storing…",
+}
+
+
+def _follow_run(s: Studio, job_id: str, *, what: str = "step") -> None:
+    """Stream a run's paragraph until it ends, with Stop; then say what happened."""
+    st.button("Stop writing", on_click=s.runs.stop, args=(job_id,), type="primary",
+              key=f"stop-{job_id}")  # fmt: skip
+    status, box, notice = st.empty(), st.empty(), st.empty()
+    job = s.runs.get(job_id)
+    while job.status in (JobStatus.RUNNING, JobStatus.QUEUED):
+        payload = job.payload
+        attempt = int(payload.get("attempt", 1))
+        tries = f" (try {attempt} of {s.writing.config.attempts})" if attempt > 1 else ""
+        status.caption(_PHASES.get(str(payload.get("phase")), "Writing…") + tries)
+        if payload.get("notice"):
+            notice.info(str(payload["notice"]))
+        text = str(payload.get("paragraph", ""))
+        cursor = " ▌" if payload.get("phase") == "paragraph" else ""
+        box.markdown((text or "…") + cursor)
+        time.sleep(0.2)
+        job = s.runs.get(job_id)
+    if job.status is JobStatus.DONE and job.result:
+        story_id = int(job.result["story_id"])
+        st.session_state["story"] = story_id
+        node = s.writing.stories.node(story_id, int(job.result["node_id"]))
+        st.session_state["notice"] = (
+            f"The story moved on: step {node.depth} was added and is now the head."
+            if what == "step" else "The story has begun."
+        )  # fmt: skip
+        if what == "step":
+            fresh = s.writing.stories.get(story_id)
+            s.writing.stories.update(story_id, metadata={**fresh.metadata, "draft": ""})
+    else:
+        st.session_state["failed"] = {"job": job_id, "what": what, "error": job.error}
+    st.rerun()
+
+
+def _failed(s: Studio, story: Story | None) -> None:
+    """The last run's failure in one sentence, with Regenerate (the same instruction again)."""
+    failed = st.session_state.get("failed")
+    if failed is None:
+        return
+    job = s.runs.get(failed["job"])
+    if failed["error"] == STOPPED:
+        st.info("Stopped: nothing was stored; the plans are as they were.")
+        st.session_state.pop("failed")
+        return
+    st.error(failed["error"] or "The writer stopped; nothing was stored.")
+    if st.button("Regenerate", key="regenerate-failed", type="primary"):
+        st.session_state.pop("failed")
+        payload = job.payload
+        if failed["what"] == "opening":
+            _open(s, str(payload["genre"]), str(payload["premise"]), str(payload["mode"]))
+        elif story is not None:
+            _step(s, story, str(payload.get("instruction", "")))
 
 
 def _import(s: Studio) -> None:
@@ -98,98 +179,83 @@ def _save_draft(s: Studio, story_id: int, key: str) -> None:
     s.writing.stories.update(story_id, metadata={**story.metadata, "draft": st.session_state[key]})
 
 
-def _step(s: Studio, story: Story, instruction: str) -> None:
-    """Start writing the next paragraph: ``instruction`` is a plan, or the reader's action."""
+def _step(s: Studio, story: Story, instruction: str, *, regenerate: int | None = None) -> None:
+    """Start writing the next paragraph: ``instruction`` is a plan, or the reader's action. The
+    step runs on the server: a reload or a second tab finds it and follows it."""
     interactive = story.mode == "interactive"
     plan, action = (None, instruction) if interactive else (instruction, None)
-    _begin(s, story, lambda on: s.writing.writer.step(story.id, plan=plan, action=action,
-                                                      on_paragraph=on))  # fmt: skip
-
-
-def _begin(
-    s: Studio, story: Story, work: Callable[[Callable[[str], None]], Coroutine[Any, Any, StoryNode]]
-) -> None:
-    """Run a step on the studio's loop; the page streams its paragraph (see :func:`_follow`).
-
-    The step survives reruns (typing elsewhere on the page does not stop it); Stop cancels it,
-    and a cancelled step stores nothing."""
-    streamed = {"text": ""}
-    future = s.submit(work(lambda text: streamed.__setitem__("text", text)))
-    st.session_state["generation"] = {"story": story.id, "future": future, "streamed": streamed}
-    st.rerun()
-
-
-def _stop() -> None:
-    generation = st.session_state.get("generation")
-    if generation is not None:
-        generation["future"].cancel()
+    _, error = s.call(lambda: s.run(s.runs.step(story.id, plan=plan, action=action,
+                                                regenerate=regenerate)))  # fmt: skip
+    if not _fail(error):
+        st.rerun()
 
 
 def _follow(s: Studio, story: Story) -> bool:
-    """Show a running step's paragraph as it streams, until it ends; whether one was running."""
-    generation = st.session_state.get("generation")
-    if generation is None or generation["story"] != story.id:
+    """Follow the story's running step, if any (started here, in another tab, or before a
+    reload); whether one was running."""
+    running = s.runs.running(story.id)
+    if running is None:
         return False
-    future, streamed = generation["future"], generation["streamed"]
-    st.button("Stop writing", on_click=_stop, type="primary", key="stop-generation")
-    box = st.empty()
-    with st.spinner("Writing the next paragraph…"):
-        while not future.done():
-            box.markdown((streamed["text"] or "…") + " ▌")
-            time.sleep(0.1)
-    st.session_state.pop("generation", None)
-    _, error = s.outcome(future)
-    if error == "stopped":
-        st.session_state["notice"] = "Stopped: nothing was stored; the plans are as they were."
-    elif error:
-        st.session_state["notice-error"] = error
-    else:
-        fresh = s.writing.stories.get(story.id)
-        s.writing.stories.update(story.id, metadata={**fresh.metadata, "draft": ""})
-    st.rerun()
+    if running.payload.get("instruction"):
+        st.caption(f"Writing: {running.payload['instruction']}")
+    _follow_run(s, running.id)
     return True
 
 
 def _text(s: Studio, story: Story, head: StoryNode) -> None:
-    """The branch's text a page at a time (the last page first), so long books stay fast."""
+    """The branch's text a page at a time (the last page first), so long books stay fast; an
+    interactive story shows the reader's actions in the transcript."""
     count = head.depth + 1  # the nodes from the opening down to the head
     pages = max(1, -(-count // PAGE))
     page = pages
     if pages > 1:
         page = int(st.number_input(f"Page (of {pages})", 1, pages, pages, key=f"page-{head.id}"))
-    shown = s.writing.stories.paragraphs(story.id, head.id, (page - 1) * PAGE, page * PAGE)
+    shown = s.writing.stories.steps(story.id, head.id, (page - 1) * PAGE, page * PAGE)
+    interactive = story.mode == "interactive"
     with st.container(height=420):
-        for paragraph in shown:
+        for instruction, paragraph in shown:
+            if interactive and instruction:
+                st.markdown(f"**▶ You:** *{instruction}*")
             st.write(paragraph)
     st.caption(f"{count} paragraphs, {PAGE} a page")
 
 
 def _writing_loop(s: Studio, story: Story, head: StoryNode) -> None:
     if notice := st.session_state.pop("notice", None):
-        st.info(notice)
-    _fail(st.session_state.pop("notice-error", None))
+        st.success(notice)
     _text(s, story, head)
     if _follow(s, story):
         return
-    st.subheader("What do you do?" if story.mode == "interactive" else "What happens next")
-    columns = st.columns(3)
-    for i, (column, plan) in enumerate(zip(columns, head.plans, strict=False)):
-        edited = column.text_area(f"Option {i + 1}", value=plan, key=f"plan-{head.id}-{i}")
-        if column.button("Write this", key=f"go-{head.id}-{i}"):
-            _step(s, story, edited)
+    _failed(s, story)
+    interactive = story.mode == "interactive"
+    st.subheader("What do you do?" if interactive else "What happens next")
+    if interactive:
+        for i, option in enumerate(head.plans):
+            if st.button(f"▶ {option}", key=f"go-{head.id}-{i}", help="Do this: the story "
+                         "answers with the next paragraph"):  # fmt: skip
+                _step(s, story, option)
+    else:
+        columns = st.columns(3)
+        for i, (column, plan) in enumerate(zip(columns, head.plans, strict=False)):
+            edited = column.text_area(f"Option {i + 1}", value=plan, key=f"plan-{head.id}-{i}")
+            if column.button("Write this", key=f"go-{head.id}-{i}",
+                             help="Write the next paragraph following this plan"):  # fmt: skip
+                _step(s, story, edited)
     own = st.text_input(
-        "Or write your own",
+        "Or do something else" if interactive else "Or write your own",
         value=str(story.metadata.get("draft", "")),
         key=f"own-{head.id}",
         on_change=_save_draft,
         args=(s, story.id, f"own-{head.id}"),
     )
     cols = st.columns(4)
-    if cols[0].button("Write", disabled=not own.strip()):
+    if cols[0].button("Do it" if interactive else "Write", disabled=not own.strip()):
         _step(s, story, own)
-    if cols[1].button("Regenerate", disabled=head.parent_id is None):
-        _begin(s, story, lambda on: s.writing.writer.regenerate(story.id, head.id, on_paragraph=on))
-    if cols[2].button("Undo", disabled=head.parent_id is None):
+    if cols[1].button("Regenerate", disabled=head.parent_id is None,
+                      help="Another take on the last paragraph, as a sibling branch"):  # fmt: skip
+        _step(s, story, head.instruction, regenerate=head.id)
+    if cols[2].button("Undo", disabled=head.parent_id is None,
+                      help="Go back one step (the step stays, as a branch)"):  # fmt: skip
         _, error = s.call(lambda: s.writing.tree.undo(story.id))
         if not _fail(error):
             st.rerun()
@@ -199,15 +265,49 @@ def _writing_loop(s: Studio, story: Story, head: StoryNode) -> None:
         st.download_button("EPUB", s.writing.epub(story.id), f"{story.title}.epub")
 
 
+def _tree_dot(previews: list[tuple[int, int | None, str]], head: int) -> str:
+    """The story tree in Graphviz DOT: each node with its preview; the head highlighted."""
+    lines = ["digraph story {", "rankdir=TB;", 'node [shape=box, style="rounded,filled", '
+             'fillcolor="#f5f5f5", fontsize=10];']  # fmt: skip
+    for node_id, parent, preview in previews:
+        label = textwrap.fill(preview.replace('"', "'").replace("\\", "/"), 28)[:90]
+        color = ', fillcolor="#ffd8a8"' if node_id == head else ""
+        lines.append(f'n{node_id} [label="#{node_id}\\n{label}…"{color}];')
+        if parent is not None:
+            lines.append(f"n{parent} -> n{node_id};")
+    return "\n".join([*lines, "}"])
+
+
 def _branches(s: Studio, story: Story, head: StoryNode) -> None:
-    tree = s.writing.stories.tree(story.id)
-    labels = {nid: f"{'  ' * depth}#{nid} (step {depth})" for nid, _, depth in tree}
-    chosen = st.selectbox("Continue from", list(labels), index=list(labels).index(head.id),
-                          format_func=labels.__getitem__)  # fmt: skip
-    if chosen != head.id and st.button("Switch to this node"):
+    """The Loom view: the whole tree with a preview of each node; continue from any node, and
+    edit a node's paragraph in place (earlier versions are kept)."""
+    previews = s.writing.stories.previews(story.id)
+    st.graphviz_chart(_tree_dot(previews, head.id))
+    labels = {nid: f"#{nid}: {preview[:60]}…" for nid, _, preview in previews}
+    chosen = st.selectbox("Node", list(labels), index=list(labels).index(head.id),
+                          format_func=labels.__getitem__, key="branch-node")  # fmt: skip
+    node = s.writing.stories.node(story.id, chosen)
+    if chosen != head.id and st.button("Continue from here", type="primary"):
         s.writing.tree.switch(story.id, chosen)
+        st.session_state["notice"] = f"Continuing from node #{chosen}."
         st.rerun()
-    st.caption(f"{len(tree)} steps in all, {sum(1 for _, p, _ in tree if p is None)} opening")
+    with st.form(f"edit-{chosen}"):
+        text = st.text_area("Paragraph (edit in place)", value=node.paragraph, height=200)
+        if st.form_submit_button("Save paragraph"):
+            _, error = s.call(
+                lambda: s.run(s.writing.writer.edit_paragraph(story.id, chosen, text))
+            )
+            if not _fail(error):
+                st.session_state["notice"] = f"Saved: node #{chosen} now reads as edited."
+                st.rerun()
+    versions = node.metadata.get("versions", [])
+    if versions:
+        with st.expander(f"Earlier versions ({len(versions)})"):
+            for version in reversed(versions):
+                st.write(version["paragraph"])
+                st.divider()
+    st.caption(f"{len(previews)} steps in all, {sum(1 for _, p, _ in previews if p is None)} "
+               "opening")  # fmt: skip
 
 
 def _diff(old: str, new: str) -> str:
@@ -244,16 +344,41 @@ def _memory(s: Studio, story: Story, head: StoryNode) -> None:
     st.dataframe(rows, hide_index=True)
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def _novelty(texts: tuple[str, ...], _embed: Callable[[list[str]], Any]) -> list[float]:
+    """How new each event is against the one before it: 1 - cosine of their embeddings (the
+    first event counts as wholly new). Events are a story's paragraphs, so this varies."""
+    if not texts:
+        return []
+    vectors = np.asarray(_embed(list(texts)), dtype=np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+    similar = (vectors[1:] * vectors[:-1]).sum(axis=1)
+    return [1.0, *(1.0 - similar).round(4).tolist()]
+
+
 def _events(s: Studio, story: Story, head: StoryNode) -> None:
-    """Long-term memory along this branch: the surprise timeline, search, pin and forget."""
+    """Long-term memory along this branch: its events, how new each one is, search, pin, forget."""
     path = s.writing.stories.path(story.id, head.id)
     timeline = [eid for node in path for eid in node.episode_ids]
     memory = s.reading.story_memory(story.namespace)
     episodes = {e.id: e for e in s.run(memory.episodes())}
-    points = [episodes[eid] for eid in timeline if eid in episodes]
-    if points:
-        st.caption("Novelty of each event along this branch (a new event starts where it spikes)")
-        st.line_chart({"novelty": [e.surprise_mean for e in points]})
+    points = [episodes[eid] for eid in timeline if eid in episodes][-EVENTS_SHOWN:]
+    if not points:
+        st.info("No events yet: each stored paragraph becomes one (a moment after it is written).")
+    else:
+        surprise = [e.surprise_mean for e in points]
+        if max(surprise) - min(surprise) > 1e-6:
+            signal, what = surprise, "surprise (mean -log p of the event's tokens)"
+        else:
+            embed = s.reading.store.embedder.embed
+            signal, what = _novelty(tuple(e.text for e in points), embed), "novelty"
+        st.caption(f"Events along this branch, by {what}: a high point is a turn in the story")
+        st.line_chart({what.split(" ")[0]: signal})
+        st.dataframe(
+            [{"event": e.ordinal, what.split(" ")[0]: round(v, 3), "pinned": e.pinned,
+              "text": e.text[:120]} for e, v in zip(points, signal, strict=True)],
+            hide_index=True,
+        )  # fmt: skip
     query = st.text_input("Search this branch's memory", key="event-query")
     if not query.strip():
         return
@@ -277,7 +402,35 @@ def _events(s: Studio, story: Story, head: StoryNode) -> None:
                     st.rerun()
 
 
-def _bible(s: Studio, story: Story) -> None:
+def _suggestions(s: Studio, story: Story, head: StoryNode) -> None:
+    """The model's proposed bible entries for the last paragraph: accept or dismiss each."""
+    suggested = list(head.metadata.get("bible_suggestions", []))
+    if not suggested:
+        return
+    st.subheader("Suggested entries")
+
+    def keep(rest: list[dict[str, str]]) -> None:
+        node = s.writing.stories.node(story.id, head.id)
+        metadata = {**node.metadata, "bible_suggestions": rest}
+        s.writing.stories.update_node(story.id, head.id, metadata=metadata)
+
+    for i, item in enumerate(suggested):
+        left, accept, dismiss = st.columns([6, 1, 1])
+        left.markdown(f"**{item['name']}** ({item['kind']}): {item['text']}")
+        rest = suggested[:i] + suggested[i + 1 :]
+        if accept.button("Accept", key=f"accept-{head.id}-{i}"):
+            _, error = s.call(lambda item=item: s.writing.stories.upsert_entry(  # type: ignore[misc]
+                story.id, kind=item["kind"], name=item["name"], text=item["text"]))  # fmt: skip
+            if not _fail(error):
+                keep(rest)
+                st.rerun()
+        if dismiss.button("Dismiss", key=f"dismiss-{head.id}-{i}"):
+            keep(rest)
+            st.rerun()
+
+
+def _bible(s: Studio, story: Story, head: StoryNode) -> None:
+    _suggestions(s, story, head)
     st.caption("Entries named in the plan or the last paragraph (or sharing its words) go into "
                "the prompt.")  # fmt: skip
     for entry in s.writing.stories.entries(story.id):
@@ -313,8 +466,11 @@ def main() -> None:
     s = studio()
     _new_story(s)
     _import(s)
+    if _follow_openings(s):
+        return
     story = _pick_story(s)
     if story is None or story.head_node_id is None:
+        _failed(s, None)
         return
     _manage(s, story)
     head = s.writing.stories.node(story.id, story.head_node_id)
@@ -332,6 +488,6 @@ def main() -> None:
     with events:
         _events(s, story, head)
     with bible:
-        _bible(s, story)
+        _bible(s, story, head)
     with budget:
         _budget(head)

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from agents.writer import PREMISE_CHARS
+
 SegmenterName = Literal["auto", "surprise", "embedding", "fixed"]
 JobState = Literal["queued", "running", "done", "failed"]
 DocumentState = Literal["queued", "running", "ready", "failed"]
@@ -42,7 +44,7 @@ Query = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHAR
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS), Clean]
 DocumentBody = Annotated[str, StringConstraints(min_length=1), Clean]
 Genre = Annotated[str, StringConstraints(min_length=1, max_length=200), Clean]
-Premise = Annotated[str, StringConstraints(min_length=1, max_length=4_000), Clean]
+Premise = Annotated[str, StringConstraints(min_length=1, max_length=PREMISE_CHARS), Clean]
 Instruction = Annotated[str, StringConstraints(max_length=2_000), Clean]
 EventText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_EVENT_CHARS), Clean]
 MAX_ID = 2**62
@@ -183,6 +185,20 @@ class StepRequest(Request):
         default=None, description="The reader's action (interactive stories)."
     )
     parent_id: Id | None = Field(default=None, description="Write after this node; default head.")
+
+
+class RunOut(BaseModel):
+    """A writer step while it runs: the paragraph exactly as it has streamed so far."""
+
+    id: str
+    status: Literal["queued", "running", "done", "failed"]
+    phase: str = Field(description="queued, frame, paragraph, notes or storing.")
+    instruction: str
+    paragraph: str = Field(description="The paragraph so far, as it will be stored.")
+    attempt: int
+    notice: str = Field(description="Why an earlier try was discarded, if one was.")
+    error: str | None
+    node_id: int | None = Field(description="The stored node, once the step is done.")
 
 
 class BranchRequest(Request):

@@ -10,6 +10,7 @@ from agents.reader import DocumentReader
 from app.errors import SettingsError
 from app.reading import Reading
 from app.settings import Settings
+from app.story_runs import StoryRuns
 from app.writing import Writing
 from memory import MemoryStore
 from memory.keys import SqlKeyStore, tenant_prefix
@@ -47,6 +48,7 @@ class ApiServices:
         self.settings = settings
         self.reading = reading or Reading(settings)
         self._writing: Writing | None = None
+        self._runs: StoryRuns | None = None
         self._llm_lock = asyncio.Lock()
 
     @property
@@ -66,6 +68,13 @@ class ApiServices:
         if self._writing is None:
             self._writing = Writing(self.reading)
         return self._writing
+
+    @property
+    def runs(self) -> StoryRuns:
+        """The writer's running steps (one per story; visible while they run)."""
+        if self._runs is None:
+            self._runs = StoryRuns(self.writing)
+        return self._runs
 
     async def load_llm(self) -> None:
         """Load the LLM once, off the event loop (a local model takes seconds)."""

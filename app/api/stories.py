@@ -14,6 +14,8 @@ from typing import Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from agents.errors import StepFailed
+from agents.writer import check_opening
 from app.api.auth import Authenticated, Services
 from app.api.errors import ERROR_RESPONSES
 from app.api.schemas import (
@@ -21,6 +23,7 @@ from app.api.schemas import (
     Deleted,
     NodeOut,
     RecordId,
+    RunOut,
     StepRequest,
     StoryCreate,
     StoryList,
@@ -28,8 +31,10 @@ from app.api.schemas import (
 )
 from app.api.services import ApiServices, Caller
 from app.errors import Conflict
+from app.story_runs import STOPPED
 from memory import NotFound, Story, StoryNode
 from memory.errors import InvalidRecord
+from memory.records import Job, JobStatus
 
 router = APIRouter(prefix="/v1", tags=["stories"], responses=ERROR_RESPONSES)
 
@@ -88,14 +93,29 @@ def _node(api: ApiServices, story_id: int, node_id: int) -> StoryNode:
         raise NotFound(f"node {node_id} is not in story {story_id}") from err
 
 
+async def _finished(api: ApiServices, job: Job) -> tuple[int, int]:
+    """Wait for a run; the story and node it stored, or its error (stopped: 409)."""
+    try:
+        job = await api.runs.wait(job.id)
+    except asyncio.CancelledError:  # the client left: the run stops and stores nothing
+        api.runs.stop(job.id)
+        raise
+    if job.status is JobStatus.DONE and job.result:
+        return int(job.result["story_id"]), int(job.result["node_id"])
+    if job.error == STOPPED:
+        raise Conflict("the step was stopped before it finished; nothing was stored")
+    raise StepFailed(job.error or "the writer stopped; nothing was stored")
+
+
 @router.post("/stories", status_code=201, response_model=StoryOut)
 async def create_story(body: StoryCreate, api: Services, caller: Authenticated) -> StoryOut:
     """Start a story from a genre and a premise (title, outline, opening, three plans)."""
+    check_opening(body.genre, body.premise, body.mode)  # before the model loads
     await api.load_llm()
     namespace = f"{caller.stories}{uuid.uuid4().hex}"
-    story, _ = await api.writing.writer.start(
-        namespace, genre=body.genre, premise=body.premise, mode=body.mode
-    )
+    job = await api.runs.opening(body.genre, body.premise, body.mode, namespace=namespace)
+    story_id, _ = await _finished(api, job)
+    story = await asyncio.to_thread(api.writing.stories.get, story_id)
     return await asyncio.to_thread(_story_out, api, story)
 
 
@@ -119,10 +139,46 @@ async def step(
     if body.parent_id is not None:
         await asyncio.to_thread(_node, api, story_id, body.parent_id)
     await api.load_llm()
-    node = await api.writing.writer.step(
-        story_id, plan=body.plan, action=body.action, parent_id=body.parent_id
+    job = await api.runs.step(story_id, plan=body.plan, action=body.action,
+                              parent_id=body.parent_id)  # fmt: skip
+    _, node_id = await _finished(api, job)
+    return node_out(await asyncio.to_thread(api.writing.stories.node, story_id, node_id))
+
+
+def _run_out(job: Job) -> RunOut:
+    payload = job.payload
+    return RunOut(
+        id=job.id,
+        status=job.status.value,
+        phase=str(payload.get("phase", "queued")),
+        instruction=str(payload.get("instruction", "")),
+        paragraph=str(payload.get("paragraph", "")),
+        attempt=int(payload.get("attempt", 1)),
+        notice=str(payload.get("notice", "")),
+        error=job.error,
+        node_id=None if not job.result else int(job.result["node_id"]),
     )
-    return node_out(node)
+
+
+@router.get("/stories/{story_id}/steps/running", response_model=RunOut)
+def running_step(story_id: RecordId, api: Services, caller: Authenticated) -> RunOut:
+    """The step the story is writing now, with its paragraph as streamed so far (404: none)."""
+    _owned(api, caller, story_id)
+    job = api.runs.running(story_id)
+    if job is None:
+        raise NotFound(f"story {story_id} is not writing a step now")
+    return _run_out(job)
+
+
+@router.delete("/stories/{story_id}/steps/running", response_model=RunOut)
+def stop_step(story_id: RecordId, api: Services, caller: Authenticated) -> RunOut:
+    """Stop the running step; nothing of it is stored (404: none is running)."""
+    _owned(api, caller, story_id)
+    job = api.runs.running(story_id)
+    if job is None:
+        raise NotFound(f"story {story_id} is not writing a step now")
+    api.runs.stop(job.id)
+    return _run_out(job)
 
 
 @router.post("/stories/{story_id}/branch", response_model=NodeOut)

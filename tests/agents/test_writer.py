@@ -34,7 +34,11 @@ OPENING = (
     "Mara left the oasis at dawn with the sealed letter, and the dunes rose before her like "
     "the waves of a frozen sea."
 )
-PLANS = ["She meets a caravan at the well.", "A storm rises from the south.", "She opens the letter."]
+PLANS = [
+    "She meets a caravan at the well.",
+    "A storm rises from the south.",
+    "She opens the letter.",
+]
 
 
 def notes(

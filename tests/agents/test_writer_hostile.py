@@ -205,7 +205,7 @@ def test_editing_a_paragraph_keeps_its_versions_and_re_embeds_it(store: MemorySt
         assert set(edited.episode_ids).isdisjoint(before.episode_ids)
         return edited, texts
 
-    edited, texts = run(edit())
+    _, texts = run(edit())
     assert any("white stone" in t for t in texts)
     assert not any("Following 'Go on.'" in t for t in texts)  # the old text is forgotten
     with pytest.raises(InvalidRecord, match="cannot be empty"):
@@ -214,9 +214,12 @@ def test_editing_a_paragraph_keeps_its_versions_and_re_embeds_it(store: MemorySt
 
 def test_leaked_notes_from_a_real_repair_loop_never_reach_the_story(store: MemoryStore) -> None:
     """The repair loop asks again with a repair request; a model that echoes it is refused."""
-    answers = iter(['{"short_term_memory": ', json.dumps({
+    leaked = {
         "short_term_memory": "That reply is not valid JSON for the StepNotes schema.",
-        "reason": "", "plans": ["a plan here", "another plan here", "third plan here"]})])  # fmt: skip
+        "reason": "",
+        "plans": ["a plan here", "another plan here", "third plan here"],
+    }
+    answers = iter(['{"short_term_memory": ', json.dumps(leaked)])
 
     def reply(user: str, call: int) -> str:
         if "Rewrite the notes" in user:

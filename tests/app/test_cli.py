@@ -136,6 +136,40 @@ def test_unwritable_home_and_corrupt_database(tmp_path: Path) -> None:
     assert "Traceback" in debug.stderr
 
 
+# `mneme` with os.execv replaced by a spy that prints, as JSON, the command it would become.
+SPY_ON_EXEC = [
+    sys.executable,
+    "-c",
+    "import json, os; os.execv = lambda path, argv: print(json.dumps(argv)); "
+    "from app.cli import main; main()",
+]
+
+
+def test_ui_hides_the_deploy_button_and_developer_toolbar(tmp_path: Path) -> None:
+    from streamlit.web.cli import main_run
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MNEME_")}
+    environment["MNEME_HOME"] = str(tmp_path / "home")
+    done = subprocess.run(
+        [*SPY_ON_EXEC, "ui", "--port", "8765"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    banner, launched = done.stdout.strip().splitlines()
+    assert banner == "Mneme is at http://127.0.0.1:8765"
+    command = json.loads(launched)
+    assert command[1:4] == ["-m", "streamlit", "run"] and command[4].endswith("home.py")
+    # The installed Streamlit takes every flag (an unknown one would stop `streamlit run`).
+    options = main_run.make_context("run", command[4:]).params
+    assert options["client_toolbarMode"] == "viewer"  # no Deploy, rerun or clear cache
+    assert options["server_port"] == 8765 and options["server_headless"] is True
+
+
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     done = mneme("ui", "--port", "0", home=tmp_path / "home")
     assert done.returncode == 2 and "--port" in done.stderr

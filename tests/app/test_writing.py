@@ -11,7 +11,7 @@ from app.reading import Reading
 from app.settings import load_settings
 from app.writing import Writing, story_namespace
 from memory import MemoryStore
-from tests.agents.test_writer import echo
+from tests.agents.test_writer import echo, notes
 from tests.fakes import ScriptedLLM
 from tests.texts import story
 
@@ -62,16 +62,22 @@ IMPORTED = json.dumps(
     {
         "title": "ignored: the file's title wins",
         "outline": "A lighthouse keeper's long watch.",
-        "short_term_memory": "The keeper waits for the supply boat.",
-        "plans": ["The boat arrives.", "A storm hits.", "The lamp fails."],
         "bible": [{"kind": "character", "name": "Keeper", "text": "Tends the great lens."}],
     }
 )
+IMPORTED_NOTES = notes(
+    "The keeper waits for the supply boat.",
+    plans=["The boat arrives.", "A storm hits the rock.", "The lamp fails at night."],
+)
+
+
+def imported(user: str, call: int) -> str:
+    return IMPORTED_NOTES if "Rewrite the notes" in user else IMPORTED
 
 
 def test_import_a_manuscript_seeds_memory_and_bible(store: MemoryStore, tmp_path: Path) -> None:
     reading = Reading(load_settings(home=tmp_path), store=store,
-                      llm=ScriptedLLM(lambda user, call: IMPORTED))  # fmt: skip
+                      llm=ScriptedLLM(imported))  # fmt: skip
     writing = Writing(reading)
     manuscript = tmp_path / "The Long Watch.md"
     manuscript.write_text(story(30, "\n\n"), encoding="utf-8")  # ~2,000 tokens
@@ -80,8 +86,8 @@ def test_import_a_manuscript_seeds_memory_and_bible(store: MemoryStore, tmp_path
     assert root.short_term_memory == "The keeper waits for the supply boat."
     assert [e.name for e in writing.stories.entries(story_.id)] == ["Keeper"]
     assert store.episodes.count(story_.namespace) == len(root.episode_ids) > 3
-    prompt = root.prompt["messages"][1]["content"]
-    assert "It currently ends" in prompt
+    prompt = root.prompt["notes"]["messages"][1]["content"]
+    assert "The newest paragraph" in prompt and root.paragraph[-200:] in prompt
 
 
 def test_drafts_are_reranked_with_the_configured_scorer(store: MemoryStore, tmp_path: Path) -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
+import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -72,3 +77,77 @@ def test_steps_from_another_storys_node_are_404(client: TestClient, acme: dict[s
         f"/v1/stories/{one['id']}/steps", json={"parent_id": two["head"]["id"]}, headers=acme
     )
     assert answer.status_code == 404
+
+
+def _held(reading: Reading, gate: threading.Event) -> None:
+    """Hold every streamed paragraph after its first piece until ``gate`` opens."""
+    llm = reading.llm
+    original = llm.stream_chat
+
+    async def held(messages, params):  # type: ignore[no-untyped-def]
+        async for delta in original(messages, params):
+            yield delta
+            while not gate.is_set():
+                await asyncio.sleep(0.01)
+
+    llm.stream_chat = held  # type: ignore[method-assign]
+
+
+def _until_running(client: TestClient, story_id: int, headers: dict[str, str]) -> dict[str, Any]:
+    for _ in range(1000):
+        seen = client.get(f"/v1/stories/{story_id}/steps/running", headers=headers)
+        if seen.status_code == 200 and seen.json()["paragraph"]:
+            return dict(seen.json())
+        time.sleep(0.01)
+    raise AssertionError("the step never showed up as running")
+
+
+def test_a_running_step_is_visible_and_a_second_is_refused(
+    client: TestClient, acme: dict[str, str], reading: Reading
+) -> None:
+    story = client.post("/v1/stories", json={"genre": "adventure", "premise": "A courier."},
+                        headers=acme).json()  # fmt: skip
+    steps = f"/v1/stories/{story['id']}/steps"
+    assert client.get(f"{steps}/running", headers=acme).status_code == 404
+    gate = threading.Event()
+    _held(reading, gate)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, steps, json={"plan": "A storm rises."}, headers=acme)
+        running = _until_running(client, story["id"], acme)
+        assert running["status"] == "running" and running["phase"] == "paragraph"
+        assert running["instruction"] == "A storm rises." and running["node_id"] is None
+        second = client.post(steps, json={"plan": "A caravan passes."}, headers=acme)
+        assert second.status_code == 409 and "already writing" in second.json()["error"]["message"]
+        head = client.get(f"/v1/stories/{story['id']}", headers=acme).json()["head"]
+        assert head["id"] == story["head"]["id"]  # the head moves only when the step completes
+        gate.set()
+        done = first.result(timeout=30)
+    assert done.status_code == 201 and "A storm rises." in done.json()["paragraph"]
+    assert done.json()["paragraph"].startswith(running["paragraph"])  # what streamed is kept
+    assert client.get(f"{steps}/running", headers=acme).status_code == 404
+
+
+def test_a_stopped_step_stores_nothing(
+    client: TestClient, acme: dict[str, str], reading: Reading
+) -> None:
+    story = client.post("/v1/stories", json={"genre": "adventure", "premise": "A courier."},
+                        headers=acme).json()  # fmt: skip
+    steps = f"/v1/stories/{story['id']}/steps"
+    _held(reading, threading.Event())  # never opens
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, steps, json={"plan": "A storm rises."}, headers=acme)
+        _until_running(client, story["id"], acme)
+        assert client.delete(f"{steps}/running", headers=acme).status_code == 200
+        stopped = first.result(timeout=30)
+    assert stopped.status_code == 409 and "nothing was stored" in stopped.text
+    head = client.get(f"/v1/stories/{story['id']}", headers=acme).json()["head"]
+    assert head["id"] == story["head"]["id"]
+
+
+def test_a_bad_premise_is_refused_before_the_model(
+    client: TestClient, acme: dict[str, str], reading: Reading
+) -> None:
+    long = client.post("/v1/stories", json={"genre": "fantasy", "premise": "x " * 1500},
+                       headers=acme)  # fmt: skip
+    assert long.status_code == 422 and "2000" in long.text
+    assert reading.llm.prompts == []  # type: ignore[attr-defined]
