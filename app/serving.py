@@ -46,7 +46,8 @@ def serve_torch(
     try:
         embedder = open_embedder(settings)
         scorers = RerankerPool.standard(embedder, folders=settings.scorer_folders)
-        app = create_app(llm, embedder, ServerConfig(api_key=api_key), scorers)
+        server = ServerConfig(api_key=api_key, rerank_scorer=settings.rerank_scorer)
+        app = create_app(llm, embedder, server, scorers)
         log.warning("serving %s on http://%s:%d/v1", llm.model, host, port)
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

@@ -22,6 +22,24 @@ OnText = Callable[[str], None]
 """Called with a reply's text so far while it streams."""
 
 
+def penalty_problems(
+    presence_penalty: float, frequency_penalty: float, repetition_penalty: float, min_p: float
+) -> list[str]:
+    """What is out of range among the anti-repetition knobs (empty when all are valid)."""
+    problems = []
+    if not -2.0 <= presence_penalty <= 2.0:
+        problems.append(f"presence_penalty={presence_penalty} must be in [-2, 2]")
+    if not -2.0 <= frequency_penalty <= 2.0:
+        problems.append(f"frequency_penalty={frequency_penalty} must be in [-2, 2]")
+    if not 0.0 < repetition_penalty <= 10.0:
+        problems.append(
+            f"repetition_penalty={repetition_penalty} must be in (0, 10] (1 = off, > 1 penalises)"
+        )
+    if not 0.0 <= min_p <= 1.0:
+        problems.append(f"min_p={min_p} must be in [0, 1]")
+    return problems
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How to sample; the OpenAI request fields of the same names, with the same meaning."""
@@ -46,6 +64,15 @@ class SamplingParams:
     """Tokens to generate before the end-of-sequence tokens may end a choice (vLLM's field)."""
     ignore_eos: bool = False
     """Never stop at end-of-sequence tokens; only max_tokens and stop strings end a choice."""
+    presence_penalty: float = 0.0
+    """In [-2, 2]: subtracted once from the logit of every token already generated (OpenAI's)."""
+    frequency_penalty: float = 0.0
+    """In [-2, 2]: times how often a token was generated so far, subtracted from its logit."""
+    repetition_penalty: float = 1.0
+    """In (0, 10]; 1 = off: logits of tokens in the prompt or the output are divided by it when
+    positive and multiplied by it when negative (vLLM's field; CTRL, Keskar et al. 2019)."""
+    min_p: float = 0.0
+    """In [0, 1]: drop tokens less likely than min_p times the likeliest one (vLLM's field)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +92,9 @@ class SamplingParams:
             problems.append(f"min_tokens={self.min_tokens} must be in [0, max_tokens]")
         if any(not s for s in self.stop) or len(self.stop) > 8:
             problems.append("stop must hold at most 8 non-empty strings")
+        problems += penalty_problems(
+            self.presence_penalty, self.frequency_penalty, self.repetition_penalty, self.min_p
+        )
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -310,15 +310,19 @@ class OpenAICompatibleLLM(RerankedGeneration):
             "n": params.n,
             "stop": list(params.stop) if params.stop else omit,
             "seed": omit if params.seed is None else params.seed,
+            "presence_penalty": params.presence_penalty or omit,
+            "frequency_penalty": params.frequency_penalty or omit,
             # vLLM's extra sampling fields; OpenAI rejects unknown fields, so only when set.
             "extra_body": {
                 name: value
-                for name, value in (
-                    ("top_k", params.top_k),
-                    ("min_tokens", params.min_tokens),
-                    ("ignore_eos", params.ignore_eos),
+                for name, value, off in (
+                    ("top_k", params.top_k, 0),
+                    ("min_tokens", params.min_tokens, 0),
+                    ("ignore_eos", params.ignore_eos, False),
+                    ("repetition_penalty", params.repetition_penalty, 1.0),
+                    ("min_p", params.min_p, 0.0),
                 )
-                if value
+                if value != off
             }
             or None,
         }

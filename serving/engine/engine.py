@@ -25,7 +25,7 @@ from serving.engine.detokenizer import Detokenizer
 from serving.engine.grammar import GrammarCompiler, GrammarMatcher
 from serving.engine.loading import LoadedModel, load_model
 from serving.engine.prefixes import PrefixCache, worth_waiting
-from serving.engine.sampling import Sampler, logprobs_of
+from serving.engine.sampling import Sampler, logprobs_of, prompt_mask_of, sample_tokens
 from serving.errors import EngineFailed, RequestRejected
 from serving.llm import FinishReason, SamplingParams, TokenLogprob
 
@@ -375,28 +375,34 @@ class TorchEngine:
 
     def _start_sequences(self, request: _Request, last_logits: torch.Tensor) -> None:
         """The prompt is cached: create the n choices, forking its slot, and sample each one's
-        first token from the prompt's last logits."""
+        first token from the prompt's last (V,) logits."""
         spec = request.spec
+        params = spec.params
         assert request.slot is not None
         prompt_slot = request.slot
-        for index in range(spec.params.n):
+        vocab = last_logits.shape[-1]
+        prompt_mask = None
+        if params.repetition_penalty != 1.0:
+            prompt_mask = prompt_mask_of(spec.prompt_ids, vocab, self._device)  # shared by all n
+        for index in range(params.n):
             slot = prompt_slot if index == 0 else self.cache.fork(prompt_slot)
             matcher = self.grammar().matcher(spec.json_schema) if spec.json_schema else None
+            sampler = Sampler.create(
+                params, index, self._device, vocab_size=vocab, prompt_mask=prompt_mask
+            )
             sequence = _Sequence(
                 request,
                 index,
                 slot,
-                Sampler.create(spec.params, index, self._device),
-                Detokenizer(self.tokenizer, spec.params.stop),
+                sampler,
+                Detokenizer(self.tokenizer, params.stop),
                 matcher,
             )
             self._owner[slot] = sequence
             request.sequences.append(sequence)
         request.slot = None
-        for sequence in request.sequences:
-            self._advance(sequence, last_logits)
-            if not sequence.finished:
-                self._running.append(sequence)
+        self._advance(request.sequences, last_logits.expand(params.n, -1))
+        self._running.extend(s for s in request.sequences if not s.finished)
 
     def _decode_step(self) -> None:
         batch = self._running[: self.config.max_batch]
@@ -405,23 +411,44 @@ class TorchEngine:
             [[s.next_token] for s in batch], dtype=torch.long, device=self._device
         )
         logits = self._forward(tokens, [s.slot for s in batch], 1)[:, -1]
-        for sequence, row in zip(batch, logits, strict=True):
-            self._advance(sequence, row)
+        self._advance(batch, logits)
         self._running = [s for s in self._running if not s.finished]
 
-    def _advance(self, sequence: _Sequence, logits: torch.Tensor) -> None:
-        """Sample the sequence's next token from (V,) logits and emit what it produced."""
+    def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
+        """Sample every sequence's next token from its row of (B, V) logits, all rows at once,
+        and emit what each produced."""
+        chosen = sample_tokens([s.sampler for s in sequences], self._masked(sequences, logits))
+        for sequence, row, token in zip(sequences, logits, chosen, strict=True):
+            self._emit(sequence, row, token)
+
+    def _masked(self, sequences: list[_Sequence], logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) ``logits`` with what each sequence may not emit now at -inf: tokens its
+        grammar forbids, and the end-of-sequence tokens before its min_tokens. A copy when
+        anything is masked; ``logits`` itself stays raw (logprobs come from it)."""
+        masked: torch.Tensor | None = None
+        for row, sequence in enumerate(sequences):
+            early = sequence.generated < sequence.request.spec.params.min_tokens
+            if sequence.matcher is None and not (early and self._stop_ids.numel()):
+                continue
+            if masked is None:
+                masked = logits.float().clone()
+            if sequence.matcher is not None:
+                masked[row] = sequence.matcher.mask(masked[row])
+            if early and self._stop_ids.numel():
+                masked[row].index_fill_(0, self._stop_ids, float("-inf"))  # too early to end
+        return logits if masked is None else masked
+
+    def _emit(self, sequence: _Sequence, logits: torch.Tensor, token: int) -> None:
+        """Take ``token`` as the sequence's next one (sampled from its raw (V,) ``logits``) and
+        emit what it produced."""
         params = sequence.request.spec.params
-        masked = sequence.matcher.mask(logits.clone()) if sequence.matcher else logits
-        if sequence.generated < params.min_tokens and self._stop_ids.numel():
-            masked = masked.index_fill(0, self._stop_ids, float("-inf"))  # too early to end
-        token = sequence.sampler.sample(masked)
         logprobs: tuple[TokenLogprob, ...] = ()
         if params.logprobs is not None:
             chosen = torch.tensor([token], device=logits.device)
             picked, best, best_ids = logprobs_of(logits[None], chosen, params.logprobs)
             logprobs = (self._logprob(token, float(picked[0]), best, best_ids, 0),)
         sequence.generated += 1
+        sequence.sampler.record(token)
         if sequence.matcher is not None:
             sequence.matcher.accept(token)
         reason: FinishReason | None = None

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from serving.llm import penalty_problems
+
 Method = Literal["sample", "beam"]
 
 RANKGEN_CHECKPOINTS = {
@@ -29,8 +31,9 @@ class RerankConfig:
 
     method: Method = "beam"
     """"sample" (over-generate and rerank) or "beam" (RankGen sentence-level beam search)."""
-    scorer: str = "rankgen-t5-base-all"
-    """Scorer name: a RankGen checkpoint (short or hub name, or a local folder) or "embedder"."""
+    scorer: str = EMBEDDER_SCORER
+    """Scorer name: "embedder" (ships with Mneme, works offline) or a RankGen checkpoint (short or
+    hub name, or a local folder)."""
     samples: int = 10
     """Candidates sampled per beam and step (the paper's N; the rerank pool for "sample")."""
     beam: int = 2
@@ -43,6 +46,17 @@ class RerankConfig:
     """Nucleus mass in (0, 1] for the candidates."""
     temperature: float = 1.0
     """Sampling temperature in (0, 2] for the candidates (0 would make every candidate equal)."""
+    top_k: int = 0
+    """Keep only the k likeliest tokens for the candidates; 0 = off."""
+    min_p: float = 0.0
+    """In [0, 1]: drop tokens less likely than min_p times the likeliest one; 0 = off."""
+    presence_penalty: float = 0.0
+    """In [-2, 2]: OpenAI's presence penalty for the candidates (over each request's output)."""
+    frequency_penalty: float = 0.0
+    """In [-2, 2]: OpenAI's frequency penalty for the candidates (over each request's output)."""
+    repetition_penalty: float = 1.0
+    """In (0, 10]; 1 = off: vLLM's repetition penalty for the candidates (prompt and output;
+    a beam's text is part of its next step's prompt)."""
     runners_up: int = 0
     """How many next-best candidates (beams for "beam") to return besides the chosen one."""
 
@@ -68,6 +82,11 @@ class RerankConfig:
             problems.append(f"temperature={self.temperature} must be in (0, 2]")
         if not 0 <= self.runners_up <= 64:
             problems.append(f"runners_up={self.runners_up} must be in [0, 64]")
+        if self.top_k < 0:
+            problems.append(f"top_k={self.top_k} must be 0 (off) or positive")
+        problems += penalty_problems(
+            self.presence_penalty, self.frequency_penalty, self.repetition_penalty, self.min_p
+        )
         if problems:
             raise ValueError("invalid rerank options: " + "; ".join(problems))
 

@@ -115,9 +115,14 @@ def candidate_params(
         max_tokens=budget,
         temperature=config.temperature,
         top_p=config.top_p,
+        top_k=config.top_k,
         n=n,
         seed=seed,
         stop=tuple(stop),
+        presence_penalty=config.presence_penalty,
+        frequency_penalty=config.frequency_penalty,
+        repetition_penalty=config.repetition_penalty,
+        min_p=config.min_p,
     )
 
 

@@ -6,9 +6,11 @@ Request (completions and chat)::
                "step_tokens": 20, "top_p": 0.9, "runners_up": 0}
 
 Every key is optional (defaults: RankGen's beam search, N=10, B=2, L=20; ``top_p`` = the
-request's ``top_p`` if set, else 0.9; the scorer = the server's default). The request's
-``max_tokens`` (default 115, RankGen's max_length), ``temperature``, ``seed`` and ``stop`` apply
-to the candidates. The reply is an ordinary completion with one choice, the chosen text, plus::
+request's ``top_p`` if set, else 0.9; the scorer = the server's default, ``embedder``). The
+request's ``max_tokens`` (default 115, RankGen's max_length), ``temperature``, ``top_k``,
+``min_p``, ``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``, ``seed`` and
+``stop`` apply to the candidates. The reply is an ordinary completion with one choice, the
+chosen text, plus::
 
     "rerank": {"method", "scorer", "score", "candidates", "steps",
                "generation_seconds", "scoring_seconds",
@@ -80,6 +82,11 @@ def rerank_config(body: Request, default_scorer: str) -> RerankConfig:
         max_tokens=body.max_tokens or defaults.max_tokens,
         top_p=top_p,
         temperature=body.temperature,
+        top_k=max(body.top_k, 0),
+        min_p=body.min_p,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
         runners_up=options.runners_up,
     )
 

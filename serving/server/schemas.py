@@ -1,6 +1,6 @@
-"""OpenAI request and response shapes, with vLLM's extras (top_k, prompt_logprobs,
-structured_outputs), so one client works against Mneme's server and vLLM alike, and Mneme's own
-``rerank`` extension (see serving/server/reranking.py).
+"""OpenAI request and response shapes, with vLLM's extras (top_k, min_p, repetition_penalty,
+prompt_logprobs, structured_outputs), so one client works against Mneme's server and vLLM alike,
+and Mneme's own ``rerank`` extension (see serving/server/reranking.py).
 
 Unknown fields are ignored, as vLLM does; known fields are validated and a bad one is a 400.
 """
@@ -61,6 +61,10 @@ class Request(BaseModel):
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
     min_tokens: int = Field(default=0, ge=0)
     ignore_eos: bool = False
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     structured_outputs: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     rerank: RerankOptions | None = None
@@ -87,6 +91,10 @@ class Request(BaseModel):
             logprobs=logprobs,
             min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            min_p=self.min_p,
         )
 
     def json_schema(self) -> dict[str, Any] | None:

@@ -8,15 +8,17 @@ reply shape as Mneme's built-in server (serving/server/reranking.py).
 
 The candidates are sampled by vLLM itself, over HTTP to the address the request came in on, with
 the caller's headers (so vLLM's ``--api-key`` applies) and the request's own fields: every
-sampling knob vLLM knows (top_k, min_p, repetition_penalty, ...) shapes the candidates. Each beam
-of a step is one request with ``n`` = samples, all beams sent together, so vLLM batches the
-step and its prefix cache keeps the prompt's KV blocks from step to step. Beam search over chat
-continues the partial assistant reply with vLLM's ``continue_final_message``.
+sampling knob vLLM knows (top_k, min_p, presence/frequency/repetition penalties, ...) shapes
+the candidates. Each beam of a step is one request with ``n`` = samples, all beams sent
+together, so vLLM batches the step and its prefix cache keeps the prompt's KV blocks from step
+to step. Beam search over chat continues the partial assistant reply with vLLM's
+``continue_final_message``.
 
 Scorers, loaded on first use in the API server process and kept: ``embedder`` (needs
 sentence-transformers in vLLM's Python), the published RankGen checkpoints, and local RankGen
 folders named in ``MNEME_RERANK_FOLDERS`` (``name=/path,name2=/path2``). A request naming no
-scorer gets ``MNEME_RERANK_SCORER`` (default ``rankgen-t5-base-all``).
+scorer gets ``MNEME_RERANK_SCORER`` (default ``embedder``, the one scorer that needs no
+checkpoint).
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ class RerankMiddleware:
     """Answers completions and chat requests that carry ``rerank``; passes the rest to vLLM.
 
     ``scorers`` defaults to :func:`environment_pool`, ``default_scorer`` to
-    ``MNEME_RERANK_SCORER`` (else RankGen t5-base).
+    ``MNEME_RERANK_SCORER`` (else ``embedder``).
     """
 
     def __init__(

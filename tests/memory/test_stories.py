@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from memory import (
     NotFound,
     SqlStoryStore,
     StoryMode,
+    StoryNode,
 )
 from memory.episodes import SqlEpisodeStore
 from memory.namespaces import SqlNamespaceStore
@@ -340,24 +340,30 @@ def test_path_of_a_1500_deep_chain_is_one_query(stories: SqlStoryStore) -> None:
             ],
         )
     leaf = root.id + depth - 1
-    statements: list[str] = []
 
-    def record(*args: Any) -> None:
-        statements.append(args[2])
+    def path_and_statements(node_id: int) -> tuple[list[StoryNode], list[str]]:
+        statements: list[str] = []
 
-    event.listen(database.engine, "before_cursor_execute", record)
-    try:
-        started = time.perf_counter()
-        path = stories.path(story, leaf)
-        elapsed = time.perf_counter() - started
-    finally:
-        event.remove(database.engine, "before_cursor_execute", record)
+        def record(*args: Any) -> None:
+            statements.append(args[2])
+
+        event.listen(database.engine, "before_cursor_execute", record)
+        try:
+            return stories.path(story, node_id), statements
+        finally:
+            event.remove(database.engine, "before_cursor_execute", record)
+
+    path, statements = path_and_statements(leaf)
     assert len(path) == depth
     assert [n.depth for n in path] == list(range(depth))
     assert [n.id for n in path] == list(range(root.id, leaf + 1))
     assert path[-1].paragraph == f"paragraph {depth - 1}"
+    # One query over the nodes, however deep: the whole call issues the same statements for
+    # the 1500-deep leaf as for the root alone (counted, not timed: timings fail when loaded).
     assert len([s for s in statements if "story_nodes" in s]) == 1
-    assert elapsed < 2.0, f"path over {depth} nodes took {elapsed:.2f} s"
+    shallow, shallow_statements = path_and_statements(root.id)
+    assert [n.id for n in shallow] == [root.id]
+    assert statements == shallow_statements
     page = stories.paragraphs(story, leaf, depth - 20, depth)  # the last page of the book
     assert page == [n.paragraph for n in path[-20:]]
     assert stories.paragraphs(story, leaf, 0, 2) == [path[0].paragraph, "paragraph 1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +188,6 @@ def test_tiny_pretrained_model_greedy_equals_transformers(test_model: Path) -> N
 def test_min_tokens_and_ignore_eos_hold_off_the_end(
     tiny_engine: TorchEngine, tiny_llama: Path
 ) -> None:
-    from dataclasses import replace
-
     from serving.engine.loading import load_model
 
     ids = ids_of(tiny_engine, PROMPTS[0])
@@ -209,3 +208,72 @@ def test_min_tokens_and_ignore_eos_hold_off_the_end(
         engine.shutdown()
     with pytest.raises(ValueError, match="min_tokens"):
         SamplingParams(max_tokens=4, min_tokens=5)
+
+
+def repeats(ids: list[int]) -> int:
+    """Tokens that are a repeat of an earlier one."""
+    return len(ids) - len(set(ids))
+
+
+def test_penalties_cut_repetition_per_sequence(tiny_engine: TorchEngine) -> None:
+    """The random model repeats one token; penalties on generated tokens break that, each
+    choice counting its own tokens, and sequences batched together keep their own params."""
+    ids = ids_of(tiny_engine, PROMPTS[0])
+    plain = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+    penalised = replace(plain, frequency_penalty=2.0, presence_penalty=2.0)
+    _, free = asyncio.run(collect(tiny_engine, EngineRequest(ids, plain)))
+    _, held = asyncio.run(collect(tiny_engine, EngineRequest(ids, penalised)))
+    assert repeats(tokens(held[0])) < repeats(tokens(free[0])) - 5
+    assert len(tokens(held[0])) == len(tokens(free[0])) == 32
+
+    async def together() -> list[dict[int, list[EngineOutput]]]:
+        specs = [EngineRequest(ids, replace(penalised, n=2)), EngineRequest(ids, plain)]
+        return [out for _, out in await asyncio.gather(*(collect(tiny_engine, s) for s in specs))]
+
+    both, alongside = asyncio.run(together())
+    assert tokens(both[0]) == tokens(both[1]) == tokens(held[0])
+    assert tokens(alongside[0]) == tokens(free[0])
+
+
+def test_repetition_penalty_equals_transformers_generate(
+    tiny_engine: TorchEngine, tiny_llama: Path
+) -> None:
+    """vLLM's repetition penalty is CTRL's, as transformers applies it: prompt tokens count."""
+    model = reference(tiny_llama)
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, repetition_penalty=2.0)
+    changed = 0
+    for text in PROMPTS:
+        ids = ids_of(tiny_engine, text)
+        _, out = asyncio.run(collect(tiny_engine, EngineRequest(ids, params)))
+        expected = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=12,
+            do_sample=False,
+            repetition_penalty=2.0,
+            eos_token_id=None,
+        )[0, len(ids) :]
+        assert tokens(out[0]) == expected.tolist()
+        _, plain = asyncio.run(collect(tiny_engine, EngineRequest(ids, greedy(12))))
+        changed += tokens(plain[0]) != tokens(out[0])
+    assert changed  # the penalty made a difference somewhere
+
+
+@pytest.mark.model
+def test_penalties_cut_repeated_phrases_of_the_tiny_pretrained_model(test_model: Path) -> None:
+    engine = TorchEngine(EngineConfig(model=str(test_model)))
+    try:
+        ids = tuple(engine.tokenizer("One day, a big dog")["input_ids"])
+        plain = SamplingParams(temperature=0.0, max_tokens=120, ignore_eos=True)
+
+        def repeated_trigrams(params: SamplingParams) -> int:
+            _, out = asyncio.run(collect(engine, EngineRequest(ids, params)))
+            produced = tokens(out[0])
+            trigrams = [tuple(produced[i : i + 3]) for i in range(len(produced) - 2)]
+            return len(trigrams) - len(set(trigrams))
+
+        loops = repeated_trigrams(plain)
+        assert loops > 10  # greedy decoding of a small model loops
+        assert repeated_trigrams(replace(plain, repetition_penalty=1.3)) < loops / 3
+        assert repeated_trigrams(replace(plain, frequency_penalty=1.0)) < loops / 3
+    finally:
+        engine.shutdown()

@@ -230,6 +230,33 @@ def test_complete_maps_every_sampling_field(server: ScriptedServer) -> None:
     assert completion.choices[1].logprobs is None
 
 
+def test_penalties_and_min_p_are_sent_only_when_set(server: ScriptedServer) -> None:
+    """OpenAI's penalties at the top level; vLLM's repetition_penalty and min_p as extra fields
+    (unchanged, so vLLM applies them as given); defaults are left out (OpenAI rejects the
+    extras)."""
+    server.on("/v1/completions", Reply(body=completion_body("Hi")))
+    server.on("/v1/chat/completions", Reply(body=chat_body("Hi")))
+    params = SamplingParams(
+        presence_penalty=-0.5, frequency_penalty=1.25, repetition_penalty=1.3, min_p=0.05
+    )
+    run(config(server.base_url), lambda llm: llm.complete("Say", params))
+    run(config(server.base_url), lambda llm: llm.chat(ASK, params))
+    chat_only = SamplingParams(repetition_penalty=0.9)  # below 1 is sent too: it favours repeats
+    run(config(server.base_url), lambda llm: llm.chat(ASK, chat_only))
+    run(config(server.base_url), lambda llm: llm.chat(ASK, SamplingParams()))
+
+    sent = server.requests_to("/v1/completions") + server.requests_to("/v1/chat/completions")
+    fields = ("presence_penalty", "frequency_penalty", "repetition_penalty", "min_p")
+    expected = {"presence_penalty": -0.5, "frequency_penalty": 1.25}
+    expected |= {"repetition_penalty": 1.3, "min_p": 0.05}
+    assert [{k: body[k] for k in fields if k in body} for body in sent] == [
+        expected,
+        expected,
+        {"repetition_penalty": 0.9},
+        {},
+    ]
+
+
 def test_chat_sends_messages_and_chat_style_logprobs(server: ScriptedServer) -> None:
     logprobs = {
         "content": [

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import openai
 import pytest
 
 from serving.engine.engine import EngineRequest
-from serving.llm import SamplingParams
+from serving.llm import ChatMessage, SamplingParams
 from serving.local import LocalLLM
 from serving.server.app import ServerConfig, create_app
 from tests.fakes import HashEmbedder
@@ -58,6 +59,53 @@ def test_completion_matches_the_engine(client: openai.OpenAI, tiny_llm: LocalLLM
     assert reply.choices[0].text == direct.text
     assert reply.choices[0].finish_reason == direct.choices[0].finish_reason == "length"
     assert reply.usage is not None and reply.usage.completion_tokens == 8
+
+
+def test_penalties_and_min_p_reach_the_engine(client: openai.OpenAI, tiny_llm: LocalLLM) -> None:
+    """OpenAI's presence/frequency penalties as SDK arguments, vLLM's extras in the body."""
+    plain = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    penalised = replace(
+        plain, presence_penalty=1.5, frequency_penalty=2.0, repetition_penalty=1.5, min_p=0.1
+    )
+    reply = client.completions.create(
+        model="tiny",
+        prompt="Once upon a time",
+        max_tokens=24,
+        temperature=0,
+        presence_penalty=1.5,
+        frequency_penalty=2.0,
+        extra_body={"repetition_penalty": 1.5, "min_p": 0.1, "ignore_eos": True},
+    )
+    expected, unpenalised = (
+        asyncio.run(tiny_llm.complete("Once upon a time", params)).text
+        for params in (penalised, plain)
+    )
+    assert reply.choices[0].text == expected != unpenalised
+    chat = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "Hello there"}],
+        max_tokens=24,
+        temperature=0,
+        frequency_penalty=2.0,
+        extra_body={"ignore_eos": True},
+    )
+    question = [ChatMessage("user", "Hello there")]
+    frequent = replace(plain, frequency_penalty=2.0)
+    assert chat.choices[0].message.content == asyncio.run(tiny_llm.chat(question, frequent)).text
+
+
+def test_rerank_without_a_scorer_uses_the_embedder(base_url: str) -> None:
+    """Out of the box (``ServerConfig()``): the default scorer is the one that ships."""
+    body = {
+        "model": "tiny",
+        "prompt": "Once upon a time",
+        "max_tokens": 4,
+        "seed": 1,
+        "rerank": {"method": "sample", "samples": 2},
+    }
+    reply = post(base_url, "/v1/completions", body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["rerank"]["scorer"] == "embedder:test/hash-embedder"
 
 
 def test_chat_streaming_equals_non_streaming(client: openai.OpenAI) -> None:
@@ -206,6 +254,44 @@ def test_client_disconnect_mid_stream_frees_the_engine(base_url: str, tiny_llm: 
             "temperature",
         ),
         ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 1000}, 400, "n"),
+        (
+            "/v1/completions",
+            {"model": "tiny", "prompt": "x", "presence_penalty": 2.5},
+            400,
+            "presence_penalty: Input should be less than or equal to 2",
+        ),
+        (
+            "/v1/completions",
+            {"model": "tiny", "prompt": "x", "repetition_penalty": 0},
+            400,
+            "repetition_penalty: Input should be greater than 0",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "tiny",
+                "messages": [{"role": "user", "content": "x"}],
+                "frequency_penalty": -3,
+            },
+            400,
+            "frequency_penalty: Input should be greater than or equal to -2",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "min_p": 1.5},
+            400,
+            "min_p: Input should be less than or equal to 1",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "tiny",
+                "messages": [{"role": "user", "content": "x"}],
+                "repetition_penalty": 12,
+            },
+            400,
+            "repetition_penalty: Input should be less than or equal to 10",
+        ),
         ("/v1/completions", b'{"model": "tiny", "prompt": ', 400, "JSON"),
         ("/v1/chat/completions", {"model": "tiny"}, 400, "messages"),
         (

@@ -133,6 +133,9 @@ def test_write_a_story_in_a_browser(ui: str) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{ui}/write", timeout=90_000)
         page.get_by_label("Genre").first.fill("adventure", timeout=90_000)
+        # Writers see Streamlit's menu but no Deploy button (client.toolbarMode = "viewer").
+        page.get_by_test_id("stMainMenu").wait_for(timeout=60_000)
+        assert page.get_by_test_id("stAppDeployButton").count() == 0
         page.get_by_label("Premise").fill("A courier crosses the desert with a sealed letter.")
         page.get_by_role("button", name="Start").click()
         page.get_by_role("heading", name="The Salt Road").wait_for(timeout=90_000)

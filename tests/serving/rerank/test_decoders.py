@@ -19,6 +19,7 @@ from serving.rerank import (
     RerankerPool,
     RerankUnsupported,
     UnknownScorer,
+    decoders,
     generate,
     rank,
 )
@@ -216,21 +217,48 @@ def test_unknown_scorers_list_the_offered_ones(tiny_llm: LocalLLM) -> None:
     assert result.scorer == "words"
 
 
+class VirtualClock:
+    """Stands in for ``time`` in the decoders: it moves only when a fake call says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@dataclass
 class SlowGenerator(ScriptedGenerator):
+    """Every call takes one second of ``clock``; calls in flight together overlap, as on a
+    batching backend (the clock ends at the latest finish). Records the most calls in flight."""
+
+    clock: VirtualClock = field(default_factory=VirtualClock)
+    in_flight: int = 0
+    most_in_flight: int = 0
+
     async def sample(self, beams: Sequence[Beam], params: SamplingParams) -> Step:
-        await asyncio.sleep(0.2)
-        return await super().sample(beams, params)
+        began = self.clock.now
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)  # the step's other requests start now, if they run alongside
+            self.clock.now = max(self.clock.now, began + 1.0)
+            return await super().sample(beams, params)
+        finally:
+            self.in_flight -= 1
 
 
-def test_concurrent_beams_count_generation_time_once() -> None:
+def test_concurrent_beams_count_generation_time_once(monkeypatch: pytest.MonkeyPatch) -> None:
     script = {"": [("a", False), ("b", False)], "a": [("x", False)], "b": [("y", False)]}
     script |= {"ax": [("z", False)], "by": [("z", False)], "ay": [("z", False)]}
     script |= {"bx": [("z", False)]}
     generator = SlowGenerator(script)
+    monkeypatch.setattr(decoders, "time", generator.clock)  # counted, not timed
     config = RerankConfig(samples=2, beam=2, step_tokens=1, max_tokens=3)
     result = run(beam_search(generator, WordScorer(), "p", config))
-    assert result.steps == 3 and len(generator.calls) == 1 + 2 + 2  # two beams side by side
-    assert 0.6 <= result.generation_seconds < 0.85  # three steps of 0.2 s, not five
+    assert result.steps == 3 and len(generator.calls) == 1 + 2 + 2
+    assert generator.most_in_flight == 2  # two beams side by side
+    assert result.generation_seconds == 3.0  # a second per step, not one per call (five)
 
 
 @pytest.mark.slow

@@ -256,6 +256,27 @@ def test_chat_beams_extend_a_reply_the_caller_continues() -> None:
     assert sent["continue_final_message"] is True and sent["n"] == 3 and sent["max_tokens"] == 4
 
 
+def test_candidate_requests_carry_the_callers_sampling_fields() -> None:
+    """vLLM applies its own penalties and filters to the candidates: they travel unchanged."""
+    sampling = {"top_k": 40, "min_p": 0.1, "presence_penalty": 0.5, "frequency_penalty": 1.0}
+    sampling |= {"repetition_penalty": 1.3}
+    body = {"model": "m", "prompt": "Once", "rerank": {}, **sampling}
+    no_client: Any = None  # building a request sends nothing
+    generator = LoopbackGenerator(no_client, "/v1/completions", body, chat=False)
+    sent = generator._request(Beam(text=" upon"), SamplingParams(max_tokens=4, n=3))
+    assert {k: sent[k] for k in sampling} == sampling and sent["prompt"] == "Once upon"
+
+
+def test_the_default_scorer_ships_unless_the_environment_names_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MNEME_RERANK_SCORER", raising=False)
+    assert RerankMiddleware(never_called, RerankerPool({})).default_scorer == "embedder"
+    assert "embedder" in RerankerPool.standard().names  # offered without any download
+    monkeypatch.setenv("MNEME_RERANK_SCORER", "tiny-rankgen")
+    assert RerankMiddleware(never_called, RerankerPool({})).default_scorer == "tiny-rankgen"
+
+
 def test_the_loopback_address_can_be_configured(monkeypatch: pytest.MonkeyPatch) -> None:
     from serving.vllm.rerank import _own_url
 

@@ -14,9 +14,12 @@ import pytest
 from serving.local import LocalLLM
 from serving.openai_client import OpenAIClientConfig, OpenAICompatibleLLM
 from serving.rerank import RerankConfig, RerankerPool, RerankResult
+from serving.rerank.decoders import candidate_params
 from serving.rerank.rankgen import RankGenReranker
 from serving.rerank.reranker import Ranked
 from serving.server.app import ServerConfig, create_app
+from serving.server.reranking import rerank_config
+from serving.server.schemas import CompletionRequest
 from tests.net import serving
 
 
@@ -98,6 +101,31 @@ def test_one_sample_over_http_equals_plain_sampling(base_url: str) -> None:
     assert reranked.choices[0].text == plain.choices[0].text
     extension = (reranked.model_extra or {})["rerank"]
     assert "runners_up" not in extension and extension["steps"] == 1
+
+
+def test_the_requests_penalties_and_filters_shape_the_candidates(base_url: str) -> None:
+    """One reranked sample equals plain sampling with the same seed and sampling fields."""
+    sampling = {"top_k": 50, "min_p": 0.05, "presence_penalty": 0.5, "frequency_penalty": 2.0}
+    sampling |= {"repetition_penalty": 1.5}
+    body = {"prompt": "The dragon", "max_tokens": 16, "seed": 11, "top_p": 0.9}
+    plain = post(base_url, "/v1/completions", {**body, **sampling}).json()
+    unpenalised = post(base_url, "/v1/completions", body).json()
+    rerank = {"method": "sample", "samples": 1}
+    reranked = post(base_url, "/v1/completions", {**body, **sampling, "rerank": rerank}).json()
+    text = reranked["choices"][0]["text"]
+    assert text == plain["choices"][0]["text"] != unpenalised["choices"][0]["text"]
+
+
+def test_rerank_config_carries_the_sampling_fields() -> None:
+    body = CompletionRequest.model_validate(
+        {"model": "tiny", "prompt": "x", "top_k": 5, "min_p": 0.1, "rerank": {}}
+        | {"presence_penalty": 1.0, "frequency_penalty": -0.5, "repetition_penalty": 1.2}
+    )
+    params = candidate_params(rerank_config(body, "embedder"), 4, 3, seed=1)
+    assert (params.top_k, params.min_p, params.repetition_penalty) == (5, 0.1, 1.2)
+    assert (params.presence_penalty, params.frequency_penalty) == (1.0, -0.5)
+    with pytest.raises(ValueError, match=r"invalid rerank options: repetition_penalty=0\.0"):
+        RerankConfig(repetition_penalty=0.0)
 
 
 def test_chat_with_rerank(base_url: str) -> None:
