@@ -497,7 +497,14 @@ class RecurrentWriter(StoryTree):
         if self.style == "chat":
             messages = [ChatMessage("system", FRAME), ChatMessage("user", f"{setting}\n\n{ask}")]
             budget = 300 + (720 if schema is ImportFrame else 0)
-            frame = await self._structured(messages, schema, budget)
+            try:
+                frame = await self._structured(messages, schema, budget)
+            except StructuredOutputError as err:
+                log.info("frame failed: %s", err)
+                raise StepFailed(
+                    "The model could not plan this story (it did not answer in the expected "
+                    f"format). {_RETRY}"
+                ) from err
         if frame is None:  # a base model: each field a short continuation
             title = await self._field(f"{setting}\n\nTitle:", 20)
             outline = await self._field(f"{setting}\n\nTitle: {title}\nOutline:", 120)
@@ -820,20 +827,25 @@ def _clean_line(text: str) -> str:
 
 
 def clean_notes(notes: StepNotes) -> StepNotes:
-    """Notes without the labels and numbering a model puts around them; bible suggestions that
-    are not real entries dropped (they are only suggestions)."""
+    """Notes without the labels and numbering a model puts around them. Plans that are not
+    real, distinct sentences are dropped (a weak model's third plan is often empty; the writer
+    can always write their own), and so are bible suggestions that are not real entries."""
+    plans: list[str] = []
+    for plan in (_clean_line(p) for p in notes.plans):
+        if plans_problem([*plans, plan], instructions=INSTRUCTION_TEXTS) is None:
+            plans.append(plan)
     bible = [
-        item
-        for item in notes.bible
-        if words(item.name)
-        and prose_problem(item.text, min_words=2, instructions=INSTRUCTION_TEXTS) is None
-        and prose_problem(item.name, min_words=1, instructions=INSTRUCTION_TEXTS) is None
+        BibleItem(kind=b.kind, name=_clean_line(b.name), text=b.text)
+        for b in notes.bible
+        if words(b.name)
+        and prose_problem(b.text, min_words=2, instructions=INSTRUCTION_TEXTS) is None
+        and prose_problem(b.name, min_words=1, instructions=INSTRUCTION_TEXTS) is None
     ]
-    return StepNotes(
+    return StepNotes.model_construct(
         short_term_memory=_clean_line(notes.short_term_memory),
         reason=_clean_line(notes.reason),
-        plans=[_clean_line(plan) for plan in notes.plans],
-        bible=[BibleItem(kind=b.kind, name=_clean_line(b.name), text=b.text) for b in bible],
+        plans=plans,
+        bible=bible,
     )
 
 
@@ -846,7 +858,9 @@ def notes_problem(notes: StepNotes) -> str | None:
         return memory
     if notes.reason and echoes_instructions(notes.reason):
         return "the memory's reason repeated the instructions"
-    return plans_problem(notes.plans, instructions=INSTRUCTION_TEXTS)
+    if not notes.plans:
+        return "none of the plans was usable"
+    return None
 
 
 def echoes_instructions(text: str) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from agents.writer import GENRE_CHARS, PREMISE_CHARS
-from app.story_runs import STOPPED
+from app.story_runs import OPENING, STOPPED
 from app.studio import Studio, current
 from app.writing import Story, StoryNode
 from memory.records import JobStatus
@@ -51,14 +51,18 @@ def _new_story(s: Studio) -> None:
 
 def _open(s: Studio, genre: str, premise: str, mode: str) -> None:
     """Start writing a story's opening (bad input is refused before any model loads)."""
-    _, error = s.call(lambda: s.run(s.runs.opening(genre, premise, mode)))  # type: ignore[arg-type]
-    if not _fail(error):
+    job, error = s.call(lambda: s.run(s.runs.opening(genre, premise, mode)))  # type: ignore[arg-type]
+    if not _fail(error) and job is not None:
+        st.session_state["watching"] = job.id
         st.rerun()
 
 
 def _follow_openings(s: Studio) -> bool:
     """Show the stories being started, streaming, with Stop; whether one was running."""
     openings = s.runs.openings()
+    watching = st.session_state.get("watching")
+    if not openings and watching is not None and s.runs.get(watching).kind == OPENING:
+        openings = [s.runs.get(watching)]  # it ended before this page looked: show how
     for job in openings:
         st.subheader(f"Starting a story: {job.payload.get('premise', '')[:80]}")
         _follow_run(s, job.id, what="opening")
@@ -92,6 +96,7 @@ def _follow_run(s: Studio, job_id: str, *, what: str = "step") -> None:
         box.markdown((text or "…") + cursor)
         time.sleep(0.2)
         job = s.runs.get(job_id)
+    st.session_state.pop("watching", None)
     if job.status is JobStatus.DONE and job.result:
         story_id = int(job.result["story_id"])
         st.session_state["story"] = story_id
@@ -184,9 +189,10 @@ def _step(s: Studio, story: Story, instruction: str, *, regenerate: int | None =
     step runs on the server: a reload or a second tab finds it and follows it."""
     interactive = story.mode == "interactive"
     plan, action = (None, instruction) if interactive else (instruction, None)
-    _, error = s.call(lambda: s.run(s.runs.step(story.id, plan=plan, action=action,
-                                                regenerate=regenerate)))  # fmt: skip
-    if not _fail(error):
+    job, error = s.call(lambda: s.run(s.runs.step(story.id, plan=plan, action=action,
+                                                  regenerate=regenerate)))  # fmt: skip
+    if not _fail(error) and job is not None:
+        st.session_state["watching"] = job.id
         st.rerun()
 
 
@@ -194,6 +200,8 @@ def _follow(s: Studio, story: Story) -> bool:
     """Follow the story's running step, if any (started here, in another tab, or before a
     reload); whether one was running."""
     running = s.runs.running(story.id)
+    if running is None and (watching := st.session_state.get("watching")) is not None:
+        running = s.runs.get(watching)  # it ended before this page looked: show how
     if running is None:
         return False
     if running.payload.get("instruction"):

@@ -90,8 +90,7 @@ def test_a_discarded_try_is_shown_and_the_next_one_kept(store: MemoryStore) -> N
     [
         notes(". The response may have been cut off at max_tokens. Keep it shorter."),
         notes(plans=[",", ",", ","]),
-        notes(plans=["Go north now.", "Go north now.", "Go south now."]),
-        notes(plans=["She goes.", "Reply again with only the corrected JSON object.", "Stop."]),
+        notes(plans=["Reply again with only the corrected JSON object.", "", "keep it shorter"]),
         '{"short_term_memory": "Mara is lost", "reason": "x", "plans": ["a"',  # cut off
         '{"paragraph": 5, "plans": "DROP TABLE stories"}',
     ],
@@ -105,6 +104,17 @@ def test_bad_notes_store_nothing(store: MemoryStore, bad_notes: str) -> None:
     assert "Nothing was stored" in str(failure.value)
     assert "JSON" not in str(failure.value) and "StepNotes" not in str(failure.value)
     assert writer.stories.tree(story.id) == [(root.id, None, 0)]
+
+
+def test_unusable_plans_are_dropped_and_the_rest_kept(store: MemoryStore) -> None:
+    plans = ["Go north now.", "Go north now.", "Reply again with only the corrected JSON object."]
+    llm = ScriptedLLM(echo)
+    writer, story, _ = started(store, llm)
+    llm.reply = lambda user, call: (
+        notes(plans=plans) if "Rewrite the notes" in user else echo(user, call)
+    )
+    node = run(writer.step(story.id, plan="Go on."))
+    assert node.plans == ("Go north now.",)  # the duplicate and the echo are not offered
 
 
 def test_a_garbage_interactive_opening_creates_no_story(store: MemoryStore) -> None:
