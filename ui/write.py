@@ -293,7 +293,7 @@ def _branches(s: Studio, story: Story, head: StoryNode) -> None:
     st.graphviz_chart(_tree_dot(previews, head.id))
     labels = {nid: f"#{nid}: {preview[:60]}…" for nid, _, preview in previews}
     chosen = st.selectbox("Node", list(labels), index=list(labels).index(head.id),
-                          format_func=labels.__getitem__, key="branch-node")  # fmt: skip
+                          format_func=labels.__getitem__)  # fmt: skip
     node = s.writing.stories.node(story.id, chosen)
     if chosen != head.id and st.button("Continue from here", type="primary"):
         s.writing.tree.switch(story.id, chosen)

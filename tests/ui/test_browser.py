@@ -22,7 +22,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from tests.agents.test_writer import START, step_reply
+from tests.agents.test_writer import FRAME, notes
 from tests.net import free_port, serving
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,8 +35,23 @@ pytestmark = [
 ]
 
 
+PROSE = (
+    "the dunes rolled on under a white sky while Mara counted water skins watched riders from "
+    "northern wells and kept her sealed letter close"
+)
+IDRIS = {"kind": "character", "name": "Idris", "text": "A one-eyed caravan master."}
+
+
+def paragraph(n: int) -> str:
+    """A long paragraph (about 8 s of streaming) that never repeats itself."""
+    words = PROSE.split(" ")
+    return f"Step {n}: " + " ".join(f"{w}{i // len(words) or ''}" for i, w in
+                                    enumerate(words * 8)) + "."  # fmt: skip
+
+
 def scripted_server() -> FastAPI:
-    """An OpenAI-compatible chat endpoint answering with canned JSON chosen by the schema."""
+    """An OpenAI-compatible chat endpoint: canned JSON chosen by the schema (title and outline,
+    notes with a bible suggestion), otherwise a long paragraph of prose."""
     app = FastAPI()
     calls = {"n": 0}
 
@@ -50,11 +65,8 @@ def scripted_server() -> FastAPI:
         schema = body.get("structured_outputs", {}).get("json", {})
         calls["n"] += 1
         title = schema.get("title", "")
-        text = (
-            START
-            if title == "StartReply"
-            else step_reply(f"Step {calls['n']}: the dunes rolled on under a white sky " * 3)
-        )
+        replies = {"StoryFrame": FRAME, "StepNotes": notes(bible=[IDRIS])}
+        text = replies.get(title) or paragraph(calls["n"])
         if body.get("stream"):  # 8 characters every 50 ms: long enough to watch, and to stop
             return StreamingResponse(_chunks(text), media_type="text/event-stream")
         return {
@@ -124,10 +136,19 @@ def ui(tmp_path: Path) -> Iterator[str]:
             log.close()
 
 
+def _idle(page: Any) -> None:
+    page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=60_000)
+
+
 def test_write_a_story_in_a_browser(ui: str) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     shutil.rmtree(ARTEFACTS, ignore_errors=True)
     ARTEFACTS.mkdir(parents=True)
+    shots = iter(range(1, 100))
+
+    def shot(page: Any, name: str) -> None:
+        page.screenshot(path=str(ARTEFACTS / f"{next(shots)}-{name}.png"), full_page=True)
+
     with playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -138,33 +159,62 @@ def test_write_a_story_in_a_browser(ui: str) -> None:
         assert page.get_by_test_id("stAppDeployButton").count() == 0
         page.get_by_label("Premise").fill("A courier crosses the desert with a sealed letter.")
         page.get_by_role("button", name="Start").click()
+        # The opening streams, with Stop, before the story exists.
+        page.get_by_text("Starting a story").wait_for(timeout=90_000)
+        page.get_by_text("the dunes rolled").first.wait_for(timeout=90_000)
+        assert page.get_by_role("button", name="Stop writing").count() == 1
+        shot(page, "opening-streaming")
         page.get_by_role("heading", name="The Salt Road").wait_for(timeout=90_000)
-        page.screenshot(path=str(ARTEFACTS / "1-opening.png"), full_page=True)
+        shot(page, "opening")
+
+        # Stop mid-paragraph: nothing is stored.
+        _idle(page)
         page.get_by_role("button", name="Write this").first.click()
-        page.get_by_text("the dunes rolled").first.wait_for(timeout=90_000)  # streaming
-        page.screenshot(path=str(ARTEFACTS / "2-streaming.png"), full_page=True)
+        page.get_by_text("the dunes rolled").nth(1).wait_for(timeout=90_000)  # streaming
+        shot(page, "streaming")
         page.get_by_role("button", name="Stop writing").click()
         page.get_by_text("Stopped: nothing was stored").wait_for(timeout=60_000)
         assert page.get_by_text("step 0").count() == 1
-        # A fresh page, so the click cannot land on a copy Streamlit is about to replace.
+
+        # Reload mid-step: the page finds the running step, streams it on, and shows the head
+        # move when it completes.
         page.reload()
         page.get_by_role("heading", name="What happens next").wait_for(timeout=90_000)
-        page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=60_000)
+        _idle(page)
         page.get_by_role("button", name="Write this").first.click()
-        page.get_by_text("step 1").wait_for(timeout=90_000)
-        page.get_by_text("the dunes").first.wait_for()
-        page.screenshot(path=str(ARTEFACTS / "3-first-step.png"), full_page=True)
-        page.get_by_test_id("stStatusWidget").wait_for(state="hidden", timeout=60_000)
-        # Streamlit may still show the previous run's (disabled) copy for a moment.
-        page.locator("button:not([disabled])", has_text="Undo").click()
-        page.get_by_text("step 0").wait_for(timeout=60_000)
-        page.get_by_role("tab", name="Memory").click()
-        memory = page.get_by_label("Short-term memory").first  # a stale copy may linger
-        memory.fill("Mara fears the sea.")
-        page.get_by_role("button", name="Save memory").click()
-        page.get_by_text("Saved: the next step reads this memory.").wait_for(timeout=60_000)
-        page.screenshot(path=str(ARTEFACTS / "4-memory.png"), full_page=True)
-        page.get_by_role("tab", name="Token budget").click()
-        page.screenshot(path=str(ARTEFACTS / "5-budget.png"), full_page=True)
+        page.get_by_role("button", name="Stop writing").wait_for(timeout=60_000)
+        page.reload()
+        page.get_by_role("button", name="Stop writing").wait_for(timeout=60_000)  # reattached
+        shot(page, "reattached")
+        page.get_by_text("The story moved on: step 1").wait_for(timeout=90_000)
+        page.get_by_text("step 1").first.wait_for()
+        shot(page, "first-step")
+
+        # The branch tree, and an in-place edit of the paragraph.
+        _idle(page)
+        page.get_by_role("tab", name="Branches").click()
+        page.get_by_test_id("stGraphVizChart").wait_for(timeout=60_000)
+        editor = page.get_by_label("Paragraph (edit in place)").first
+        editor.fill("Mara buried the letter under a white stone by the well, and waited.")
+        page.get_by_role("button", name="Save paragraph").click()
+        # The notice is on the Write tab (not the one shown): attached, not visible.
+        page.get_by_text("now reads as edited").wait_for(state="attached", timeout=90_000)
+        page.get_by_text("Mara buried the letter under a white stone").first.wait_for(
+            state="attached"
+        )
+        shot(page, "edited")
+
+        # The bible fills itself: the model's suggestion, accepted.
+        _idle(page)
+        page.get_by_role("tab", name="Bible").click()
+        page.get_by_text("A one-eyed caravan master.").first.wait_for(timeout=60_000)
+        page.locator("button:not([disabled])", has_text="Accept").first.click()
+        page.get_by_text("Idris (character)").wait_for(timeout=60_000)
+        shot(page, "bible")
+
+        _idle(page)
+        page.get_by_role("tab", name="Events").click()
+        page.get_by_text("Events along this branch").wait_for(timeout=60_000)
+        shot(page, "events")
         browser.close()
-    assert len(list(ARTEFACTS.glob("*.png"))) == 5
+    assert len(list(ARTEFACTS.glob("*.png"))) == 8
