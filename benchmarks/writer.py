@@ -18,7 +18,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from memory.segmentation import SegmenterConfig
 from memory.segmenters import FixedSegmenter
 from memory.stories import SqlStoryStore
 from serving.embeddings import SentenceTransformerEmbedder
-from serving.llm import GREEDY, ChatMessage, OnText, SamplingParams, Schema
+from serving.llm import GREEDY, ChatMessage, SamplingParams, StreamDelta
 from serving.tokens import TiktokenCounter
 from tests.fakes import HashEmbedder, ScriptedLLM
 
@@ -57,18 +57,20 @@ class FastReplies:
         return " ".join(sentences)
 
     def __call__(self, user: str, call: int) -> str:
+        """The prose call gets a paragraph; the structured calls get their JSON."""
         began = time.perf_counter()
         memory = " ".join(self._paragraph().split()[:60])
-        reply: dict[str, Any] = {
-            "paragraph": self._paragraph(),
-            "memory_update": {"reason": "the caravan moved on", "short_term_memory": memory},
-            "plans": ["Riders appear.", "A well is dry.", "Mara opens the letter."],
-            "title": "The Salt Road",
-            "outline": "A courier crosses the desert.",
-            "paragraphs": [self._paragraph()],
-            "short_term_memory": memory,
-        }
-        text = json.dumps(reply)
+        if "Rewrite the notes" in user:
+            reply: dict[str, Any] = {
+                "short_term_memory": memory,
+                "reason": "the caravan moved on",
+                "plans": ["Riders appear.", "A well is dry.", "Mara opens the letter."],
+            }
+            text = json.dumps(reply)
+        elif "Give the story a title" in user:
+            text = json.dumps({"title": "Salt Road", "outline": "A courier crosses the desert."})
+        else:
+            text = self._paragraph()
         self.seconds += time.perf_counter() - began
         return text
 
@@ -81,16 +83,12 @@ class LatentLLM(ScriptedLLM):
         super().__init__(replies)
         self.delay_s = delay_s
 
-    async def generate_json(
-        self,
-        messages: Sequence[ChatMessage],
-        schema: type[Schema],
-        params: SamplingParams = GREEDY,
-        *,
-        on_text: OnText | None = None,
-    ) -> Schema:
+    async def stream_chat(
+        self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
+    ) -> AsyncIterator[StreamDelta]:
         await asyncio.sleep(self.delay_s)
-        return await super().generate_json(messages, schema, params, on_text=on_text)
+        async for delta in super().stream_chat(messages, params):
+            yield delta
 
 
 async def run(

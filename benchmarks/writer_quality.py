@@ -27,6 +27,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,11 @@ async def story(writing: Writing, premise: tuple[str, str, str], steps: int, run
         run.baseline.append(completion.text.strip())
 
 
+def _mean(values: Iterable[float]) -> float:
+    listed = list(values)
+    return statistics.mean(listed) if listed else 0.0
+
+
 def table(results: dict[str, Run]) -> str:
     rows = [
         "| model | steps | failed | tries discarded | leaked | degenerate | rep-4 stored | "
@@ -156,8 +162,8 @@ def table(results: dict[str, Run]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in results.items():
-        rep = statistics.mean(repeated_ngram_rate(p) for p in run.paragraphs) if run.paragraphs else 0
-        base = statistics.mean(repeated_ngram_rate(p) for p in run.baseline) if run.baseline else 0
+        rep = _mean(repeated_ngram_rate(p) for p in run.paragraphs)
+        base = _mean(repeated_ngram_rate(p) for p in run.baseline)
         first = run.first_token_s or [0.0]
         step = run.step_s or [0.0]
         rows.append(
