@@ -26,6 +26,8 @@ ROUTES = [
     ("POST", "/v1/stories", {"genre": "g", "premise": "p"}),
     ("GET", "/v1/stories/1", None),
     ("POST", "/v1/stories/1/steps", {}),
+    ("GET", "/v1/stories/1/steps/running", None),
+    ("DELETE", "/v1/stories/1/steps/running", None),
     ("POST", "/v1/stories/1/branch", {"node_id": 1}),
     ("POST", "/v1/stories/1/undo", None),
     ("GET", "/v1/stories/1/export", None),
