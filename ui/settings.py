@@ -35,6 +35,24 @@ def main() -> None:
             'Reranker ("embedder", or a RankGen checkpoint name or folder)',
             value=current.rerank_scorer,
         )
+        st.subheader("Writer sampling")
+        st.caption("Defaults chosen by benchmarks/writer_quality.py (see the README).")
+        left, middle, right = st.columns(3)
+        temperature = left.number_input("Temperature", 0.0, 2.0, current.writer_temperature, 0.05)
+        top_p = middle.number_input("Top p", 0.01, 1.0, current.writer_top_p, 0.01)
+        min_p = right.number_input("Min p", 0.0, 1.0, current.writer_min_p, 0.01)
+        repetition = left.number_input(
+            "Repetition penalty (1 = off)", 0.5, 2.0, current.writer_repetition_penalty, 0.05
+        )
+        presence = middle.number_input(
+            "Presence penalty", -2.0, 2.0, current.writer_presence_penalty, 0.1
+        )
+        frequency = right.number_input(
+            "Frequency penalty", -2.0, 2.0, current.writer_frequency_penalty, 0.1
+        )
+        paragraph = left.number_input(
+            "Paragraph length (tokens)", 16, 2048, current.writer_paragraph_tokens, 10
+        )
         test, apply = st.columns(2)
         tested = test.form_submit_button("Test connection")
         applied = apply.form_submit_button("Apply")
@@ -46,6 +64,13 @@ def main() -> None:
         "llm_api_key": api_key.strip() or None,
         "writer_candidates": int(drafts),
         "rerank_scorer": scorer.strip() or "embedder",
+        "writer_temperature": float(temperature),
+        "writer_top_p": float(top_p),
+        "writer_min_p": float(min_p),
+        "writer_repetition_penalty": float(repetition),
+        "writer_presence_penalty": float(presence),
+        "writer_frequency_penalty": float(frequency),
+        "writer_paragraph_tokens": int(paragraph),
     }
     try:
         settings = load_settings(**{**current.model_dump(), **overrides})

@@ -46,9 +46,19 @@ def submit(
 def test_connection_test_and_apply(studio: Studio, llm_server: str) -> None:  # noqa: F811
     app = submit(llm_server, "tiny", "k", "Test connection")
     assert "serves tiny" in app.success[0].value
-    app = submit(llm_server, "tiny", "k", "Apply")
+    app = AppTest.from_string(SCRIPT, default_timeout=60).run()
+    app.text_input[0].input(llm_server)
+    app.text_input[1].input("tiny")
+    app.text_input[2].input("k")
+    next(n for n in app.number_input if n.label.startswith("Repetition")).set_value(1.3)
+    next(n for n in app.number_input if n.label == "Min p").set_value(0.1)
+    next(b for b in app.button if b.label == "Apply").click().run()
+    assert not app.exception
     assert studio_module.current() is not studio
-    assert studio_module.current().reading.settings.llm_base_url == llm_server
+    applied = studio_module.current()
+    assert applied.reading.settings.llm_base_url == llm_server
+    config = applied.writing.config  # what the next step samples with
+    assert config.repetition_penalty == 1.3 and config.min_p == 0.1
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
