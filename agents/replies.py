@@ -35,6 +35,13 @@ class StepNotes(BaseModel):
     )
 
 
+class OpeningNotes(StepNotes):
+    """The notes after a story's opening paragraph, with the story's title and outline."""
+
+    title: str = Field(min_length=1, max_length=80)
+    outline: str = Field(min_length=1, max_length=800)
+
+
 class StoryFrame(BaseModel):
     """What the model answers before a story's opening paragraph: its title and outline."""
 

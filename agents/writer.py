@@ -31,11 +31,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from agents.errors import StepFailed
 from agents.quality import plans_problem, prose_problem, words
-from agents.replies import BibleItem, ImportFrame, StepNotes, StoryFrame
+from agents.replies import BibleItem, ImportFrame, OpeningNotes, StepNotes, StoryFrame
 from agents.story_prompt import (
     FRAME,
     FRAME_ASK,
@@ -254,20 +254,15 @@ class RecurrentWriter(StoryTree):
         async with self._limit():
             premise_text = clip(premise.strip(), 400, count)
             setting = f"Genre: {genre.strip()}\nPremise: {premise_text}"
-            frame = await self._frame(setting, StoryFrame, on_progress)
-            context = f"Title: {frame.title}\n{setting}\nOutline: {frame.outline}"
             system = INTERACTIVE if mode == "interactive" else NOVEL
-            prose = self._prose_prompt(
-                system,
-                context,
-                "",
-                OPENING_ASK.format(words=self._words()),
-                {"story": count(context)},
-            )
+            ask = OPENING_ASK.format(words=self._words())
+            prose = self._prose_prompt(system, setting, "", ask, {"story": count(setting)})
+            # The opening streams first; its title and outline come with its notes (one call).
             paragraph, ranking = await self._paragraph(prose, "", on_progress)
             notes, notes_prompt = await self._notes(
-                context, premise_text, paragraph, mode, on_progress
+                setting, premise_text, paragraph, mode, on_progress, opening=True
             )
+            frame = cast(OpeningNotes, notes)
             on_progress(Progress("storing", paragraph))
             memory.store.namespace(namespace)
             story = self.stories.create(
@@ -509,11 +504,7 @@ class RecurrentWriter(StoryTree):
             title = await self._field(f"{setting}\n\nTitle:", 20)
             outline = await self._field(f"{setting}\n\nTitle: {title}\nOutline:", 120)
             frame = schema(title=title[:80] or "Untitled", outline=outline[:800] or "-")
-        problem = prose_problem(frame.outline, min_words=4, instructions=INSTRUCTION_TEXTS,
-                                what="outline")  # fmt: skip
-        if problem is None and not words(frame.title):
-            problem = "the title came back empty"
-        if problem is not None:
+        if (problem := frame_problem(frame)) is not None:
             raise StepFailed(f"The model could not plan this story ({problem}). {_RETRY}")
         return frame
 
@@ -589,14 +580,24 @@ class RecurrentWriter(StoryTree):
                 yield delta.text
 
     async def _notes(
-        self, context: str, memory_before: str, paragraph: str, mode: str, on_progress: OnProgress
+        self,
+        context: str,
+        memory_before: str,
+        paragraph: str,
+        mode: str,
+        on_progress: OnProgress,
+        *,
+        opening: bool = False,
     ) -> tuple[StepNotes, Prompt]:
         """The memory update, three plans (or actions) and bible suggestions after
-        ``paragraph``: up to ``attempts`` fresh tries, each validated as content."""
+        ``paragraph`` (and, after an opening, the story's title and outline): up to
+        ``attempts`` fresh tries, each validated as content."""
         plans = PLANS["interactive" if mode == "interactive" else "novel"]
+        schema = OpeningNotes if opening else StepNotes
         body = (
             f"{context}\n\nWhat the reader had to keep in mind:\n{memory_before or '(nothing yet)'}"
             f"\n\nThe newest paragraph:\n{paragraph}\n\n{NOTES_ASK.format(plans=plans)}"
+            + (f" Last, {FRAME_ASK[0].lower()}{FRAME_ASK[1:]}" if opening else "")
         )
         prompt = Prompt(
             [ChatMessage("system", NOTES), ChatMessage("user", body)],
@@ -608,11 +609,10 @@ class RecurrentWriter(StoryTree):
             try:
                 notes = None
                 if self.style == "chat":
-                    notes = await self._structured(
-                        prompt.messages, StepNotes, self.config.notes_tokens
-                    )
+                    budget = self.config.notes_tokens + (200 if opening else 0)
+                    notes = await self._structured(prompt.messages, schema, budget)
                 if notes is None:
-                    notes = await self._notes_by_fields(context, memory_before, paragraph)
+                    notes = await self._notes_by_fields(context, paragraph, opening)
             except StructuredOutputError as err:
                 problem = "the model did not answer in the notes' format"
                 log.info("notes try %d failed: %s", attempt, err)
@@ -624,7 +624,7 @@ class RecurrentWriter(StoryTree):
             log.info("notes try %d discarded: %s", attempt, problem)
         raise StepFailed(f"The model could not update the memory and plans ({problem}). {_RETRY}")
 
-    async def _notes_by_fields(self, context: str, before: str, paragraph: str) -> StepNotes:
+    async def _notes_by_fields(self, context: str, paragraph: str, opening: bool) -> StepNotes:
         """Notes for a base model (no chat template): each field a short continuation."""
         lead = f"{context}\n\nStory so far:\n{tail(paragraph, 300, lambda t: len(t.split()))}\n\n"
         memory = await self._field(f"{lead}Summary of the story so far:", 90)
@@ -632,11 +632,16 @@ class RecurrentWriter(StoryTree):
             await self._field(f"{lead}Summary: {memory}\nWhat happens next, idea {i}:", 40)
             for i in (1, 2, 3)
         ]
-        return StepNotes(
-            short_term_memory=memory or "-",
-            reason="rewritten after the newest paragraph",
-            plans=[p or "-" for p in plans],
-        )
+        fields: dict[str, Any] = {
+            "short_term_memory": memory or "-",
+            "reason": "rewritten after the newest paragraph",
+            "plans": [p or "-" for p in plans],
+        }
+        if not opening:
+            return StepNotes(**fields)
+        title = await self._field(f"{lead}Title of the story:", 20)
+        outline = await self._field(f"{lead}Title: {title}\nOutline of the whole story:", 120)
+        return OpeningNotes(**fields, title=title[:80] or "-", outline=outline[:800] or "-")
 
     async def _field(self, prompt: str, max_tokens: int) -> str:
         params = replace(self.config.sampling(max_tokens), stop=("\n",))
@@ -841,11 +846,14 @@ def clean_notes(notes: StepNotes) -> StepNotes:
         and prose_problem(b.text, min_words=2, instructions=INSTRUCTION_TEXTS) is None
         and prose_problem(b.name, min_words=1, instructions=INSTRUCTION_TEXTS) is None
     ]
-    return StepNotes.model_construct(
-        short_term_memory=_clean_line(notes.short_term_memory),
-        reason=_clean_line(notes.reason),
-        plans=plans,
-        bible=bible,
+    return type(notes).model_construct(
+        **{
+            **dict(notes),
+            "short_term_memory": _clean_line(notes.short_term_memory),
+            "reason": _clean_line(notes.reason),
+            "plans": plans,
+            "bible": bible,
+        }
     )
 
 
@@ -860,7 +868,17 @@ def notes_problem(notes: StepNotes) -> str | None:
         return "the memory's reason repeated the instructions"
     if not notes.plans:
         return "none of the plans was usable"
+    if isinstance(notes, OpeningNotes):
+        return frame_problem(notes)
     return None
+
+
+def frame_problem(frame: StoryFrame | OpeningNotes) -> str | None:
+    """Why a title and outline cannot be stored, or None."""
+    if not words(frame.title) or echoes_instructions(frame.title):
+        return "the title came back empty" if not words(frame.title) else "the title was unusable"
+    return prose_problem(frame.outline, min_words=4, instructions=INSTRUCTION_TEXTS,
+                         what="outline")  # fmt: skip
 
 
 def echoes_instructions(text: str) -> bool:

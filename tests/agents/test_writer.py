@@ -45,15 +45,24 @@ def notes(
     memory: str = "The hero is at sea with the sealed letter.",
     plans: list[str] | None = None,
     bible: list[dict[str, str]] | None = None,
+    *,
+    opening: bool = False,
 ) -> str:
+    """Notes JSON; after an opening, with the story's title and outline (:data:`FRAME`)."""
     return json.dumps(
         {
             "short_term_memory": memory,
             "reason": "new events",
             "plans": PLANS if plans is None else plans,
             "bible": bible or [],
+            **(json.loads(FRAME) if opening else {}),
         }
     )
+
+
+def opening(user: str) -> bool:
+    """Whether a notes request follows a story's opening (it asks for a title too)."""
+    return "give the story a title" in user
 
 
 def instruction_of(user: str) -> str:
@@ -64,10 +73,10 @@ def instruction_of(user: str) -> str:
 
 def echo(user: str, call: int) -> str:
     """A story: its frame, an opening, notes, and paragraphs that name their instruction."""
+    if "Rewrite the notes" in user:
+        return notes(opening=opening(user))
     if "Give the story a title" in user:
         return FRAME
-    if "Rewrite the notes" in user:
-        return notes()
     if "opening paragraph" in user:
         return OPENING
     return (
@@ -188,7 +197,7 @@ def test_prompt_stays_bounded_over_500_steps(tmp_path: Path) -> None:
 
     def reply(user: str, call: int) -> str:
         if "Rewrite the notes" in user:
-            return notes(memory[:1150])
+            return notes(memory[:1150], opening=opening(user))
         return echo(user, call) if "Give the story" in user else f"{long} Day {call}."
 
     llm = ScriptedLLM(reply)

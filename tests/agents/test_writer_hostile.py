@@ -11,7 +11,7 @@ from agents.errors import StepFailed
 from agents.writer import PREMISE_CHARS, Progress, WriterConfig
 from memory import MemoryStore
 from memory.errors import InvalidRecord
-from tests.agents.test_writer import FRAME, OPENING, echo, notes, run, writer_for
+from tests.agents.test_writer import OPENING, echo, notes, opening, run, writer_for
 from tests.fakes import ScriptedLLM
 
 LEAKED = (
@@ -99,6 +99,7 @@ def test_bad_notes_store_nothing(store: MemoryStore, bad_notes: str) -> None:
     llm = ScriptedLLM(echo)
     writer, story, root = started(store, llm)
     llm.reply = lambda user, call: bad_notes if "Rewrite the notes" in user else echo(user, call)
+
     with pytest.raises(StepFailed, match="could not update the memory and plans") as failure:
         run(writer.step(story.id, plan="Go on."))
     assert "Nothing was stored" in str(failure.value)
@@ -119,9 +120,9 @@ def test_unusable_plans_are_dropped_and_the_rest_kept(store: MemoryStore) -> Non
 
 def test_a_garbage_interactive_opening_creates_no_story(store: MemoryStore) -> None:
     def comma(user: str, call: int) -> str:
-        if "Give the story a title" in user:
-            return FRAME
-        return notes(",", plans=[",", ",", ","]) if "Rewrite the notes" in user else ","
+        return (
+            notes(",", plans=[",", ",", ","], opening=True) if "Rewrite the notes" in user else ","
+        )
 
     llm = ScriptedLLM(comma)
     writer = writer_for(store, llm)
@@ -167,9 +168,9 @@ def test_a_base_model_writes_by_continuation(store: MemoryStore) -> None:
     notes are written field by field; nothing needs JSON."""
 
     def base(prompt: str, call: int) -> str:
-        if prompt.endswith("Title:"):
+        if prompt.endswith("Title of the story:"):
             return " The Salt Road"
-        if prompt.endswith("Outline:"):
+        if prompt.endswith("Outline of the whole story:"):
             return " A courier crosses the desert with a sealed letter."
         if prompt.endswith("Summary of the story so far:"):
             return " Mara crosses the desert with a sealed letter for the queen."
@@ -191,7 +192,9 @@ def test_bible_suggestions_are_kept_on_the_node(store: MemoryStore) -> None:
     junk = {"kind": "fact", "name": "JSON", "text": "Reply again with only the JSON object."}
 
     def reply(user: str, call: int) -> str:
-        return notes(bible=[idris, junk]) if "Rewrite the notes" in user else echo(user, call)
+        if "Rewrite the notes" in user:
+            return notes(bible=[idris, junk], opening=opening(user))
+        return echo(user, call)
 
     writer, story, _ = started(store, ScriptedLLM(reply))
     node = run(writer.step(story.id, plan="Idris arrives."))

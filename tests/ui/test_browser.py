@@ -22,7 +22,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from tests.agents.test_writer import FRAME, notes
+from tests.agents.test_writer import notes
 from tests.net import free_port, serving
 
 CHROMIUM = "/usr/bin/chromium"
@@ -65,7 +65,7 @@ def scripted_server() -> FastAPI:
         schema = body.get("structured_outputs", {}).get("json", {})
         calls["n"] += 1
         title = schema.get("title", "")
-        replies = {"StoryFrame": FRAME, "StepNotes": notes(bible=[IDRIS])}
+        replies = {"OpeningNotes": notes(opening=True), "StepNotes": notes(bible=[IDRIS])}
         text = replies.get(title) or paragraph(calls["n"])
         if body.get("stream"):  # 8 characters every 50 ms: long enough to watch, and to stop
             return StreamingResponse(_chunks(text), media_type="text/event-stream")

@@ -77,8 +77,8 @@ def test_llm_failure_is_a_message_not_a_traceback(studio: Studio) -> None:
     app.sidebar.text_area[0].input("A premise.")
     app.sidebar.button[0].click().run()
     assert not app.exception
-    assert "could not plan this story" in app.error[0].value
-    assert "JSON" not in app.error[0].value and "StoryFrame" not in app.error[0].value
+    assert "could not write a usable paragraph" in app.error[0].value
+    assert "JSON" not in app.error[0].value and "Reply" not in app.error[0].value
     assert app.sidebar.text_area[0].value == "A premise."  # what was typed is kept
     assert any(b.label == "Regenerate" for b in app.button)
     assert studio.writing.stories.all() == []
