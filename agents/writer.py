@@ -129,15 +129,17 @@ class WriterConfig:
         if self.paragraph_tokens < 16:
             raise InvalidRecord(f"paragraph_tokens={self.paragraph_tokens} must be at least 16")
 
-    def sampling(self, max_tokens: int) -> SamplingParams:
+    def sampling(self, max_tokens: int, *, penalties: bool = True) -> SamplingParams:
+        """How the writer samples. The penalties are for prose only: notes must repeat the
+        story's names (and vLLM's repetition penalty counts the prompt's tokens too)."""
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             min_p=self.min_p,
-            repetition_penalty=self.repetition_penalty,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty if penalties else 1.0,
+            presence_penalty=self.presence_penalty if penalties else 0.0,
+            frequency_penalty=self.frequency_penalty if penalties else 0.0,
         )
 
 
@@ -644,7 +646,7 @@ class RecurrentWriter(StoryTree):
         return OpeningNotes(**fields, title=title[:80] or "-", outline=outline[:800] or "-")
 
     async def _field(self, prompt: str, max_tokens: int) -> str:
-        params = replace(self.config.sampling(max_tokens), stop=("\n",))
+        params = replace(self.config.sampling(max_tokens, penalties=False), stop=("\n",))
         completion = await self.llm.complete(prompt, params)
         return completion.text.strip()
 
@@ -654,7 +656,8 @@ class RecurrentWriter(StoryTree):
         """A validated reply, or None once the backend says the model has no chat template
         (``auto`` style: the writer moves to completion, and the caller asks field by field)."""
         try:
-            return await self.llm.generate_json(messages, schema, self.config.sampling(max_tokens))
+            params = self.config.sampling(max_tokens, penalties=False)
+            return await self.llm.generate_json(messages, schema, params)
         except RequestRejected as err:
             if self.config.prompt_style != "auto" or "chat template" not in str(err):
                 raise

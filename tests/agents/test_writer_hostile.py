@@ -243,3 +243,15 @@ def test_leaked_notes_from_a_real_repair_loop_never_reach_the_story(store: Memor
     writer.llm = ScriptedLLM(reply)
     node = run(writer.step(story.id, plan="Go on."))
     assert "JSON" not in node.short_term_memory and node.plans[0].startswith("She meets")
+
+
+def test_penalties_shape_prose_only(store: MemoryStore) -> None:
+    """The notes repeat the story's names, so the repetition penalties are for prose only."""
+    llm = ScriptedLLM(echo)
+    config = WriterConfig(repetition_penalty=1.3, presence_penalty=0.5, min_p=0.1)
+    writer, story, _ = started(store, llm, config)
+    run(writer.step(story.id, plan="Go on."))
+    prose, notes_ = llm.params[-2], llm.params[-1]
+    assert (prose.repetition_penalty, prose.presence_penalty, prose.min_p) == (1.3, 0.5, 0.1)
+    assert (notes_.repetition_penalty, notes_.presence_penalty, notes_.min_p) == (1.0, 0.0, 0.1)
+    assert prose.max_tokens == config.paragraph_tokens
