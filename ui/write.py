@@ -171,7 +171,9 @@ def _manage(s: Studio, story: Story) -> None:
             if not _fail(error):
                 st.rerun()
         sure = st.checkbox(f"Yes, delete “{story.title}” and its memory", key=f"sure-{story.id}")
-        if st.button("Delete story", disabled=not sure, type="primary"):
+        busy = s.runs.running(story.id) is not None
+        if st.button("Delete story", disabled=not sure or busy, type="primary",
+                     help="Stop the running step first" if busy else None):  # fmt: skip
             _, error = s.call(lambda: s.writing.delete(story.id))
             if not _fail(error):
                 st.session_state.pop("story", None)

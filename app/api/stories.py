@@ -233,7 +233,12 @@ def export(
 
 @router.delete("/stories/{story_id}", response_model=Deleted)
 def delete_story(story_id: RecordId, api: Services, caller: Authenticated) -> Deleted:
-    """Delete a story with its tree and its long-term memory (rows and vectors)."""
+    """Delete a story with its tree and its long-term memory (rows and vectors); refused (409)
+    while a step of it is running."""
     _owned(api, caller, story_id)
+    if api.runs.running(story_id) is not None:
+        raise Conflict(
+            f"story {story_id} is writing a step; stop it first (DELETE …/steps/running)"
+        )
     api.writing.delete(story_id)
     return Deleted(id=story_id, deleted=True)

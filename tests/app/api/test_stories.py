@@ -118,6 +118,8 @@ def test_a_running_step_is_visible_and_a_second_is_refused(
         assert running["instruction"] == "A storm rises." and running["node_id"] is None
         second = client.post(steps, json={"plan": "A caravan passes."}, headers=acme)
         assert second.status_code == 409 and "already writing" in second.json()["error"]["message"]
+        deleted = client.delete(f"/v1/stories/{story['id']}", headers=acme)
+        assert deleted.status_code == 409 and "stop it first" in deleted.text
         head = client.get(f"/v1/stories/{story['id']}", headers=acme).json()["head"]
         assert head["id"] == story["head"]["id"]  # the head moves only when the step completes
         gate.set()
