@@ -163,20 +163,21 @@ def _run_out(job: Job) -> RunOut:
 @router.get("/stories/{story_id}/steps/running", response_model=RunOut)
 def running_step(story_id: RecordId, api: Services, caller: Authenticated) -> RunOut:
     """The step the story is writing now, with its paragraph as streamed so far (404: none)."""
+    return _run_out(_running(api, caller, story_id))
+
+
+def _running(api: ApiServices, caller: Caller, story_id: int) -> Job:
     _owned(api, caller, story_id)
     job = api.runs.running(story_id)
     if job is None:
         raise NotFound(f"story {story_id} is not writing a step now")
-    return _run_out(job)
+    return job
 
 
 @router.delete("/stories/{story_id}/steps/running", response_model=RunOut)
 def stop_step(story_id: RecordId, api: Services, caller: Authenticated) -> RunOut:
     """Stop the running step; nothing of it is stored (404: none is running)."""
-    _owned(api, caller, story_id)
-    job = api.runs.running(story_id)
-    if job is None:
-        raise NotFound(f"story {story_id} is not writing a step now")
+    job = _running(api, caller, story_id)
     api.runs.stop(job.id)
     return _run_out(job)
 
