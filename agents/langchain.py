@@ -241,6 +241,7 @@ class LangChainLLM:
         params: SamplingParams = GREEDY,
         *,
         on_text: OnText | None = None,
+        repairs: int | None = None,
     ) -> Schema:
         async def generate(conversation: Sequence[ChatMessage]) -> str:
             if on_text is None:
@@ -250,4 +251,5 @@ class LangChainLLM:
                 pieces.add(delta.text)
             return pieces.text
 
-        return await validated(generate, messages, schema, repairs=self.repairs)
+        tries = self.repairs if repairs is None else repairs
+        return await validated(generate, messages, schema, repairs=tries)

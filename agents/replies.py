@@ -11,26 +11,34 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-Plan = Annotated[str, Field(min_length=1, max_length=300)]
+Plan = Annotated[str, Field(min_length=1, max_length=160)]
 
 
 class BibleItem(BaseModel):
     kind: Literal["character", "place", "fact", "other"]
-    name: str = Field(min_length=1, max_length=80)
+    name: str = Field(min_length=1, max_length=60)
     text: str = Field(min_length=1, max_length=300)
 
 
+class Suggestion(BibleItem):
+    """A bible entry the model proposes after a paragraph (short: the writer reads it)."""
+
+    name: str = Field(min_length=1, max_length=40)
+    text: str = Field(min_length=1, max_length=120)
+
+
 class StepNotes(BaseModel):
-    """What the model answers after each paragraph: the memory update and the next plans."""
+    """What the model answers after each paragraph: the memory update and the next plans, in
+    the order it writes them (a guided decoder keeps the schema's order)."""
 
     short_term_memory: str = Field(
-        min_length=1, max_length=1200, description="What the reader must keep in mind now."
+        min_length=1, max_length=600, description="What the reader must keep in mind now."
     )
-    reason: str = Field(max_length=300, description="Why the short-term memory changed.")
+    reason: str = Field(max_length=200, description="Why the short-term memory changed.")
     plans: list[Plan] = Field(min_length=3, max_length=3)
-    bible: list[BibleItem] = Field(
+    bible: list[Suggestion] = Field(
         default_factory=list,
-        max_length=3,
+        max_length=2,
         description="New characters, places or facts the newest paragraph introduced.",
     )
 
@@ -39,7 +47,7 @@ class OpeningNotes(StepNotes):
     """The notes after a story's opening paragraph, with the story's title and outline."""
 
     title: str = Field(min_length=1, max_length=80)
-    outline: str = Field(min_length=1, max_length=800)
+    outline: str = Field(min_length=1, max_length=400)
 
 
 class StoryFrame(BaseModel):

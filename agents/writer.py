@@ -92,7 +92,7 @@ class WriterConfig:
     """Most tokens of the plan or the reader's action."""
     paragraph_tokens: int = 220
     """Most tokens of a paragraph (its generation stops there)."""
-    notes_tokens: int = 360
+    notes_tokens: int = 480
     """Most tokens of the structured notes call (memory, reason, three plans, bible)."""
     temperature: float = 0.8
     """Sampling temperature of generation."""
@@ -657,7 +657,9 @@ class RecurrentWriter(StoryTree):
         (``auto`` style: the writer moves to completion, and the caller asks field by field)."""
         try:
             params = self.config.sampling(max_tokens, penalties=False)
-            return await self.llm.generate_json(messages, schema, params)
+            # No repair requests: a retry is a fresh try (see :meth:`_notes`), so no repair text
+            # can be echoed into content, and a reply cut at max_tokens costs one call, not three.
+            return await self.llm.generate_json(messages, schema, params, repairs=0)
         except RequestRejected as err:
             if self.config.prompt_style != "auto" or "chat template" not in str(err):
                 raise

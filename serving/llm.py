@@ -197,11 +197,14 @@ class LLM(Protocol):
         params: SamplingParams = GREEDY,
         *,
         on_text: OnText | None = None,
+        repairs: int = 2,
     ) -> Schema:
         """A reply validated against ``schema``: guided decoding where the backend has it,
         otherwise parse and a bounded number of repair attempts
         (:class:`serving.errors.StructuredOutputError` when they run out).
 
+        ``repairs`` is how many times a reply that does not validate is answered with a repair
+        request (0: one try; a caller that retries itself, like the writer, passes 0).
         ``on_text``, when given, is called with the reply's raw text so far as it is generated
         (each repair attempt starts again from ""), so a UI can show it streaming."""
         ...

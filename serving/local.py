@@ -163,6 +163,7 @@ class LocalLLM(RerankedGeneration):
         params: SamplingParams = GREEDY,
         *,
         on_text: OnText | None = None,
+        repairs: int = 2,
     ) -> Schema:
         """Grammar-guided JSON, then validated (a reply cut by max_tokens is repaired)."""
         json_schema = json_schema_of(schema)
@@ -179,4 +180,4 @@ class LocalLLM(RerankedGeneration):
                     reply.add(delta.text)
             return reply.text
 
-        return await validated(guided, messages, schema)
+        return await validated(guided, messages, schema, repairs=repairs)

@@ -209,6 +209,7 @@ class OpenAICompatibleLLM(RerankedGeneration):
         params: SamplingParams = GREEDY,
         *,
         on_text: OnText | None = None,
+        repairs: int = 2,
     ) -> Schema:
         """One choice, constrained by the server's guided decoding (see
         :attr:`OpenAIClientConfig.guided_decoding`) and always validated through
@@ -223,7 +224,7 @@ class OpenAICompatibleLLM(RerankedGeneration):
         async def generate(conversation: Sequence[ChatMessage]) -> str:
             return (await self._guided_chat(conversation, params, guidance, on_text)).text
 
-        return await validated(generate, messages, schema)
+        return await validated(generate, messages, schema, repairs=repairs)
 
     async def _guided_chat(
         self,

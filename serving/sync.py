@@ -87,9 +87,12 @@ class SyncLLM:
         params: SamplingParams = GREEDY,
         *,
         on_text: OnText | None = None,
+        repairs: int = 2,
     ) -> Schema:
         """``on_text`` is called from the wrapper's loop thread."""
-        return self._run(self._llm.generate_json(messages, schema, params, on_text=on_text))
+        return self._run(
+            self._llm.generate_json(messages, schema, params, on_text=on_text, repairs=repairs)
+        )
 
     def close(self) -> None:
         """Close the backend (if it has ``aclose``), stop the loop and join its thread.

@@ -93,6 +93,7 @@ class ScriptedLLM:
         params: SamplingParams = GREEDY,
         *,
         on_text: OnText | None = None,
+        repairs: int = 2,
     ) -> Schema:
         self._refuse_chat()
 
@@ -106,7 +107,7 @@ class ScriptedLLM:
                     await asyncio.sleep(0)
             return reply
 
-        return await validated(generate, messages, schema)
+        return await validated(generate, messages, schema, repairs=repairs)
 
     def _refuse_chat(self) -> None:
         if not self.chat_template:

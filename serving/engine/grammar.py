@@ -27,7 +27,9 @@ class GrammarCompiler:
         return self._compiler.compile_json_schema(schema, any_whitespace=False)
 
     def matcher(self, schema: dict[str, Any]) -> GrammarMatcher:
-        return GrammarMatcher(self._compile(json.dumps(schema, sort_keys=True)), self.vocab_size)
+        # Keys keep their order: a model writes the fields in the schema's order (a reply's
+        # reasoning before its conclusion), so sorting them would change what it generates.
+        return GrammarMatcher(self._compile(json.dumps(schema)), self.vocab_size)
 
 
 class GrammarMatcher:

@@ -117,6 +117,7 @@ class RecordingLLM:
         params: SamplingParams = GREEDY,
         *,
         on_text: OnText | None = None,
+        repairs: int = 2,
     ) -> Schema:
         self.prompts.append(list(messages))
         shown = _PASSAGE.findall(messages[-1].content)

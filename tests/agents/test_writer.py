@@ -197,7 +197,7 @@ def test_prompt_stays_bounded_over_500_steps(tmp_path: Path) -> None:
 
     def reply(user: str, call: int) -> str:
         if "Rewrite the notes" in user:
-            return notes(memory[:1150], opening=opening(user))
+            return notes(memory[:590], opening=opening(user))
         return echo(user, call) if "Give the story" in user else f"{long} Day {call}."
 
     llm = ScriptedLLM(reply)

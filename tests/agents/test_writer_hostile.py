@@ -225,8 +225,9 @@ def test_editing_a_paragraph_keeps_its_versions_and_re_embeds_it(store: MemorySt
         run(writer.edit_paragraph(story.id, node.id, "  "))
 
 
-def test_leaked_notes_from_a_real_repair_loop_never_reach_the_story(store: MemoryStore) -> None:
-    """The repair loop asks again with a repair request; a model that echoes it is refused."""
+def test_notes_are_retried_fresh_never_by_repair_request(store: MemoryStore) -> None:
+    """A reply cut off, then one echoing a repair request: each try is a fresh request (no repair
+    text is ever sent, so none can come back), and what is stored is the valid third."""
     leaked = {
         "short_term_memory": "That reply is not valid JSON for the StepNotes schema.",
         "reason": "",
@@ -239,10 +240,13 @@ def test_leaked_notes_from_a_real_repair_loop_never_reach_the_story(store: Memor
             return next(answers, notes())
         return echo(user, call)
 
-    writer, story, _ = started(store, ScriptedLLM(echo))
-    writer.llm = ScriptedLLM(reply)
+    writer, story, _ = started(store, ScriptedLLM(echo), WriterConfig(attempts=3))
+    llm = ScriptedLLM(reply)
+    writer.llm = llm
     node = run(writer.step(story.id, plan="Go on."))
     assert "JSON" not in node.short_term_memory and node.plans[0].startswith("She meets")
+    assert sum("Rewrite the notes" in p for p in llm.prompts) == 3
+    assert not any("not valid JSON" in p for p in llm.prompts)  # never a repair request
 
 
 def test_penalties_shape_prose_only(store: MemoryStore) -> None:

@@ -86,6 +86,7 @@ class EchoLLM:
         params: SamplingParams = GREEDY,
         *,
         on_text: OnText | None = None,
+        repairs: int = 2,
     ) -> Schema:
         self._note()
         return schema.model_validate_json(messages[-1].content)
