@@ -113,6 +113,9 @@ class WriterConfig:
     """Tries of each part (paragraph, notes) before the step fails; each try is shown."""
     step_timeout_s: float = 180.0
     """A step that has not finished after this many seconds fails (nothing is stored)."""
+    context_tokens: int = 0
+    """The model's context (prompt + reply); a prompt that would not fit loses its start (the
+    story's end and the request are kept) and a reply is capped at half of it. 0 = unknown."""
     prompt_style: PromptStyle = "auto"
     """``chat`` (instruction-tuned models), ``completion`` (base models: the paragraph continues
     the story's text, notes are written field by field), or ``auto``: chat, and completion once
@@ -162,6 +165,8 @@ _IMPORT_HEAD_TOKENS = 600
 _IMPORT_TAIL_TOKENS = 1500
 _MIN_PARAGRAPH_WORDS = 12
 _MIN_MEMORY_WORDS = 5
+_CONTEXT_MARGIN = 48
+"""Tokens kept free of a model's context for its chat template and counting differences."""
 _DEGENERATE_AFTER_WORDS = 48
 """A paragraph still streaming is checked for a repetition loop once it has this many words."""
 
@@ -233,6 +238,8 @@ class RecurrentWriter(StoryTree):
         self.style: Literal["chat", "completion"] = (
             "completion" if config.prompt_style == "completion" else "chat"
         )
+        self._count: Callable[[str], int] = lambda text: len(text.split())
+        """The story memory's token counter (set by each start, adopt and step)."""
         self._pending: dict[int, asyncio.Task[list[int]]] = {}
         """Background ingests of new paragraphs, by node id (see :meth:`settle`)."""
 
@@ -252,7 +259,7 @@ class RecurrentWriter(StoryTree):
         memory. Nothing is stored unless every part is valid."""
         check_opening(genre, premise, mode)
         memory = self.memory_for(namespace)
-        count = memory.count_tokens
+        count = self._count = memory.count_tokens
         async with self._limit():
             premise_text = clip(premise.strip(), 400, count)
             setting = f"Genre: {genre.strip()}\nPremise: {premise_text}"
@@ -302,7 +309,7 @@ class RecurrentWriter(StoryTree):
         if len(genre) > GENRE_CHARS:
             raise InvalidRecord(f"the genre has {len(genre)} characters; the most is {GENRE_CHARS}")
         memory = self.memory_for(namespace)
-        count = memory.count_tokens
+        count = self._count = memory.count_tokens
         head = clip(manuscript.strip(), _IMPORT_HEAD_TOKENS, count)
         ending = tail(manuscript.strip(), _IMPORT_TAIL_TOKENS, count)
         async with self._limit():
@@ -366,6 +373,7 @@ class RecurrentWriter(StoryTree):
         if not instruction.strip():
             instruction = parent.plans[0] if parent.plans else "Continue the story."
         memory = self.memory_for(story.namespace)
+        self._count = memory.count_tokens
         async with self._limit():
             prose = await self.prompt(story, parent, instruction, memory)
             paragraph, ranking = await self._paragraph(prose, parent.paragraph, on_progress)
@@ -546,7 +554,8 @@ class RecurrentWriter(StoryTree):
     ) -> tuple[str, str | None]:
         """One draft of the paragraph and why it is unusable (None when it is fine). A draft
         that falls into a repetition loop is stopped early."""
-        params = self.config.sampling(self.config.paragraph_tokens)
+        prose, max_tokens = self._fit(prose, self.config.paragraph_tokens)
+        params = self.config.sampling(max_tokens)
         text = ""
         async for piece in self._stream(prose, params):
             text += piece
@@ -646,6 +655,8 @@ class RecurrentWriter(StoryTree):
         return OpeningNotes(**fields, title=title[:80] or "-", outline=outline[:800] or "-")
 
     async def _field(self, prompt: str, max_tokens: int) -> str:
+        budget, max_tokens = self._room(max_tokens)
+        prompt = tail(prompt, budget, self._count)
         params = replace(self.config.sampling(max_tokens, penalties=False), stop=("\n",))
         completion = await self.llm.complete(prompt, params)
         return completion.text.strip()
@@ -655,6 +666,8 @@ class RecurrentWriter(StoryTree):
     ) -> Any:
         """A validated reply, or None once the backend says the model has no chat template
         (``auto`` style: the writer moves to completion, and the caller asks field by field)."""
+        fitted, max_tokens = self._fit(Prompt(list(messages), {}), max_tokens)
+        messages = fitted.messages
         try:
             params = self.config.sampling(max_tokens, penalties=False)
             # No repair requests: a retry is a fresh try (see :meth:`_notes`), so no repair text
@@ -666,6 +679,42 @@ class RecurrentWriter(StoryTree):
             log.info("%s has no chat template: writing by continuation", self.llm.model)
             self.style = "completion"
             return None
+
+    def _room(self, max_tokens: int) -> tuple[int, int]:
+        """(tokens a prompt may take, tokens the reply may take) within the model's context."""
+        if not self.config.context_tokens:
+            return 1 << 30, max_tokens
+        room = max(64, self.config.context_tokens - _CONTEXT_MARGIN)
+        max_tokens = max(8, min(max_tokens, room // 2))
+        return room - max_tokens, max_tokens
+
+    def _fit(self, prompt: Prompt, max_tokens: int) -> tuple[Prompt, int]:
+        """``prompt`` within the model's context: the user message (and the continuation) lose
+        their start when too long (the story's end and the request are at their end)."""
+        budget, max_tokens = self._room(max_tokens)
+        count = self._count
+        *rest, user = prompt.messages
+        fixed = sum(count(m.content) for m in rest)
+        if fixed + count(user.content) > budget:
+            body, _, ask = user.content.rpartition("\n\n")  # the request stays whole
+            least = fixed + count(ask) + 16
+            if least > budget:  # the reply gives way, down to a few tokens
+                room = budget + max_tokens
+                max_tokens = room - least
+                if max_tokens < 16:
+                    raise StepFailed(
+                        f"The model's context ({self.config.context_tokens} tokens) is too small "
+                        "for the writer's prompts; use a model with at least 1,024 tokens of "
+                        "context."
+                    )
+                budget = least
+            user = ChatMessage(
+                user.role, f"{tail(body, budget - fixed - count(ask), count)}\n\n{ask}"
+            )
+        continuation = prompt.continuation
+        if continuation and count(continuation) > budget:
+            continuation = tail(continuation, budget, count)
+        return Prompt([*rest, user], prompt.parts, continuation), max_tokens
 
     # -- the prompt -------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import io
 import re
 import uuid
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from agents.writer import (
@@ -68,11 +69,14 @@ class Writing:
         """The writer, built (and the LLM loaded) on first use, then kept: it holds the
         background ingests of new paragraphs."""
         if self._writer is None:
+            config = self.config
+            if not config.context_tokens:
+                config = replace(config, context_tokens=self.reading.context_tokens())
             self._writer = RecurrentWriter(
                 self.stories,
                 self.reading.story_memory,
                 self.reading.llm,
-                self.config,
+                config,
                 reranker=self.reranker() if self.config.candidates > 1 else None,
             )
         return self._writer

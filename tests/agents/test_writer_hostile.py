@@ -259,3 +259,20 @@ def test_penalties_shape_prose_only(store: MemoryStore) -> None:
     assert (prose.repetition_penalty, prose.presence_penalty, prose.min_p) == (1.3, 0.5, 0.1)
     assert (notes_.repetition_penalty, notes_.presence_penalty, notes_.min_p) == (1.0, 0.0, 0.1)
     assert prose.max_tokens == config.paragraph_tokens
+
+
+def test_prompts_fit_a_small_context(store: MemoryStore) -> None:
+    """A 260-token model: every request fits (the prompt loses its start, never the story's end
+    or the request), and a reply is capped at half the room."""
+    llm = ScriptedLLM(echo)
+    config = WriterConfig(context_tokens=260, recall_tokens=400)
+    writer, story, _ = started(store, llm, config)
+    for i in range(3):
+        run(writer.step(story.id, plan=f"Day {i}: the caravan reaches another well."))
+    room = 260 - 48
+    for prompt, params in zip(llm.prompts, llm.params, strict=True):
+        assert params.max_tokens <= room // 2
+        assert len(prompt.split()) + params.max_tokens <= room + 16  # + the system prompt
+    assert "Day 2: the caravan reaches another well." in llm.prompts[-2]
+    with pytest.raises(StepFailed, match="context \\(100 tokens\\) is too small"):
+        run(writer_for(store, llm, WriterConfig(context_tokens=100)).step(story.id))
