@@ -34,7 +34,7 @@ from typing import Any
 
 from agents.errors import StepFailed
 from agents.quality import distinct_n, echoes, prose_problem, repeated_ngram_rate
-from agents.story_prompt import INSTRUCTION_TEXTS
+from agents.story_prompt import INSTRUCTION_TEXTS, tail
 from agents.writer import Progress, WriterConfig
 from app.reading import Reading
 from app.settings import load_settings
@@ -127,13 +127,14 @@ async def story(writing: Writing, premise: tuple[str, str, str], steps: int, run
         plan = node.plans[0] if node.plans else "Continue the story."
         kind = "action" if mode == "interactive" else "plan"
         stepped = await timed(
-            lambda on, plan=plan, kind=kind: writer.step(story_.id, on_progress=on,  # type: ignore[misc]
+            lambda on, plan=plan, kind=kind: writer.step(story_.id, on_progress=on,
                                                          **{kind: plan}), run)  # fmt: skip
         if stepped is not None:
             node = stepped
             nodes.append(node)
     await writer.settle()
     config = writing.config
+    count = writer.memory_for(story_.namespace).count_tokens
     for i, stored in enumerate(nodes):
         texts = [stored.paragraph, stored.short_term_memory, *stored.plans]
         run.leaked += leaked(texts)
@@ -142,10 +143,11 @@ async def story(writing: Writing, premise: tuple[str, str, str], steps: int, run
         if i == 0:
             continue
         # Plain continuation: the same model and sampling continue the story's own text.
-        so_far = "\n\n".join(n.paragraph for n in nodes[:i])
-        context = so_far[-3000:]
-        params = config.sampling(config.paragraph_tokens)
-        completion = await writer.llm.complete(context + "\n\n", params)
+        so_far = "\n\n".join(n.paragraph for n in nodes[:i]) + "\n\n"
+        room = writing.reading.context_tokens() - 48
+        max_tokens = min(config.paragraph_tokens, room // 2)  # as the writer caps its own
+        params = config.sampling(max_tokens)
+        completion = await writer.llm.complete(tail(so_far, room - max_tokens, count), params)
         run.baseline.append(completion.text.strip())
 
 
