@@ -13,7 +13,7 @@ from app.reading import Reading
 from app.settings import load_settings
 from app.studio import Studio
 from memory import MemoryStore
-from tests.agents.test_writer import echo
+from tests.agents.test_writer import PLANS, echo
 from tests.fakes import ScriptedLLM
 
 SCRIPT = "from ui.write import main\nmain()\n"
@@ -131,3 +131,31 @@ def test_a_draft_survives_a_reload_and_clears_once_written(studio: Studio) -> No
         studio.writing.stories.all()[0].id
     )
     assert studio.writing.stories.all()[0].metadata["draft"] == ""
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_interactive_buttons_say_what_they_do_and_actions_join_the_transcript(
+    studio: Studio,
+) -> None:
+    app = AppTest.from_string(SCRIPT, default_timeout=60).run()
+    app.sidebar.text_input[0].input("mystery")
+    app.sidebar.text_area[0].input("You wake in a locked lighthouse.")
+    app.sidebar.radio[0].set_value("interactive")
+    app.sidebar.button[0].click().run()
+    assert not app.exception and not app.error
+    options = [b for b in app.button if b.label.startswith("▶ ")]
+    assert [b.label for b in options] == [f"▶ {plan}" for plan in PLANS]
+    options[0].click().run()
+    assert not app.exception and not app.error
+    transcript = [m.value for m in app.markdown]
+    assert f"**▶ You:** *{PLANS[0]}*" in transcript
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_an_empty_premise_is_refused_before_the_model_loads(studio: Studio) -> None:
+    app = AppTest.from_string(SCRIPT, default_timeout=60).run()
+    app.sidebar.text_input[0].input("mystery")
+    app.sidebar.text_area[0].input("   ")
+    app.sidebar.button[0].click().run()
+    assert "give both" in app.error[0].value
+    assert studio.reading._llm.prompts == []  # type: ignore[union-attr]
