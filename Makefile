@@ -54,6 +54,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.engine
 	$(BIN)/python -m benchmarks.retrieval
 	$(BIN)/python -m benchmarks.writer
+	MNEME_TEST_MODEL=$${MNEME_TEST_MODEL:-$$(test -d $(TEST_MODEL) && cd $(TEST_MODEL) && pwd)} \
+		$(BIN)/python -m benchmarks.writer_quality
 	$(BIN)/python -m benchmarks.api
 	$(BIN)/python -m benchmarks.prefixes
 	$(BIN)/python -m benchmarks.agent
