@@ -110,7 +110,14 @@ class WriterConfig:
     """Paragraphs drafted per step; with a reranker the best-scored one is kept (RankGen's
     over-generate-and-rerank), without one the first."""
     attempts: int = 2
-    """Tries of each part (paragraph, notes) before the step fails; each try is shown."""
+    """Tries of the paragraph before the step fails; each try is shown."""
+    notes_attempts: int = 3
+    """Tries of the notes (memory, plans) before the step fails; nothing of a failed try is
+    shown or stored."""
+    notes_temperature: float = 0.5
+    """Sampling temperature of the notes: a summary and plans want less randomness than prose."""
+    notes_repetition_penalty: float = 1.05
+    """A mild repetition penalty for the notes (they must repeat the story's names)."""
     step_timeout_s: float = 180.0
     """A step that has not finished after this many seconds fails (nothing is stored)."""
     context_tokens: int = 0
@@ -125,24 +132,28 @@ class WriterConfig:
     (its recall never needs it: the last paragraph is in the prompt verbatim)."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.attempts <= 5:
-            raise InvalidRecord(f"attempts={self.attempts} must be in [1, 5]")
+        if not 1 <= self.attempts <= 5 or not 1 <= self.notes_attempts <= 5:
+            raise InvalidRecord(
+                f"attempts={self.attempts} and notes_attempts={self.notes_attempts} must be in "
+                "[1, 5]"
+            )
         if self.step_timeout_s <= 0:
             raise InvalidRecord(f"step_timeout_s={self.step_timeout_s} must be positive")
         if self.paragraph_tokens < 16:
             raise InvalidRecord(f"paragraph_tokens={self.paragraph_tokens} must be at least 16")
 
-    def sampling(self, max_tokens: int, *, penalties: bool = True) -> SamplingParams:
-        """How the writer samples. The penalties are for prose only: notes must repeat the
-        story's names (and vLLM's repetition penalty counts the prompt's tokens too)."""
+    def sampling(self, max_tokens: int, *, notes: bool = False) -> SamplingParams:
+        """How the writer samples prose, or ``notes``: cooler, and with only a mild repetition
+        penalty, since notes must repeat the story's names (and vLLM's repetition penalty counts
+        the prompt's tokens too)."""
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=self.temperature,
+            temperature=self.notes_temperature if notes else self.temperature,
             top_p=self.top_p,
             min_p=self.min_p,
-            repetition_penalty=self.repetition_penalty if penalties else 1.0,
-            presence_penalty=self.presence_penalty if penalties else 0.0,
-            frequency_penalty=self.frequency_penalty if penalties else 0.0,
+            repetition_penalty=self.notes_repetition_penalty if notes else self.repetition_penalty,
+            presence_penalty=0.0 if notes else self.presence_penalty,
+            frequency_penalty=0.0 if notes else self.frequency_penalty,
         )
 
 
@@ -615,7 +626,7 @@ class RecurrentWriter(StoryTree):
             {"notes": len(words(body))},
         )
         problem = "the notes were unusable"
-        for attempt in range(1, self.config.attempts + 1):
+        for attempt in range(1, self.config.notes_attempts + 1):
             on_progress(Progress("notes", paragraph, attempt))
             try:
                 notes = None
@@ -657,7 +668,7 @@ class RecurrentWriter(StoryTree):
     async def _field(self, prompt: str, max_tokens: int) -> str:
         budget, max_tokens = self._room(max_tokens)
         prompt = tail(prompt, budget, self._count)
-        params = replace(self.config.sampling(max_tokens, penalties=False), stop=("\n",))
+        params = replace(self.config.sampling(max_tokens, notes=True), stop=("\n",))
         completion = await self.llm.complete(prompt, params)
         return completion.text.strip()
 
@@ -669,7 +680,7 @@ class RecurrentWriter(StoryTree):
         fitted, max_tokens = self._fit(Prompt(list(messages), {}), max_tokens)
         messages = fitted.messages
         try:
-            params = self.config.sampling(max_tokens, penalties=False)
+            params = self.config.sampling(max_tokens, notes=True)
             # No repair requests: a retry is a fresh try (see :meth:`_notes`), so no repair text
             # can be echoed into content, and a reply cut at max_tokens costs one call, not three.
             return await self.llm.generate_json(messages, schema, params, repairs=0)
@@ -904,7 +915,7 @@ def clean_notes(notes: StepNotes) -> StepNotes:
         **{
             **dict(notes),
             "short_term_memory": _clean_line(notes.short_term_memory),
-            "reason": _clean_line(notes.reason),
+            "reason": "" if echoes_instructions(notes.reason) else _clean_line(notes.reason),
             "plans": plans,
             "bible": bible,
         }
@@ -918,8 +929,6 @@ def notes_problem(notes: StepNotes) -> str | None:
                            instructions=INSTRUCTION_TEXTS, what="short-term memory")  # fmt: skip
     if memory is not None:
         return memory
-    if notes.reason and echoes_instructions(notes.reason):
-        return "the memory's reason repeated the instructions"
     if not notes.plans:
         return "none of the plans was usable"
     if isinstance(notes, OpeningNotes):

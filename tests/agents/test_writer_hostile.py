@@ -249,15 +249,16 @@ def test_notes_are_retried_fresh_never_by_repair_request(store: MemoryStore) -> 
     assert not any("not valid JSON" in p for p in llm.prompts)  # never a repair request
 
 
-def test_penalties_shape_prose_only(store: MemoryStore) -> None:
-    """The notes repeat the story's names, so the repetition penalties are for prose only."""
+def test_notes_sample_cooler_with_a_mild_penalty(store: MemoryStore) -> None:
+    """The notes repeat the story's names: cooler sampling and only a mild repetition penalty."""
     llm = ScriptedLLM(echo)
     config = WriterConfig(repetition_penalty=1.3, presence_penalty=0.5, min_p=0.1)
     writer, story, _ = started(store, llm, config)
     run(writer.step(story.id, plan="Go on."))
     prose, notes_ = llm.params[-2], llm.params[-1]
     assert (prose.repetition_penalty, prose.presence_penalty, prose.min_p) == (1.3, 0.5, 0.1)
-    assert (notes_.repetition_penalty, notes_.presence_penalty, notes_.min_p) == (1.0, 0.0, 0.1)
+    assert (notes_.repetition_penalty, notes_.presence_penalty, notes_.min_p) == (1.05, 0.0, 0.1)
+    assert notes_.temperature == config.notes_temperature < prose.temperature
     assert prose.max_tokens == config.paragraph_tokens
 
 
