@@ -621,10 +621,11 @@ class RecurrentWriter(StoryTree):
             f"\n\nThe newest paragraph:\n{paragraph}\n\n{NOTES_ASK.format(plans=plans)}"
             + (f" Last, {FRAME_ASK[0].lower()}{FRAME_ASK[1:]}" if opening else "")
         )
-        prompt = Prompt(
-            [ChatMessage("system", NOTES), ChatMessage("user", body)],
-            {"notes": len(words(body))},
-        )
+        count = self._count
+        sizes = {"story": count(context), "short-term memory": count(memory_before),
+                 "paragraph": count(paragraph)}  # fmt: skip
+        sizes["instructions"] = max(0, count(NOTES) + count(body) - sum(sizes.values()))
+        prompt = Prompt([ChatMessage("system", NOTES), ChatMessage("user", body)], sizes)
         problem = "the notes were unusable"
         for attempt in range(1, self.config.notes_attempts + 1):
             on_progress(Progress("notes", paragraph, attempt))

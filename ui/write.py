@@ -462,13 +462,15 @@ def _bible(s: Studio, story: Story, head: StoryNode) -> None:
 
 
 def _budget(head: StoryNode) -> None:
-    parts = {name: int(value["tokens"]) for name, value in head.prompt.get("parts", {}).items()}
-    if not parts:
-        st.info("This node has no recorded prompt (the opening's is in its own step).")
-        return
-    st.metric("Prompt tokens", sum(parts.values()))
-    st.bar_chart(parts, horizontal=True)
-    st.dataframe([{"part": k, "tokens": v} for k, v in parts.items()], hide_index=True)
+    """What the step's two prompts held, part by part: the paragraph's and the notes'."""
+    prompts = {"Prompt tokens": head.prompt, "Notes prompt tokens": head.prompt.get("notes", {})}
+    for label, record in prompts.items():
+        parts = {name: int(value["tokens"]) for name, value in record.get("parts", {}).items()}
+        if not parts:
+            continue
+        st.metric(label, sum(parts.values()))
+        st.bar_chart(parts, horizontal=True)
+        st.dataframe([{"part": k, "tokens": v} for k, v in parts.items()], hide_index=True)
 
 
 def main() -> None:
