@@ -11,7 +11,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-Plan = Annotated[str, Field(min_length=1, max_length=160)]
+Plan = Annotated[str, Field(min_length=1, max_length=160, json_schema_extra={"minLength": 12})]
+"""A plan. A guided decoder cannot close it before 12 characters (the schema sent says so); a
+shorter one from an unguided backend validates here and is judged by ``agents.quality``."""
 
 
 class BibleItem(BaseModel):
@@ -32,7 +34,10 @@ class StepNotes(BaseModel):
     the order it writes them (a guided decoder keeps the schema's order)."""
 
     short_term_memory: str = Field(
-        min_length=1, max_length=600, description="What the reader must keep in mind now."
+        min_length=1,
+        max_length=600,
+        description="What the reader must keep in mind now.",
+        json_schema_extra={"minLength": 40},  # for a guided decoder only, as plans
     )
     reason: str = Field(max_length=200, description="Why the short-term memory changed.")
     plans: list[Plan] = Field(min_length=3, max_length=3)
