@@ -114,6 +114,8 @@ def plans_problem(plans: Sequence[str], *, instructions: Sequence[str] = ()) -> 
     seen: set[str] = set()
     for number, plan in enumerate(plans, 1):
         problem = prose_problem(plan, min_words=3, instructions=instructions, what="plan")
+        if problem is None and len(plan.split()) < 3:  # "the_lighthouse_knight": not a sentence
+            problem = "the plan is not a sentence"
         if problem is not None:
             return f"{problem} (option {number})"
         key = " ".join(words(plan))

@@ -108,14 +108,14 @@ def test_bad_notes_store_nothing(store: MemoryStore, bad_notes: str) -> None:
 
 
 def test_unusable_plans_are_dropped_and_the_rest_kept(store: MemoryStore) -> None:
-    plans = ["Go north now.", "Go north now.", "Reply again with only the corrected JSON object."]
+    plans = ["Go north now.", "Go north now.", "the_lighthouse_knight_lemonbridge"]
     llm = ScriptedLLM(echo)
     writer, story, _ = started(store, llm)
     llm.reply = lambda user, call: (
         notes(plans=plans) if "Rewrite the notes" in user else echo(user, call)
     )
     node = run(writer.step(story.id, plan="Go on."))
-    assert node.plans == ("Go north now.",)  # the duplicate and the echo are not offered
+    assert node.plans == ("Go north now.",)  # the duplicate and the non-sentence are not offered
 
 
 def test_a_garbage_interactive_opening_creates_no_story(store: MemoryStore) -> None:
