@@ -640,9 +640,10 @@ class RecurrentWriter(StoryTree):
                 problem = "the model did not answer in the notes' format"
                 log.info("notes try %d failed: %s", attempt, err)
                 continue
+            notes = clean_notes(notes)
             found = notes_problem(notes)
             if found is None:
-                return clean_notes(notes), prompt
+                return notes, prompt
             problem = found
             log.info("notes try %d discarded: %s", attempt, problem)
         raise StepFailed(f"The model could not update the memory and plans ({problem}). {_RETRY}")
@@ -908,8 +909,7 @@ def clean_notes(notes: StepNotes) -> StepNotes:
     bible = [
         BibleItem(kind=b.kind, name=_clean_line(b.name), text=b.text)
         for b in notes.bible
-        if words(b.name)
-        and prose_problem(b.text, min_words=2, instructions=INSTRUCTION_TEXTS) is None
+        if prose_problem(b.text, min_words=2, instructions=INSTRUCTION_TEXTS) is None
         and prose_problem(b.name, min_words=1, instructions=INSTRUCTION_TEXTS) is None
     ]
     return type(notes).model_construct(
@@ -924,8 +924,7 @@ def clean_notes(notes: StepNotes) -> StepNotes:
 
 
 def notes_problem(notes: StepNotes) -> str | None:
-    """Why the notes cannot be stored (checked after :func:`clean_notes`), or None."""
-    notes = clean_notes(notes)
+    """Why notes already through :func:`clean_notes` cannot be stored, or None."""
     memory = prose_problem(notes.short_term_memory, min_words=_MIN_MEMORY_WORDS,
                            instructions=INSTRUCTION_TEXTS, what="short-term memory")  # fmt: skip
     if memory is not None:

@@ -61,8 +61,9 @@ def _follow_openings(s: Studio) -> bool:
     """Show the stories being started, streaming, with Stop; whether one was running."""
     openings = s.runs.openings()
     watching = st.session_state.get("watching")
-    if not openings and watching is not None and s.runs.get(watching).kind == OPENING:
-        openings = [s.runs.get(watching)]  # it ended before this page looked: show how
+    if not openings and watching is not None:
+        ended = s.runs.get(watching)
+        openings = [ended] if ended.kind == OPENING else []  # it ended before the page looked
     for job in openings:
         st.subheader(f"Starting a story: {job.payload.get('premise', '')[:80]}")
         _follow_run(s, job.id, what="opening")
