@@ -48,8 +48,25 @@ class PayloadTooLarge(MnemeError):
     """A request or an upload is larger than the configured limit; the message names both."""
 
 
+class DocumentTooLarge(UnreadableDocument, PayloadTooLarge):
+    """A document is larger than a limit, or would unpack or extract to more (a decompression
+    bomb); unreadable, and answered 413 like any payload too large. The message names the limit."""
+
+
 class Conflict(MnemeError):
     """The record is not in a state that allows the request (a document still being read)."""
+
+
+class Overloaded(MnemeError):
+    """Too much model work is queued to take more now; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(MnemeError):
+    """A request's work did not finish within its deadline; it was stopped, nothing kept."""
 
 
 # Exit codes: 1 = something is broken (doctor), 2 = usage / configuration, 3 = store, 4 = model.
@@ -65,6 +82,8 @@ _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (Unauthenticated, EXIT_USAGE),
     (PayloadTooLarge, EXIT_USAGE),
     (Conflict, EXIT_USAGE),
+    (Overloaded, EXIT_MODEL),
+    (DeadlineExceeded, EXIT_MODEL),
     (InvalidRecord, EXIT_USAGE),
     (InvalidQuery, EXIT_USAGE),
     (NotFound, EXIT_USAGE),
@@ -93,7 +112,10 @@ _HTTP_STATUSES: tuple[tuple[type[Exception], int, str], ...] = (
     (Unauthenticated, 401, "authentication_error"),
     (NotFound, 404, "not_found"),
     (Conflict, 409, "conflict"),
+    (DocumentTooLarge, 413, "payload_too_large"),  # ahead of UnreadableDocument, its base
     (PayloadTooLarge, 413, "payload_too_large"),
+    (Overloaded, 429, "overloaded"),
+    (DeadlineExceeded, 504, "timeout"),
     (UnreadableDocument, 422, "unreadable_document"),
     (InvalidRecord, 422, "invalid_request"),
     (InvalidQuery, 422, "invalid_request"),

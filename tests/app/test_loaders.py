@@ -74,10 +74,10 @@ def write_epub(path: Path) -> Path:
     return path
 
 
-def refusal(path: Path, **kwargs: int) -> str:
+def refusal(path: Path, *, max_bytes: int = MAX_BYTES) -> str:
     """The one-line message of the UnreadableDocument that loading ``path`` raises."""
     with pytest.raises(UnreadableDocument) as caught:
-        load_document(path, **kwargs)
+        load_document(path, max_bytes=max_bytes)
     message = str(caught.value)
     assert path.name in message and "\n" not in message
     return message
@@ -344,3 +344,52 @@ def test_owner_password_only_pdf_opens(tmp_path: Path) -> None:
 
 def test_unreadable_document_is_a_usage_error() -> None:
     assert exit_code(UnreadableDocument("x.txt: is empty")) == EXIT_USAGE
+
+
+# Messages about uploads: the API saves an upload to a temporary file and names the upload instead
+
+
+def textless_pdf() -> bytes:
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.rect(20, 20, 100, 150, style="F")
+    return bytes(pdf.output())
+
+
+@pytest.mark.parametrize(
+    ("suffix", "content", "problem"),
+    [
+        (".txt", b"", "is empty"),
+        (".txt", b" \n\t\r\n ", "only whitespace"),
+        (".txt", b"text\x00with a NUL", "NUL bytes"),
+        (".pdf", textless_pdf(), "no text layer"),
+        (".docx", b"plain text pretending to be a docx", "corrupted"),
+        (".txt", b"word " * 1000, "over the limit of 1,024 bytes"),
+    ],
+    ids=["empty", "whitespace", "nul", "textless-pdf", "corrupted-docx", "too-large"],
+)
+def test_messages_name_the_upload_not_the_temporary_path(
+    tmp_path: Path, suffix: str, content: bytes, problem: str
+) -> None:
+    path = tmp_path / f"upload{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(UnreadableDocument) as caught:
+        load_document(path, max_bytes=1024, name=f"My notes{suffix}")
+    message = str(caught.value)
+    assert message.startswith(f"My notes{suffix}: ") and problem in message
+    assert str(tmp_path) not in message and "upload" not in message
+
+
+def test_name_is_kept_on_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "upload.txt"
+    path.write_bytes(b"")
+    with pytest.raises(UnreadableDocument) as caught:
+        load_document(path, name="two\nlines\r.txt")
+    assert str(caught.value).startswith("two lines .txt: is empty")
+
+
+def test_name_leaves_source_and_title_alone(tmp_path: Path) -> None:
+    path = tmp_path / "upload.txt"
+    path.write_text("Some words.", encoding="utf-8")
+    loaded = load_document(path, name="notes.txt")
+    assert (loaded.source, loaded.title) == (str(path.resolve()), "upload")
