@@ -64,6 +64,7 @@ bench: $(STAMP)
 	MNEME_TEST_MODEL=$${MNEME_TEST_MODEL:-$$(test -d $(TEST_MODEL) && cd $(TEST_MODEL) && pwd)} \
 		$(BIN)/python -m benchmarks.rerank
 	$(BIN)/python -m benchmarks.mauve
+	$(BIN)/python -m benchmarks.startup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

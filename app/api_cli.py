@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Annotated
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from app.runtime import open_database
 from app.settings import load_settings
 from memory.keys import ApiKey, SqlKeyStore
+
+if TYPE_CHECKING:
+    import uvicorn
 
 keys_cli = typer.Typer(
     help="API keys of the REST API: create (per tenant), list, revoke.", no_args_is_help=True
@@ -43,7 +54,44 @@ def api(
     settings = load_settings()
     open_database(settings).close()  # fail here, clearly, before the server starts
     typer.echo(f"Mneme API at http://{host}:{port} (docs: http://{host}:{port}/docs)", err=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=math.ceil(settings.api_shutdown_s),
+    )
+    serve(uvicorn.Server(config), settings.api_shutdown_s)
+
+
+def serve(server: uvicorn.Server, grace_s: float) -> None:
+    """Run ``server`` until SIGTERM/SIGINT, then exit within about twice ``grace_s``.
+
+    uvicorn waits ``grace_s`` for requests to end and then cancels them; the app's shutdown
+    fails its unfinished jobs in SQL. What is still running in worker threads after that
+    (an embedding batch, a parse) computes for nobody: it gets ``grace_s`` more, then the
+    process exits without it — as after a crash, which the stores are built to survive (a
+    SQL transaction is atomic, vectors are repaired at the next start).
+    """
+    executor = ThreadPoolExecutor(thread_name_prefix="mneme-api")
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(executor)
+    try:
+        loop.run_until_complete(server.serve())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+        executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace_s
+        busy = [t for t in threading.enumerate() if t.name.startswith("mneme-api")]
+        for thread in busy:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in busy):
+            logging.getLogger("mneme.api").warning(
+                "exiting with work still running in threads; its jobs were failed"
+            )
+            sys.stderr.flush()
+            os._exit(0)
 
 
 @keys_cli.command("create")

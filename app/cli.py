@@ -13,7 +13,6 @@ import typer
 
 from app.api_cli import api, keys_cli
 from app.doc_cli import doc_cli
-from app.doctor import run_checks
 from app.errors import EXIT_BROKEN, KNOWN_ERRORS, SettingsError, exit_code
 from app.runtime import open_database
 from app.settings import Settings, load_settings
@@ -82,7 +81,7 @@ def db_upgrade(as_json: JsonOption = False) -> None:
 def db_status(as_json: JsonOption = False) -> None:
     """Show the database's migration and the newest one this Mneme ships."""
     settings = _settings()
-    database = Database(settings.resolved_database_url)
+    database = Database(settings.resolved_database_url, synchronous=settings.sqlite_synchronous)
     database.ping()
     current, head = database.current_revision(), database.head_revision()
     _emit(
@@ -101,6 +100,8 @@ def db_status(as_json: JsonOption = False) -> None:
 @cli.command()
 def doctor(as_json: JsonOption = False) -> None:
     """Check the database, the vector store, the embedder and the LLM; exit 1 if one is broken."""
+    from app.doctor import run_checks  # httpx: imported by the one command that needs it
+
     checks = run_checks(_settings())
     if as_json:
         typer.echo(

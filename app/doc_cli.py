@@ -12,15 +12,17 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_args
 
 import typer
 
-from agents.reader import DocumentReader
 from app.reading import Reading, SegmenterChoice
 from app.settings import load_settings
 from memory import NotFound
-from memory.episodic import IngestProgress
+
+if TYPE_CHECKING:
+    from agents.reader import DocumentReader
+    from memory.episodic import IngestProgress
 
 T = TypeVar("T")
 
@@ -52,7 +54,9 @@ def _reading() -> Iterator[Reading]:
 
 
 def _existing(reading: Reading, collection: str) -> None:
-    names = [n.name for n in reading.store.namespaces.all()]
+    """Raise :class:`NotFound` unless ``collection`` exists (asks SQL alone: a missing name costs
+    no vector index and no model)."""
+    names = [n.name for n in reading.catalog.namespaces.all()]
     if collection not in names:
         known = ", ".join(names) or "none yet"
         raise NotFound(
@@ -235,14 +239,14 @@ def summarize(
 def list_collections(as_json: JsonOption = False) -> None:
     """Collections with their documents."""
     with _reading() as reading:
-        store = reading.store
+        catalog = reading.catalog  # SQL alone: listing opens no vector index and loads no model
         collections: list[dict[str, Any]] = []
-        for space in store.namespaces.all():
-            documents = store.documents.all(space.name)
+        for space in catalog.namespaces.all():
+            documents = catalog.documents.all(space.name)
             collections.append(
                 {
                     "name": space.name,
-                    "episodes": store.episodes.count(space.name),
+                    "episodes": catalog.episodes.count(space.name),
                     "documents": [
                         {"id": d.id, "name": d.name, "source": d.source, "chars": d.char_count}
                         for d in documents

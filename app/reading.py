@@ -1,25 +1,30 @@
 """Composition of episodic memory for a collection: store, segmenter, token counter, LLM.
 
-A *collection* is a memory namespace. The LLM is loaded only when something needs it (surprise
-scoring, ask, summarize), so ``mneme doc search`` never loads a model.
+A *collection* is a memory namespace. Everything is opened on first use: listing reads SQL alone
+(:attr:`Reading.catalog`: no vector index, no model); the embedder loads on the first embedding;
+the LLM only when something needs it (surprise scoring, ask, summarize), so ``mneme doc search``
+loads the embedder and no LLM.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from agents.reader import DocumentReader, ReaderConfig
-from app.loaders import MAX_BYTES, load_document
-from app.runtime import open_llm, open_memory
+from app.runtime import open_database, open_llm, open_memory
 from app.scorer import LLMTokenScorer
 from app.settings import Settings
-from memory import MemoryStore
+from memory import Database, MemoryStore
+from memory.documents import SqlDocumentStore
+from memory.episodes import SqlEpisodeStore
 from memory.episodic import EpisodicMemory, Ingested, OnProgress, RecallDefaults
 from memory.episodic import IngestProgress as IngestProgress  # re-exported for the UI
+from memory.namespaces import SqlNamespaceStore
 from memory.scoring import Progress
 from memory.segmentation import Event, SegmenterConfig, StreamingSegmenter
 from memory.segmenters import (
@@ -88,6 +93,21 @@ class LazySurprise:
         return self._streaming.streaming()
 
 
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """What memory holds, read from SQL alone: no vector index opened, no model loaded."""
+
+    namespaces: SqlNamespaceStore
+    documents: SqlDocumentStore
+    episodes: SqlEpisodeStore
+
+    @classmethod
+    def over(cls, database: Database) -> Catalog:
+        return cls(
+            SqlNamespaceStore(database), SqlDocumentStore(database), SqlEpisodeStore(database)
+        )
+
+
 class Reading:
     """What ``mneme doc`` and the services need: memory per collection, one LLM, one counter.
 
@@ -106,8 +126,24 @@ class Reading:
         self._llm = llm
 
     @cached_property
+    def database(self) -> Database:
+        """The SQL database (migrated if embedded), opened without the vector index."""
+        return self._store.database if self._store is not None else open_database(self.settings)
+
+    @property
     def store(self) -> MemoryStore:
-        return self._store if self._store is not None else open_memory(self.settings)[0]
+        """The memory store: SQL, the vector index (drift repaired) and a lazily loaded embedder."""
+        if self._store is None:
+            self._store = open_memory(self.settings, self.database)[0]
+        return self._store
+
+    @property
+    def catalog(self) -> Catalog:
+        """The collections, documents and episode counts, from SQL alone (the store's own tables
+        once it is open)."""
+        if self._store is not None:
+            return Catalog(self._store.namespaces, self._store.documents, self._store.episodes)
+        return Catalog.over(self.database)
 
     @property
     def llm(self) -> LLM:
@@ -180,11 +216,17 @@ class Reading:
         *,
         segmenter: SegmenterChoice | None = None,
         name: str | None = None,
-        max_bytes: int = MAX_BYTES,
+        max_bytes: int | None = None,
         on_progress: OnProgress | None = None,
     ) -> Ingested:
-        """Read a document file (see :mod:`app.loaders`) into a collection, atomically."""
-        loaded = load_document(path, max_bytes=max_bytes)
+        """Read a document file (see :mod:`app.loaders`; ``max_bytes`` defaults to its
+        ``MAX_BYTES``) into a collection, atomically."""
+        # Imported here: the PDF, DOCX and EPUB parsers cost every other command ~0.2 s to import.
+        from app.loaders import load_document
+
+        loaded = (
+            load_document(path) if max_bytes is None else load_document(path, max_bytes=max_bytes)
+        )
         return await self.memory(collection, segmenter).ingest(
             loaded.text,
             name=name or loaded.title,

@@ -1,7 +1,8 @@
 """Composition root: builds the concrete stores and models from settings.
 
 The only place that wires ``memory`` to ``serving``. Everything is built on demand, so a
-command that needs only the database never loads a model.
+command that needs only the database never loads a model, and the memory store's embedder loads
+on its first embedding (``mneme doc list`` and ``delete`` never import torch).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from app.errors import HomeNotWritable
 from app.settings import Settings
 from memory import ChromaVectorIndex, Database, MemoryStore, ReconcileReport
-from serving.embeddings import EmbedderConfig, SentenceTransformerEmbedder
+from serving.embeddings import EmbedderConfig, LazyEmbedder, SentenceTransformerEmbedder
 from serving.llm import LLM
 
 
@@ -37,7 +38,7 @@ def open_database(settings: Settings, *, migrate: bool | None = None) -> Databas
     otherwise checked to be at the newest migration."""
     if settings.database_url is None:
         prepare_home(settings)
-    database = Database(settings.resolved_database_url)
+    database = Database(settings.resolved_database_url, synchronous=settings.sqlite_synchronous)
     database.ping()
     if migrate if migrate is not None else settings.is_embedded_sqlite:
         database.upgrade()
@@ -54,7 +55,13 @@ def open_vector_index(settings: Settings) -> ChromaVectorIndex:
 
 
 def open_embedder(settings: Settings) -> SentenceTransformerEmbedder:
+    """The embedding model, loaded now (fails now if it cannot be)."""
     return SentenceTransformerEmbedder(EmbedderConfig(model=settings.embedding_model))
+
+
+def open_lazy_embedder(settings: Settings) -> LazyEmbedder:
+    """The embedding model, loaded on its first embedding."""
+    return LazyEmbedder(EmbedderConfig(model=settings.embedding_model))
 
 
 def open_llm(settings: Settings) -> LLM:
@@ -76,8 +83,13 @@ def open_llm(settings: Settings) -> LLM:
     return LocalLLM.load(EngineConfig(model=settings.llm_model))
 
 
-def open_memory(settings: Settings) -> tuple[MemoryStore, ReconcileReport]:
-    """The memory store over SQL + Chroma + embedder, with drift repaired."""
+def open_memory(
+    settings: Settings, database: Database | None = None
+) -> tuple[MemoryStore, ReconcileReport]:
+    """The memory store over SQL (``database``, else opened) + Chroma + an embedder loaded on
+    first use, with drift repaired."""
     return MemoryStore.open(
-        open_database(settings), open_vector_index(settings), open_embedder(settings)
+        open_database(settings) if database is None else database,
+        open_vector_index(settings),
+        open_lazy_embedder(settings),
     )

@@ -134,6 +134,42 @@ class Settings(BaseSettings):
     api_job_workers: Annotated[int, Field(ge=1)] = Field(
         default=2, description="Jobs (ingest, summarise) one REST API process runs at once."
     )
+    api_job_queue: Annotated[int, Field(ge=0)] = Field(
+        default=32,
+        description="Jobs one REST API process keeps waiting for a worker at most; beyond that "
+        "an upload or summarise answers 429 with Retry-After.",
+    )
+    api_model_slots: Annotated[int, Field(ge=1)] = Field(
+        default=2,
+        description="Model requests (ask, story steps) one REST API process runs at once; more "
+        "wait in a queue.",
+    )
+    api_model_queue: Annotated[int, Field(ge=0)] = Field(
+        default=16,
+        description="Model requests waiting at most; beyond that the API answers 429 with "
+        "Retry-After.",
+    )
+    api_tenant_queue: Annotated[int, Field(ge=1)] = Field(
+        default=4,
+        description="Model requests (and, times two, jobs) one tenant may have waiting; tenants "
+        "are served in turn.",
+    )
+    api_request_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=120.0,
+        description="Deadline of a model request (queueing included): past it the work is "
+        "stopped and the client gets 429 (never started) or 504 (too slow).",
+    )
+    api_shutdown_s: Annotated[float, Field(gt=0)] = Field(
+        default=10.0,
+        description="Seconds the REST API waits for requests to end after SIGTERM before it "
+        "stops them (their jobs are failed, to be submitted again).",
+    )
+    sqlite_synchronous: Literal["off", "normal", "full", "extra"] = Field(
+        default="full",
+        description="SQLite's synchronous setting: 'full' (default) makes every commit (a "
+        "revoked key, an accepted job) survive power loss; 'normal' is faster but may lose the "
+        "last commits on power loss (never corrupts). PostgreSQL: set synchronous_commit there.",
+    )
     api_job_heartbeat_s: Annotated[float, Field(gt=0)] = Field(
         default=2.0, description="Seconds between a REST API worker's heartbeats on its jobs."
     )

@@ -22,16 +22,20 @@ from memory.errors import SchemaOutOfDate, StoreCorrupt, StoreError, StoreUnavai
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-    # SQLite's recommended pairing with WAL: a commit no longer waits for fsync (the WAL is
-    # synced at checkpoints). A crash of Mneme loses nothing; a power cut may lose the last
-    # commits, never the database's consistency.
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")  # ms: wait for another writer, do not fail
-    cursor.close()
+SYNCHRONOUS = ("off", "normal", "full", "extra")
+"""SQLite's ``synchronous`` levels; see :class:`Database`."""
+
+
+def _sqlite_pragmas(synchronous: str) -> Any:
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        cursor.execute("PRAGMA busy_timeout=10000")  # ms: wait for another writer, do not fail
+        cursor.close()
+
+    return apply
 
 
 def describe_url(url: str) -> str:
@@ -61,7 +65,13 @@ def translate(error: SQLAlchemyError, url: str) -> StoreError:
 class Database:
     """One SQL database (SQLite or PostgreSQL) with its session factory and migrations."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, synchronous: str = "full") -> None:
+        """``synchronous`` (SQLite only): with WAL, ``full`` syncs the WAL at every commit, so
+        a committed row (a revoked key, an accepted job) survives a power cut; ``normal`` syncs
+        only at checkpoints — faster, and a crash of Mneme still loses nothing, but a power
+        cut may lose the last commits (never consistency)."""
+        if synchronous not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}")
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -81,7 +91,7 @@ class Database:
         # page cache) are reused across sessions and threads instead of reopened per query.
         self.engine: Engine = create_engine(url, **options)
         if self.is_sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_pragmas(synchronous))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

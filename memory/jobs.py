@@ -135,12 +135,16 @@ class SqlJobStore:
         :class:`InvalidRecord` once the job has ended (stopped elsewhere, say)."""
         return self._move(job_id, (JobStatus.RUNNING.value,), payload=dict(payload))
 
-    def running(self, kind: str, *, namespace_id: int | None = None) -> list[Job]:
-        """Running jobs of ``kind`` (in ``namespace_id``, when given), oldest first."""
+    def running(
+        self, kind: str, *, namespace_id: int | None = None, queued: bool = False
+    ) -> list[Job]:
+        """Running jobs of ``kind`` (in ``namespace_id``, when given), oldest first; queued
+        ones too when ``queued``."""
+        states = [JobStatus.RUNNING.value] + ([JobStatus.QUEUED.value] if queued else [])
         with self.database.session() as session:
             query = (
                 select(JobRow)
-                .where(JobRow.kind == kind, JobRow.status == JobStatus.RUNNING.value)
+                .where(JobRow.kind == kind, JobRow.status.in_(states))
                 .order_by(JobRow.created_at)
             )
             if namespace_id is not None:

@@ -7,6 +7,7 @@ the hub is reachable.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,11 @@ def resolve_model_path(model: str) -> str:
     return str(Path(model).expanduser()) if Path(model).expanduser().exists() else model
 
 
+def embedding_model_name(model: str) -> str:
+    """The stable name namespaces record for ``model`` (the bundled one under its hub name)."""
+    return BUNDLED_NAMES[1] if model in BUNDLED_NAMES else model
+
+
 class SentenceTransformerEmbedder:
     """Batched, L2-normalised embeddings from a sentence-transformers model."""
 
@@ -76,7 +82,7 @@ class SentenceTransformerEmbedder:
 
     @property
     def model_name(self) -> str:
-        return BUNDLED_NAMES[1] if self.config.model in BUNDLED_NAMES else self.config.model
+        return embedding_model_name(self.config.model)
 
     @property
     def dimension(self) -> int:
@@ -93,3 +99,43 @@ class SentenceTransformerEmbedder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+class LazyEmbedder:
+    """A :class:`SentenceTransformerEmbedder` loaded on first use: ``embed`` or ``dimension``.
+
+    Opening the memory store then costs no model (torch and sentence-transformers take tens of
+    seconds to import and load on a busy machine; issue 19), so commands that only list or
+    delete never pay for it. ``model_name`` is known without loading. A model that cannot be
+    loaded raises :class:`ModelNotAvailable` at that first use; thread-safe (one load).
+    """
+
+    def __init__(self, config: EmbedderConfig | None = None) -> None:
+        self.config = config or EmbedderConfig()
+        self._lock = threading.Lock()
+        self._embedder: SentenceTransformerEmbedder | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model has been loaded."""
+        return self._embedder is not None
+
+    def load(self) -> SentenceTransformerEmbedder:
+        """The loaded embedder, loading it now if this is the first use."""
+        if self._embedder is not None:
+            return self._embedder
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = SentenceTransformerEmbedder(self.config)
+            return self._embedder
+
+    @property
+    def model_name(self) -> str:
+        return embedding_model_name(self.config.model)
+
+    @property
+    def dimension(self) -> int:
+        return self.load().dimension
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.load().embed(texts)

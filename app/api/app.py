@@ -40,9 +40,10 @@ def create_app(settings: Settings, *, reading: Reading | None = None) -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(lambda: api.store)  # open the stores (and repair drift) first
+        # Load the embedder now, not on the first search (it is lazy for the CLI's sake).
+        await asyncio.to_thread(lambda: api.store.embedder.dimension)
         worker = JobWorker(
             api.store,
-            concurrency=settings.api_job_workers,
             heartbeat_s=settings.api_job_heartbeat_s,
             stale_s=settings.api_job_stale_s,
         )

@@ -12,20 +12,22 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from app.api.admission import admitted
 from app.api.auth import Authenticated, Services
-from app.api.errors import ERROR_RESPONSES
+from app.api.errors import ERROR_RESPONSES, MODEL_RESPONSES
 from app.api.events import keepalive, sse
 from app.api.schemas import (
     MAX_NAME_CHARS,
+    STORABLE,
     Accepted,
     AnswerOut,
     AskRequest,
@@ -39,6 +41,7 @@ from app.api.schemas import (
     Hits,
     RecordId,
     SearchRequest,
+    SegmenterName,
 )
 from app.api.services import ApiServices, Caller
 from app.api.worker import Progress
@@ -48,6 +51,7 @@ from memory import Document, Job, NotFound
 from memory.episodic import IngestProgress
 from memory.records import Namespace
 from memory.retrieval import Recall
+from serving.server.disconnect import ClientGone
 
 router = APIRouter(prefix="/v1", tags=["documents"], responses=ERROR_RESPONSES)
 
@@ -55,27 +59,42 @@ router = APIRouter(prefix="/v1", tags=["documents"], responses=ERROR_RESPONSES)
 _STAGES = {"segment": (0.0, 0.45), "embed": (0.45, 0.5), "store": (0.95, 0.05)}
 _UNITS = 1000  # a job's done/total are thousandths of the whole
 
+_FORM_PARTS = 8
+"""Most parts of each kind (files, fields) a multipart upload is parsed for; more is a 400."""
+_FORM: dict[str, Any] = {
+    "type": "object",
+    "required": ["file"],
+    "additionalProperties": False,  # any other field is a 422 naming it
+    "properties": {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "The document: text, Markdown, PDF, DOCX or EPUB (size limit from "
+            "settings). A file with no text in it is refused (422).",
+        },
+        "name": {
+            "type": "string",
+            "maxLength": MAX_NAME_CHARS,
+            "pattern": STORABLE,
+            "description": "Blank or absent: the document's own title, else the file's name.",
+        },
+        "segmenter": {"type": "string", "enum": list(get_args(SegmenterName))},
+    },
+}
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/DocumentText"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "name": {"type": "string", "maxLength": 200},
-                        "segmenter": {
-                            "type": "string",
-                            "enum": ["auto", "surprise", "embedding", "fixed"],
-                        },
-                    },
-                }
-            },
+            "multipart/form-data": {"schema": _FORM},
         },
-    }
+    },
+    "responses": {
+        "400": {
+            "description": "Malformed request: bad JSON, invalid UTF-8, a broken multipart "
+            f"body, or more than {_FORM_PARTS} files or fields in it."
+        }
+    },
 }
 
 
@@ -175,12 +194,29 @@ async def _from_json(request: Request) -> DocumentText:
 
 
 async def _from_form(request: Request, limit: int) -> DocumentText:
-    async with request.form(max_files=1, max_fields=4) as form:
+    async with request.form(max_files=_FORM_PARTS, max_fields=_FORM_PARTS) as form:
+        fields = tuple(_FORM["properties"])
+        problems = [
+            {"loc": (key,), "msg": f"is not a field of an upload; send {', '.join(fields)}"}
+            for key in form
+            if key not in fields
+        ]
+        problems += [
+            {"loc": (key,), "msg": "is given more than once; give it once"}
+            for key in fields
+            if len(form.getlist(key)) > 1
+        ]
         upload, name, segmenter = form.get("file"), form.get("name"), form.get("segmenter")
-        if not isinstance(upload, UploadFile):
-            raise RequestValidationError(
-                [{"loc": ("file",), "msg": "a multipart field 'file' with the document is needed"}]
-            )
+        problems += [
+            {"loc": (key,), "msg": "is a file; send it as a plain form field"}
+            for key, value in (("name", name), ("segmenter", segmenter))
+            if isinstance(value, UploadFile)
+        ]
+        if problems or not isinstance(upload, UploadFile):
+            if not isinstance(upload, UploadFile):
+                needed = "a multipart field 'file' with the document is needed"
+                problems.append({"loc": ("file",), "msg": needed})
+            raise RequestValidationError(problems)
         if upload.size is not None and upload.size > limit:
             raise PayloadTooLarge(
                 f"the document is {upload.size} bytes, over the limit of {limit}; split it"
@@ -189,18 +225,25 @@ async def _from_form(request: Request, limit: int) -> DocumentText:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"upload{filename.suffix[:10]}"
             path.write_bytes(await upload.read())
-            loaded = await asyncio.to_thread(load_document, path, max_bytes=limit)
-    if isinstance(name, str) and name.strip():
-        title = name
-    elif loaded.format in ("pdf", "docx", "epub") and loaded.title != "upload":
-        title = loaded.title[:MAX_NAME_CHARS]  # the document's own metadata
-    else:
-        title = filename.stem[:MAX_NAME_CHARS] or "document"
-    fields: dict[str, Any] = {"name": title, "text": loaded.text}  # a given name is checked
+            loaded = await asyncio.to_thread(
+                load_document,
+                path,
+                max_bytes=limit,
+                max_chars=limit,  # the text's UTF-8 bytes are bounded by limit anyway
+                name=filename.name,  # errors name the client's file, not our temp path
+            )
+    given = name if isinstance(name, str) else ""
+    if given.strip() or len(given) > MAX_NAME_CHARS or "\x00" in given:
+        title = given  # checked below, as a JSON name is (the schema refuses what this does)
+    else:  # blank: the document's own title (its metadata), else the file's name
+        own = loaded.format in ("pdf", "docx", "epub") and loaded.title != "upload"
+        title = (loaded.title if own else filename.stem).replace("\x00", "")
+        title = title[:MAX_NAME_CHARS].strip() or "document"
+    body: dict[str, Any] = {"name": title, "text": loaded.text}  # a given name is checked
     if segmenter is not None:
-        fields["segmenter"] = segmenter
+        body["segmenter"] = segmenter
     try:
-        return DocumentText.model_validate(fields)
+        return DocumentText.model_validate(body)
     except ValidationError as err:
         raise RequestValidationError(err.errors(include_url=False)) from err
 
@@ -209,6 +252,7 @@ async def _from_form(request: Request, limit: int) -> DocumentText:
     "/documents",
     status_code=202,
     response_model=Accepted,
+    responses=MODEL_RESPONSES,
     openapi_extra=_UPLOAD_BODY,
     summary="Upload a document (JSON {name, text} or multipart 'file'); reads it as a job",
 )
@@ -226,15 +270,26 @@ async def upload(request: Request, api: Services, caller: Authenticated) -> Acce
     size = len(body.text.encode("utf-8"))
     if size > limit:
         raise PayloadTooLarge(f"the document is {size} bytes, over the limit of {limit}")
-    space = await asyncio.to_thread(api.store.namespace, f"{caller.documents}{uuid.uuid4().hex}")
+    ticket = api.job_gate.enter(caller.tenant)  # 429 here, before anything is stored
+    try:
+        space = await asyncio.to_thread(
+            api.store.namespace, f"{caller.documents}{uuid.uuid4().hex}"
+        )
+    except BaseException:
+        ticket.release()
+        raise
     segmenter = body.segmenter or api.settings.segmenter
-    job = await asyncio.to_thread(
-        api.store.jobs.create,
-        "ingest",
-        namespace_id=space.id,
-        total=_UNITS,
-        payload={"name": body.name, "chars": len(body.text), "segmenter": segmenter},
-    )
+    try:
+        job = await asyncio.to_thread(
+            api.store.jobs.create,
+            "ingest",
+            namespace_id=space.id,
+            total=_UNITS,
+            payload={"name": body.name, "chars": len(body.text), "segmenter": segmenter},
+        )
+    except BaseException:
+        ticket.release()
+        raise
 
     async def ingest(progress: Progress) -> Mapping[str, Any]:
         def report(step: IngestProgress) -> None:
@@ -252,7 +307,7 @@ async def upload(request: Request, api: Services, caller: Authenticated) -> Acce
             "seconds": round(done.seconds, 3),
         }
 
-    request.app.state.worker.submit(job, ingest)
+    request.app.state.worker.submit(job, ingest, ticket)
     return Accepted(document_id=space.id, job_id=job.id)
 
 
@@ -286,15 +341,29 @@ async def search(
 @router.post(
     "/documents/{document_id}/ask",
     response_model=AnswerOut,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **MODEL_RESPONSES},
     summary="Answer a question with citations (server-sent events with stream=true)",
 )
 async def ask(
-    document_id: RecordId, body: AskRequest, api: Services, caller: Authenticated
-) -> AnswerOut | StreamingResponse:
+    document_id: RecordId,
+    body: AskRequest,
+    request: Request,
+    api: Services,
+    caller: Authenticated,
+) -> AnswerOut | Response:
     namespace, _ = await _ready(api, caller, document_id)
+    ticket = api.model_gate.enter(caller.tenant)  # 429 now if too much is queued
 
     async def answer() -> AnswerOut:
+        return await admitted(
+            ticket,
+            answering,
+            deadline_s=api.settings.api_request_timeout_s,
+            what="answer",
+            receive=None if body.stream else request.receive,
+        )
+
+    async def answering() -> AnswerOut:
         reader = await api.reader(namespace)
         found = await reader.ask(body.question, budget_tokens=body.budget_tokens)
         citations = [
@@ -311,7 +380,10 @@ async def ask(
         return AnswerOut(answer=found.text, citations=citations)
 
     if not body.stream:
-        return await answer()
+        try:
+            return await answer()
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it; the work was stopped
 
     async def events() -> AsyncIterator[str]:
         yield sse("progress", {"stage": "answering"})
@@ -327,12 +399,22 @@ async def ask(
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-@router.post("/documents/{document_id}/summarize", status_code=202, response_model=Accepted)
+@router.post(
+    "/documents/{document_id}/summarize",
+    status_code=202,
+    response_model=Accepted,
+    responses=MODEL_RESPONSES,
+)
 async def summarize(
     document_id: RecordId, request: Request, api: Services, caller: Authenticated
 ) -> Accepted:
     namespace, document = await _ready(api, caller, document_id)
-    job = await asyncio.to_thread(api.store.jobs.create, "summarize", namespace_id=document_id)
+    ticket = api.job_gate.enter(caller.tenant)  # 429 here, before the job exists
+    try:
+        job = await asyncio.to_thread(api.store.jobs.create, "summarize", namespace_id=document_id)
+    except BaseException:
+        ticket.release()
+        raise
 
     async def work(progress: Progress) -> Mapping[str, Any]:
         reader = await api.reader(namespace)
@@ -344,7 +426,7 @@ async def summarize(
             "calls": summary.calls,
         }
 
-    request.app.state.worker.submit(job, work)
+    request.app.state.worker.submit(job, work, ticket)
     return Accepted(document_id=document_id, job_id=job.id)
 
 
@@ -355,6 +437,13 @@ def delete_document(document_id: RecordId, api: Services, caller: Authenticated)
         raise Conflict(
             f"document {document_id} is being read (job {view.job_id}); delete it once the "
             "job has finished"
+        )
+    open_jobs = api.store.jobs.running("summarize", namespace_id=document_id, queued=True)
+    if open_jobs:
+        summary = open_jobs[0]
+        raise Conflict(
+            f"document {document_id} is being summarised (job {summary.id}); delete it once "
+            f"the job has finished: GET /v1/jobs/{summary.id}/events"
         )
     space = api.tenancy.namespace(document_id, caller.documents)
     if space is None:  # deleted meanwhile

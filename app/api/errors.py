@@ -19,8 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.schemas import ErrorBody
-from app.errors import KNOWN_ERRORS, http_status
+from app.api.schemas import ErrorBody, finish_openapi
+from app.errors import KNOWN_ERRORS, Overloaded, http_status
 
 log = logging.getLogger("mneme.api")
 
@@ -49,6 +49,18 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     )
 }
 """Responses every /v1 route may give, for the OpenAPI schema."""
+
+MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorBody,
+        "description": "Too much model work is queued; retry after Retry-After seconds.",
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}
+        },
+    },
+    504: {"model": ErrorBody, "description": "The work did not finish within its deadline."},
+}
+"""Further responses of the routes that run the model (ask, summarise, upload, story steps)."""
 
 
 def error_response(
@@ -109,7 +121,11 @@ def _known(_: Request, err: Exception) -> JSONResponse:
     status, kind = http_status(err)
     if status >= 500:
         log.error("request failed: %s", err, exc_info=err)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(err, Overloaded):
+        headers = {"Retry-After": str(err.retry_after_s)}
     return error_response(status, kind, str(err), headers=headers)
 
 
@@ -119,12 +135,19 @@ def _unexpected(_: Request, err: Exception) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
-    """Route every error through the one shape."""
+    """Route every error through the one shape, and make the OpenAPI schema state exactly what
+    validation refuses with 422 (:func:`~app.api.schemas.finish_openapi`; issue 17)."""
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
     for kind in KNOWN_ERRORS:
         app.add_exception_handler(kind, _known)
     app.add_exception_handler(Exception, _unexpected)
+    generate = app.openapi  # FastAPI's, cached on the app: finishing it again changes nothing
+
+    def openapi() -> dict[str, Any]:
+        return finish_openapi(generate())
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class BodyLimit:

@@ -1,16 +1,32 @@
 """Request and response bodies of the REST API (pydantic at the edge).
 
 Requests forbid unknown fields and bound every string and list, so a malformed or oversized
-request is a 4xx naming the field, never a 500. Responses are what the OpenAPI schema promises.
+request is a 4xx naming the field, never a 500. Responses are what the OpenAPI schema promises,
+and the schema says what validation does (:func:`finish_openapi`): a request the schema allows
+is refused only for its meaning (issue 17).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from agents.writer import PREMISE_CHARS
 
@@ -39,19 +55,89 @@ def clean(text: str) -> str:
     return text
 
 
-Clean = AfterValidator(clean)
-Query = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS), Clean]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS), Clean]
-DocumentBody = Annotated[str, StringConstraints(min_length=1), Clean]
-Genre = Annotated[str, StringConstraints(min_length=1, max_length=200), Clean]
-Premise = Annotated[str, StringConstraints(min_length=1, max_length=PREMISE_CHARS), Clean]
+def filled(text: str) -> str:
+    """``text`` if it holds more than whitespace, else a ValueError (nothing to read or find)."""
+    if not text.strip():
+        raise ValueError("is blank (only whitespace); give some text")
+    return text
+
+
+def worded(text: str) -> str:
+    """``text`` if it holds a word (as :func:`agents.quality.words` finds them), else a
+    ValueError: a story cannot start from a premise without one."""
+    if not re.search(f"[{WORD}]", text):
+        raise ValueError("holds no words; describe the story in a sentence or two")
+    return text
+
+
+def integral(value: Any) -> Any:
+    """A float without a fraction (``6774.0``) as its int: JSON Schema counts it an integer, so
+    a strict int field must take it; any other value is left for the field to judge."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A string annotation: ``check`` validates (its ValueError names the fix) and ``pattern``
+    states the same rule in the JSON schema (tests compare the two). Of two, the last one's
+    pattern is the schema's, so it must imply the first's."""
+
+    check: Callable[[str], str]
+    pattern: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, core: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core)
+        schema["pattern"] = self.pattern
+        return schema
+
+
+# Every character str.isspace() counts, as \x/\u escapes that ECMA-262, Python and Rust regexes
+# read alike (their \s differ), so the schema's patterns judge exactly what filled() does.
+SPACE = r"\x09-\x0d\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+STORABLE = r"^[^\x00]*$"
+"""Pattern of text that can be stored: no NUL (clean() refuses it, and unpaired surrogates,
+which are not Unicode text at all)."""
+FILLED = rf"^[{SPACE}]*[^\x00{SPACE}][^\x00]*$"
+"""Pattern of storable text that is not blank (clean() and filled() together); linear time."""
+WORD = "A-Za-z0-9'"
+"""The characters of a word to agents.quality.words() (the tests compare the two)."""
+WORDED = rf"^[^\x00{WORD}]*[{WORD}][^\x00]*$"
+"""Pattern of storable text with a word in it (clean() and worded() together)."""
+
+Clean = Checked(clean, STORABLE)
+Filled = Checked(filled, FILLED)
+Query = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS), Clean, Filled]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS), Clean, Filled]
+DocumentBody = Annotated[str, StringConstraints(min_length=1), Clean, Filled]
+Genre = Annotated[str, StringConstraints(min_length=1, max_length=200), Clean, Filled]
+Premise = Annotated[
+    str, StringConstraints(min_length=1, max_length=PREMISE_CHARS), Clean, Checked(worded, WORDED)
+]
 Instruction = Annotated[str, StringConstraints(max_length=2_000), Clean]
-EventText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_EVENT_CHARS), Clean]
+"""A plan or an action; blank is allowed (the writer chooses)."""
+EventText = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_EVENT_CHARS), Clean, Filled
+]
+Integral = BeforeValidator(integral)
+"""Lets a strict int field take integral floats such as ``6774.0``; it goes after the field's
+bounds (before them, pydantic cannot put the bounds in the schema)."""
 MAX_ID = 2**62
-"""Largest record id accepted (SQL integers are 64-bit)."""
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+"""Largest record id accepted (SQL integers are 64-bit). A power of two: FastAPI carries schema
+bounds as floats, and this one survives that exactly (:func:`finish_openapi` turns it back)."""
+Id = Annotated[int, Field(ge=1, le=MAX_ID), Integral]
 RecordId = Annotated[int, Path(ge=1, le=MAX_ID, description="The record's id.")]
-Budget = Annotated[int, Field(ge=1, le=100_000, description="Most tokens of text returned.")]
+Budget = Annotated[
+    int, Field(ge=1, le=100_000, description="Most tokens of text returned."), Integral
+]
 
 
 class Request(BaseModel):
@@ -124,8 +210,8 @@ class DocumentList(BaseModel):
 class SearchRequest(Request):
     query: Query
     budget_tokens: Budget | None = None
-    k_similar: Annotated[int, Field(ge=1, le=100)] | None = None
-    k_contiguous: Annotated[int, Field(ge=0, le=100)] | None = None
+    k_similar: Annotated[int, Field(ge=1, le=100), Integral] | None = None
+    k_contiguous: Annotated[int, Field(ge=0, le=100), Integral] | None = None
 
 
 class Hit(BaseModel):
@@ -239,7 +325,7 @@ class EventIn(Request):
     text: EventText
     importance: Annotated[float, Field(ge=0, le=1_000)] = 1.0
     pinned: bool = False
-    ttl_s: Annotated[int, Field(ge=1, le=10 * 365 * 86_400)] | None = Field(
+    ttl_s: Annotated[int, Field(ge=1, le=10 * 365 * 86_400), Integral] | None = Field(
         default=None, description="Forget the event after this many seconds."
     )
 
@@ -268,11 +354,33 @@ class PinRequest(Request):
 
 
 class ForgetRequest(Request):
+    # Both half_life_s and threshold (numbers), or neither (absent or null), in the schema too.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "required": ["half_life_s", "threshold"],
+                    "properties": {
+                        "half_life_s": {"type": "number"},
+                        "threshold": {"type": "number"},
+                    },
+                },
+                {"properties": {"half_life_s": {"type": "null"}, "threshold": {"type": "null"}}},
+            ]
+        }
+    )
+
     episode_ids: list[Id] = Field(default_factory=list, max_length=1_000)
     half_life_s: Annotated[float, Field(ge=0.001, le=1e10)] | None = Field(
         default=None, description="With threshold: forget what decayed (importance x recency)."
     )
     threshold: Annotated[float, Field(ge=0, le=1_000)] | None = None
+
+    @model_validator(mode="after")
+    def _decay_needs_both(self) -> ForgetRequest:
+        if (self.half_life_s is None) != (self.threshold is None):
+            raise ValueError("give both half_life_s and threshold to forget by decay, or neither")
+        return self
 
 
 class Forgotten(BaseModel):
@@ -287,3 +395,45 @@ class MemoryOut(BaseModel):
 
 class MemoryList(BaseModel):
     memories: list[MemoryOut]
+
+
+# -- the OpenAPI schema ------------------------------------------------------------------------
+
+READ_BY_HAND: tuple[type[BaseModel], ...] = (DocumentText,)
+"""Bodies a route parses itself (the upload takes JSON or multipart), which FastAPI therefore
+never adds to the schema's components although the route's schema refers to them."""
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
+def _integer_bounds(node: Any) -> None:
+    """Integer schemas under ``node`` given integer bounds again, in place."""
+    if isinstance(node, list):
+        for item in node:
+            _integer_bounds(item)
+    elif isinstance(node, dict):
+        kinds = node.get("type")
+        if kinds == "integer" or (isinstance(kinds, list) and "integer" in kinds):
+            for key in _BOUNDS:
+                bound = node.get(key)
+                if isinstance(bound, float) and bound.is_integer():
+                    node[key] = int(bound)
+        for value in node.values():
+            _integer_bounds(value)
+
+
+def finish_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI's OpenAPI document made true to the models, in place (and idempotent).
+
+    FastAPI's own schema models hold every bound as a float, so ``maximum: 2**62`` came out as
+    ``4.611686018427388e+18`` on an integer; each integer schema gets its integer bounds back
+    (exactly: every integer bound here, :data:`MAX_ID` included, is a float without rounding).
+    The :data:`READ_BY_HAND` bodies are added to the components, so every ``$ref`` resolves."""
+    _integer_bounds(schema)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in READ_BY_HAND:
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components[model.__name__] = body
+    schema["components"]["schemas"] = dict(sorted(components.items()))
+    return schema

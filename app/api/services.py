@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass
 
 from agents.reader import DocumentReader
+from app.api.admission import Gate
 from app.errors import SettingsError
 from app.reading import Reading
 from app.settings import Settings
@@ -50,6 +51,20 @@ class ApiServices:
         self._writing: Writing | None = None
         self._runs: StoryRuns | None = None
         self._llm_lock = asyncio.Lock()
+        self.model_gate = Gate(
+            "model",
+            slots=settings.api_model_slots,
+            queue=settings.api_model_queue,
+            per_tenant=settings.api_tenant_queue,
+        )
+        """Interactive model work: ask, story openings and steps."""
+        self.job_gate = Gate(
+            "job",
+            slots=settings.api_job_workers,
+            queue=settings.api_job_queue,
+            per_tenant=2 * settings.api_tenant_queue,
+        )
+        """Jobs: ingest and summarise."""
 
     @property
     def store(self) -> MemoryStore:

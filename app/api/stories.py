@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from agents.errors import StepFailed
 from agents.writer import check_opening
+from app.api.admission import admitted
 from app.api.auth import Authenticated, Services
-from app.api.errors import ERROR_RESPONSES
+from app.api.errors import ERROR_RESPONSES, MODEL_RESPONSES
 from app.api.schemas import (
     BranchRequest,
     Deleted,
@@ -35,6 +37,7 @@ from app.story_runs import STOPPED
 from memory import NotFound, Story, StoryNode
 from memory.errors import InvalidRecord
 from memory.records import Job, JobStatus
+from serving.server.disconnect import ClientGone
 
 router = APIRouter(prefix="/v1", tags=["stories"], responses=ERROR_RESPONSES)
 
@@ -107,15 +110,43 @@ async def _finished(api: ApiServices, job: Job) -> tuple[int, int]:
     raise StepFailed(job.error or "the writer stopped; nothing was stored")
 
 
-@router.post("/stories", status_code=201, response_model=StoryOut)
-async def create_story(body: StoryCreate, api: Services, caller: Authenticated) -> StoryOut:
+async def _writing(
+    api: ApiServices, caller: Caller, request: Request, start: Callable[[], Awaitable[Job]]
+) -> tuple[int, int] | None:
+    """Run the writer's job that ``start`` launches through admission (429 when too much is
+    queued, 504 past the deadline, stopped if the client leaves: then None)."""
+    ticket = api.model_gate.enter(caller.tenant)
+    try:
+        await api.load_llm()
+    except BaseException:
+        ticket.release()
+        raise
+
+    async def write() -> tuple[int, int]:
+        return await _finished(api, await start())
+
+    try:
+        return await admitted(ticket, write, deadline_s=api.settings.api_request_timeout_s,
+                              what="paragraph", receive=request.receive)  # fmt: skip
+    except ClientGone:
+        return None
+
+
+@router.post("/stories", status_code=201, response_model=StoryOut, responses=MODEL_RESPONSES)
+async def create_story(
+    body: StoryCreate, request: Request, api: Services, caller: Authenticated
+) -> StoryOut | Response:
     """Start a story from a genre and a premise (title, outline, opening, three plans)."""
     check_opening(body.genre, body.premise, body.mode)  # before the model loads
-    await api.load_llm()
     namespace = f"{caller.stories}{uuid.uuid4().hex}"
-    job = await api.runs.opening(body.genre, body.premise, body.mode, namespace=namespace)
-    story_id, _ = await _finished(api, job)
-    story = await asyncio.to_thread(api.writing.stories.get, story_id)
+
+    def start() -> Awaitable[Job]:
+        return api.runs.opening(body.genre, body.premise, body.mode, namespace=namespace)
+
+    written = await _writing(api, caller, request, start)
+    if written is None:
+        return Response(status_code=499)  # the client left; the opening was stopped
+    story = await asyncio.to_thread(api.writing.stories.get, written[0])
     return await asyncio.to_thread(_story_out, api, story)
 
 
@@ -130,19 +161,30 @@ def get_story(story_id: RecordId, api: Services, caller: Authenticated) -> Story
     return _story_out(api, _owned(api, caller, story_id))
 
 
-@router.post("/stories/{story_id}/steps", status_code=201, response_model=NodeOut)
+@router.post(
+    "/stories/{story_id}/steps", status_code=201, response_model=NodeOut, responses=MODEL_RESPONSES
+)
 async def step(
-    story_id: RecordId, body: StepRequest, api: Services, caller: Authenticated
-) -> NodeOut:
+    story_id: RecordId, body: StepRequest, request: Request, api: Services, caller: Authenticated
+) -> NodeOut | Response:
     """Write the next paragraph after the head (or ``parent_id``) from a plan or an action."""
     await asyncio.to_thread(_owned, api, caller, story_id)
     if body.parent_id is not None:
         await asyncio.to_thread(_node, api, story_id, body.parent_id)
-    await api.load_llm()
-    job = await api.runs.step(story_id, plan=body.plan, action=body.action,
-                              parent_id=body.parent_id)  # fmt: skip
-    _, node_id = await _finished(api, job)
-    return node_out(await asyncio.to_thread(api.writing.stories.node, story_id, node_id))
+    if (running := api.runs.running(story_id)) is not None:  # 409 before queueing
+        raise Conflict(
+            f"story {story_id} is already writing a paragraph (run {running.id}); wait for it "
+            f"or stop it: DELETE /v1/stories/{story_id}/steps/running"
+        )
+
+    def start() -> Awaitable[Job]:
+        return api.runs.step(story_id, plan=body.plan, action=body.action,
+                             parent_id=body.parent_id)  # fmt: skip
+
+    written = await _writing(api, caller, request, start)
+    if written is None:
+        return Response(status_code=499)  # the client left; the step was stopped
+    return node_out(await asyncio.to_thread(api.writing.stories.node, story_id, written[1]))
 
 
 def _run_out(job: Job) -> RunOut:

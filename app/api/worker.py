@@ -1,6 +1,7 @@
 """Runs the API's jobs (ingest, summarise) in this process, with their state in SQL.
 
-Each job is a coroutine run as an asyncio task, at most ``api_job_workers`` at once. Progress is
+Each job is a coroutine run as an asyncio task once its admission ticket (``app.api.admission``:
+at most ``api_job_workers`` at once, a bounded queue, tenants in turn) lets it. Progress is
 kept in memory and written to the job row every half second; every ``api_job_heartbeat_s`` the
 worker also refreshes ``updated_at`` of every job it holds, queued or running. Any worker ends
 the jobs nobody refreshed for ``api_job_stale_s`` (their worker died: killed, crashed, host
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from app.api.admission import Ticket
 from memory import InvalidRecord, Job, MemoryStore, NotFound
 from memory.heartbeats import SqlJobHeartbeat
 from memory.tenancy import SqlTenancy
@@ -61,21 +63,13 @@ class _Held:
 class JobWorker:
     """Submit jobs; heartbeat them; reap the ones a dead worker left behind."""
 
-    def __init__(
-        self,
-        store: MemoryStore,
-        *,
-        concurrency: int,
-        heartbeat_s: float,
-        stale_s: float,
-    ) -> None:
+    def __init__(self, store: MemoryStore, *, heartbeat_s: float, stale_s: float) -> None:
         self.jobs = store.jobs
         self.heartbeat = SqlJobHeartbeat(store.database)
         self.tenancy = SqlTenancy(store.database)
         self.store = store
         self.heartbeat_s = heartbeat_s
         self.stale = timedelta(seconds=stale_s)
-        self._slots = asyncio.Semaphore(concurrency)
         self._held: dict[str, _Held] = {}
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -103,16 +97,25 @@ class JobWorker:
                 await asyncio.to_thread(self.jobs.fail, item.job.id, STOPPED)
         self._held.clear()
 
-    def submit(self, job: Job, work: Work) -> None:
-        """Run ``work`` for the queued ``job`` when a slot is free."""
+    def submit(self, job: Job, work: Work, ticket: Ticket) -> None:
+        """Run ``work`` for the queued ``job`` when ``ticket`` admits it."""
         held = _Held(job)
         self._held[job.id] = held
-        held.task = asyncio.create_task(self._run(held, work), name=f"mneme-job-{job.id}")
+        held.task = asyncio.create_task(self._run(held, work, ticket), name=f"mneme-job-{job.id}")
+        held.task.add_done_callback(lambda _: ticket.release())  # even if it never started
 
-    async def _run(self, held: _Held, work: Work) -> None:
+    def cancel(self, job_id: str) -> bool:
+        """Stop a job this worker holds (its caller records why); False if it holds none."""
+        held = self._held.get(job_id)
+        if held is None or held.task is None:
+            return False
+        held.task.cancel()
+        return True
+
+    async def _run(self, held: _Held, work: Work, ticket: Ticket) -> None:
         job_id = held.job.id
         try:
-            async with self._slots:
+            async with ticket:
                 await asyncio.to_thread(self.jobs.start, job_id)
                 held.progress.running = True
                 try:

@@ -4,7 +4,9 @@ summarise, delete (rows and vectors)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.reading import Reading
@@ -152,13 +154,17 @@ def test_a_document_being_read_answers_409_and_cannot_be_deleted(
 
 
 def test_a_failed_ingest_is_reported_with_its_error(
-    client: TestClient, acme: dict[str, str]
+    client: TestClient, reading: Reading, acme: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    answer = client.post("/v1/documents", json={"name": "blank", "text": "   \n  "}, headers=acme)
+    def broken(texts: Any) -> Any:
+        raise RuntimeError("the embedder ran out of memory")
+
+    monkeypatch.setattr(reading.store.embedder, "embed", broken)
+    answer = client.post("/v1/documents", json={"name": "doc", "text": story()}, headers=acme)
     job = wait_for(client, answer.json()["job_id"], acme)
-    assert job["status"] == "failed" and "empty" in job["error"]
+    assert job["status"] == "failed" and "out of memory" in job["error"]
     document = client.get(f"/v1/documents/{answer.json()['document_id']}", headers=acme).json()
-    assert document["status"] == "failed" and "empty" in document["error"]
+    assert document["status"] == "failed" and "out of memory" in document["error"]
     search = client.post(
         f"/v1/documents/{document['id']}/search", json={"query": "x"}, headers=acme
     )

@@ -9,6 +9,7 @@ from datetime import timedelta
 import numpy as np
 from sqlalchemy import update
 
+from app.api.admission import Gate
 from app.api.worker import INTERRUPTED, JobWorker, Progress
 from app.reading import Reading
 from memory import JobStatus, NewEpisode
@@ -25,7 +26,7 @@ def _age(reading: Reading, job_id: str, seconds: float) -> None:
 
 
 def worker(reading: Reading, stale_s: float = 5.0) -> JobWorker:
-    return JobWorker(reading.store, concurrency=1, heartbeat_s=0.1, stale_s=stale_s)
+    return JobWorker(reading.store, heartbeat_s=0.1, stale_s=stale_s)
 
 
 def test_abandoned_jobs_are_failed_or_finished(reading: Reading) -> None:
@@ -74,7 +75,7 @@ def test_heartbeats_keep_a_long_job_alive(reading: Reading) -> None:
             return {"ok": 1}
 
         job = store.jobs.create("ingest", namespace_id=space.id)
-        first.submit(job, work)
+        first.submit(job, work, Gate("job", slots=1, queue=1, per_tenant=1).enter("acme"))
         await asyncio.sleep(1.5)  # well past stale_s: only heartbeats keep it
         other = worker(reading, stale_s=0.6)  # another API worker on the same database
         assert await asyncio.to_thread(other.reap) == []
@@ -104,7 +105,7 @@ def test_stopping_fails_unfinished_jobs_cleanly(reading: Reading) -> None:
             return {}
 
         job = store.jobs.create("ingest", namespace_id=space.id)
-        running.submit(job, forever)
+        running.submit(job, forever, Gate("job", slots=1, queue=1, per_tenant=1).enter("acme"))
         await asyncio.sleep(0.2)
         await running.stop()
         return job.id
