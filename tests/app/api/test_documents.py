@@ -4,13 +4,15 @@ summarise, delete (rows and vectors)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api import create_app
 from app.reading import Reading
-from tests.app.api.conftest import ingest, wait_for
+from tests.app.api.conftest import api_settings, ingest, wait_for
 from tests.texts import story
 
 
@@ -193,3 +195,19 @@ def test_an_upload_cut_short_before_its_job_shows_as_failed(
     document = client.get(f"/v1/documents/{space.id}", headers=acme).json()
     assert document["status"] == "failed" and "upload it again" in document["error"]
     assert client.delete(f"/v1/documents/{space.id}", headers=acme).status_code == 200
+
+
+@pytest.mark.parametrize("suffix", [".docx", ".epub"])
+def test_a_decompression_bomb_is_refused_with_413_naming_the_file(
+    reading: Reading, tmp_path: Path, acme: dict[str, str], suffix: str
+) -> None:
+    from tests.app.test_loader_bombs import bomb
+
+    settings = api_settings(tmp_path, api_max_upload_bytes=2 * 1024 * 1024)  # the bomb fits
+    file = {"file": (f"report{suffix}", bomb(suffix), "application/octet-stream")}
+    with TestClient(create_app(settings, reading=reading)) as client:
+        answer = client.post("/v1/documents", files=file, headers=acme)
+        assert answer.status_code == 413, answer.text
+        message = answer.json()["error"]["message"]
+        assert message.startswith(f"report{suffix}: ") and "limit" in message
+        assert client.get("/v1/documents", headers=acme).json()["documents"] == []
