@@ -120,6 +120,11 @@ class WriterConfig:
     """A mild repetition penalty for the notes (they must repeat the story's names)."""
     step_timeout_s: float = 180.0
     """A step that has not finished after this many seconds fails (nothing is stored)."""
+    step_target_s: float = 60.0
+    """Another try of the notes starts only if, judged by the last try, the step still ends
+    within this many seconds. When no try of a step's notes is usable, the step keeps its
+    paragraph (already shown) with the previous memory and the plans not taken, and says so
+    in the memory's reason; an opening, which has nothing to keep, fails."""
     context_tokens: int = 0
     """The model's context (prompt + reply); a prompt that would not fit loses its start (the
     story's end and the request are kept) and a reply is capped at half of it. 0 = unknown."""
@@ -137,8 +142,11 @@ class WriterConfig:
                 f"attempts={self.attempts} and notes_attempts={self.notes_attempts} must be in "
                 "[1, 5]"
             )
-        if self.step_timeout_s <= 0:
-            raise InvalidRecord(f"step_timeout_s={self.step_timeout_s} must be positive")
+        if self.step_timeout_s <= 0 or self.step_target_s <= 0:
+            raise InvalidRecord(
+                f"step_timeout_s={self.step_timeout_s} and step_target_s={self.step_target_s} "
+                "must be positive"
+            )
         if self.paragraph_tokens < 16:
             raise InvalidRecord(f"paragraph_tokens={self.paragraph_tokens} must be at least 16")
 
@@ -180,6 +188,18 @@ _CONTEXT_MARGIN = 48
 """Tokens kept free of a model's context for its chat template and counting differences."""
 _DEGENERATE_AFTER_WORDS = 48
 """A paragraph still streaming is checked for a repetition loop once it has this many words."""
+
+
+def _kept(parent: StoryNode, instruction: str) -> StepNotes | None:
+    """The notes a step keeps when the model gives none: the parent's memory and the plans it
+    offered but the writer did not take (None when there is nothing to offer)."""
+    taken = " ".join(instruction.split()).casefold()
+    plans = [p for p in parent.plans if " ".join(p.split()).casefold() != taken]
+    if not plans or not parent.short_term_memory.strip():
+        return None
+    return StepNotes.model_construct(  # stored as they were written: no re-validation
+        short_term_memory=parent.short_term_memory, reason="", plans=plans, bible=[]
+    )
 
 
 def _quiet(progress: Progress) -> None:
@@ -385,13 +405,15 @@ class RecurrentWriter(StoryTree):
             instruction = parent.plans[0] if parent.plans else "Continue the story."
         memory = self.memory_for(story.namespace)
         self._count = memory.count_tokens
+        began = time.monotonic()
         async with self._limit():
             prose = await self.prompt(story, parent, instruction, memory)
             paragraph, ranking = await self._paragraph(prose, parent.paragraph, on_progress)
             context = self._context(story, memory)
             notes, notes_prompt = await self._notes(
-                context, parent.short_term_memory, paragraph, story.mode.value, on_progress
-            )
+                context, parent.short_term_memory, paragraph, story.mode.value, on_progress,
+                target=began + self.config.step_target_s, kept=_kept(parent, instruction),
+            )  # fmt: skip
             on_progress(Progress("storing", paragraph))
             background = self.config.remember_in_background
             episode_ids = [] if background else await self._remember(memory, paragraph)
@@ -610,10 +632,15 @@ class RecurrentWriter(StoryTree):
         on_progress: OnProgress,
         *,
         opening: bool = False,
+        target: float | None = None,
+        kept: StepNotes | None = None,
     ) -> tuple[StepNotes, Prompt]:
         """The memory update, three plans (or actions) and bible suggestions after
         ``paragraph`` (and, after an opening, the story's title and outline): up to
-        ``attempts`` fresh tries, each validated as content."""
+        ``attempts`` fresh tries, each validated as content; a try after the first only if it
+        should end before ``target`` (a monotonic time). When none is usable: ``kept`` (the
+        previous notes, with a reason saying why they were kept) if given, else
+        :class:`StepFailed`."""
         plans = PLANS["interactive" if mode == "interactive" else "novel"]
         schema = OpeningNotes if opening else StepNotes
         body = (
@@ -627,8 +654,13 @@ class RecurrentWriter(StoryTree):
         sizes["instructions"] = max(0, count(NOTES) + count(body) - sum(sizes.values()))
         prompt = Prompt([ChatMessage("system", NOTES), ChatMessage("user", body)], sizes)
         problem = "the notes were unusable"
+        last_s = 0.0
         for attempt in range(1, self.config.notes_attempts + 1):
+            if attempt > 1 and target is not None and time.monotonic() + last_s > target:
+                log.info("no time for notes try %d within the step's target", attempt)
+                break
             on_progress(Progress("notes", paragraph, attempt))
+            started = time.monotonic()
             try:
                 notes = None
                 if self.style == "chat":
@@ -639,14 +671,25 @@ class RecurrentWriter(StoryTree):
             except StructuredOutputError as err:
                 problem = "the model did not answer in the notes' format"
                 log.info("notes try %d failed: %s", attempt, err)
+                last_s = time.monotonic() - started
                 continue
+            last_s = time.monotonic() - started
             notes = clean_notes(notes)
             found = notes_problem(notes)
             if found is None:
                 return notes, prompt
             problem = found
             log.info("notes try %d discarded: %s", attempt, problem)
-        raise StepFailed(f"The model could not update the memory and plans ({problem}). {_RETRY}")
+        if kept is None:
+            raise StepFailed(
+                f"The model could not update the memory and plans ({problem}). {_RETRY}"
+            )
+        reason = (  # stored: says what happened, quotes nothing of the discarded notes
+            "Not updated: the model could not write new notes after this paragraph; the "
+            "previous memory and the plans not taken were kept. Edit them, or Regenerate."
+        )
+        on_progress(Progress("notes", paragraph, attempt, f"{reason} (Last try: {problem}.)"))
+        return kept.model_copy(update={"reason": reason}), prompt
 
     async def _notes_by_fields(self, context: str, paragraph: str, opening: bool) -> StepNotes:
         """Notes for a base model (no chat template): each field a short continuation."""

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     writer_step_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
         default=180.0, description="Seconds after which a writer step fails (nothing stored)."
     )
+    writer_step_target_s: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
+        default=60.0,
+        description="Seconds a writer step aims for: another try of the notes starts only if it "
+        "should end within them; else the step keeps its paragraph with the previous notes.",
+    )
     rerank_scorer: str = Field(
         default="embedder",
         description='Reranker of paragraph drafts: "embedder" (the bundled MiniLM) or a RankGen '

@@ -44,6 +44,7 @@ def writer_config(settings: Settings) -> WriterConfig:
         frequency_penalty=settings.writer_frequency_penalty,
         paragraph_tokens=settings.writer_paragraph_tokens,
         step_timeout_s=settings.writer_step_timeout_s,
+        step_target_s=settings.writer_step_target_s,
     )
 
 
@@ -124,13 +125,16 @@ class Writing:
         document.save(out)
         return out.getvalue()
 
-    def epub(self, story_id: int, node_id: int | None = None) -> bytes:
-        """The story along the current branch as an EPUB book (one chapter)."""
+    def epub(
+        self, story_id: int, node_id: int | None = None, *, identifier: str | None = None
+    ) -> bytes:
+        """The story along the current branch as an EPUB book (one chapter); ``identifier``
+        is the book's (default ``mneme-story-<row id>``; the REST API gives its public id)."""
         from ebooklib import epub
 
         story = self.stories.get(story_id)
         book = epub.EpubBook()
-        book.set_identifier(f"mneme-story-{story.id}")
+        book.set_identifier(identifier or f"mneme-story-{story.id}")
         book.set_title(story.title)
         book.set_language("en")
         body = "".join(

@@ -95,16 +95,55 @@ def test_a_discarded_try_is_shown_and_the_next_one_kept(store: MemoryStore) -> N
         '{"paragraph": 5, "plans": "DROP TABLE stories"}',
     ],
 )
-def test_bad_notes_store_nothing(store: MemoryStore, bad_notes: str) -> None:
+def test_bad_notes_are_never_stored_the_step_keeps_the_previous_ones(
+    store: MemoryStore, bad_notes: str
+) -> None:
     llm = ScriptedLLM(echo)
     writer, story, root = started(store, llm)
     llm.reply = lambda user, call: bad_notes if "Rewrite the notes" in user else echo(user, call)
+    taken = root.plans[0]
 
+    seen: list[Progress] = []
+    node = run(writer.step(story.id, plan=taken, on_progress=seen.append))
+    # The paragraph the writer read is kept; none of the bad notes is.
+    assert node.paragraph == [p for p in seen if p.phase == "paragraph"][-1].paragraph
+    assert node.short_term_memory == root.short_term_memory
+    assert node.plans == tuple(p for p in root.plans if p != taken)
+    assert node.memory_reason.startswith("Not updated: the model could not write new notes")
+    stored = " ".join([node.short_term_memory, node.memory_reason, *node.plans])
+    for leaked in ("max_tokens", "Reply again", "DROP TABLE", "JSON"):
+        assert leaked not in stored
+    assert any(p.notice.startswith(node.memory_reason) for p in seen)  # shown as it happens
+    assert writer.stories.tree(story.id) == [(root.id, None, 0), (node.id, root.id, 1)]
+
+
+def test_bad_notes_fail_the_step_when_there_is_nothing_to_keep(store: MemoryStore) -> None:
+    llm = ScriptedLLM(echo)
+    writer, story, root = started(store, llm)
+    writer.stories.update_node(story.id, root.id, plans=["Go on."])  # the one plan, taken
+    llm.reply = lambda user, call: notes(plans=[",", ",", ","]) if "Rewrite the notes" in user \
+        else echo(user, call)  # fmt: skip
     with pytest.raises(StepFailed, match="could not update the memory and plans") as failure:
         run(writer.step(story.id, plan="Go on."))
     assert "Nothing was stored" in str(failure.value)
-    assert "JSON" not in str(failure.value) and "StepNotes" not in str(failure.value)
     assert writer.stories.tree(story.id) == [(root.id, None, 0)]
+
+
+def test_notes_are_not_tried_again_past_the_step_target(store: MemoryStore) -> None:
+    llm = ScriptedLLM(echo)
+    writer, story, root = started(store, llm, WriterConfig(step_target_s=0.001))
+    asked: list[int] = []
+
+    def reply(user: str, call: int) -> str:
+        if "Rewrite the notes" in user:
+            asked.append(call)
+            return notes(plans=[",", ",", ","])
+        return echo(user, call)
+
+    llm.reply = reply
+    node = run(writer.step(story.id, plan=root.plans[0]))
+    assert len(asked) == 1  # one try, not notes_attempts = 3: the target had passed
+    assert node.memory_reason.startswith("Not updated")
 
 
 def test_unusable_plans_are_dropped_and_the_rest_kept(store: MemoryStore) -> None:
