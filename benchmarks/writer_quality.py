@@ -6,7 +6,8 @@ below is written from scratch in a fresh ``MNEME_HOME`` through ``app`` (the web
 REST API's path, default settings): the opening, then ``--steps`` steps following the first plan
 (novel) or the first option (interactive). Printed per model (Markdown):
 
-- failed steps (:class:`~agents.errors.StepFailed`: nothing was stored), and tries discarded;
+- failed steps (:class:`~agents.errors.StepFailed`: nothing was stored), tries discarded, and
+  steps that kept the previous notes (the model gave no usable new ones);
 - stored texts with instruction or repair language (paragraphs, memories, plans), by the same
   check the writer applies and by a wider list of repair phrases it does not use;
 - degenerate stored paragraphs (a repetition loop or a sentence repeated);
@@ -70,6 +71,7 @@ class Run:
     steps: int = 0
     failed: int = 0
     discarded: int = 0
+    kept_notes: int = 0
     leaked: int = 0
     degenerate: int = 0
     paragraphs: list[str] = field(default_factory=list)
@@ -138,6 +140,7 @@ async def story(writing: Writing, premise: tuple[str, str, str], steps: int, run
     for i, stored in enumerate(nodes):
         texts = [stored.paragraph, stored.short_term_memory, *stored.plans]
         run.leaked += leaked(texts)
+        run.kept_notes += stored.memory_reason.startswith("Not updated")
         run.degenerate += prose_problem(stored.paragraph, min_words=0) is not None
         run.paragraphs.append(stored.paragraph)
         if i == 0:
@@ -158,10 +161,11 @@ def _mean(values: Iterable[float]) -> float:
 
 def table(results: dict[str, Run]) -> str:
     rows = [
-        "| model | steps | failed | tries discarded | leaked | degenerate | rep-4 stored | "
+        "| model | steps | failed | tries discarded | notes kept | leaked | degenerate | "
+        "rep-4 stored | "
         "rep-4 plain continuation | distinct-2 stored | distinct-2 plain | first text s "
         "(median / max) | step s (median / max) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, run in results.items():
         rep = _mean(repeated_ngram_rate(p) for p in run.paragraphs)
@@ -169,7 +173,8 @@ def table(results: dict[str, Run]) -> str:
         first = run.first_token_s or [0.0]
         step = run.step_s or [0.0]
         rows.append(
-            f"| {name} | {run.steps} | {run.failed} | {run.discarded} | {run.leaked} | "
+            f"| {name} | {run.steps} | {run.failed} | {run.discarded} | {run.kept_notes} | "
+            f"{run.leaked} | "
             f"{run.degenerate} | {rep:.3f} | {base:.3f} | {distinct_n(run.paragraphs):.3f} | "
             f"{distinct_n(run.baseline):.3f} | {statistics.median(first):.1f} / {max(first):.1f} "
             f"| {statistics.median(step):.1f} / {max(step):.1f} |"
