@@ -218,15 +218,15 @@ class Reading:
         name: str | None = None,
         max_bytes: int | None = None,
         on_progress: OnProgress | None = None,
+        shown_as: str | None = None,
     ) -> Ingested:
         """Read a document file (see :mod:`app.loaders`; ``max_bytes`` defaults to its
-        ``MAX_BYTES``) into a collection, atomically."""
+        ``MAX_BYTES``) into a collection, atomically. Errors name the file ``shown_as`` (an
+        upload's own name) when given, else its path."""
         # Imported here: the PDF, DOCX and EPUB parsers cost every other command ~0.2 s to import.
-        from app.loaders import load_document
+        from app.loaders import MAX_BYTES, load_document
 
-        loaded = (
-            load_document(path) if max_bytes is None else load_document(path, max_bytes=max_bytes)
-        )
+        loaded = load_document(path, max_bytes=max_bytes or MAX_BYTES, name=shown_as)
         return await self.memory(collection, segmenter).ingest(
             loaded.text,
             name=name or loaded.title,

@@ -98,10 +98,11 @@ class Writing:
                                        premise=premise, mode=mode)  # fmt: skip
 
     async def import_manuscript(
-        self, path: Path, *, genre: str = "", mode: Mode = "novel"
+        self, path: Path, *, genre: str = "", mode: Mode = "novel", shown_as: str | None = None
     ) -> tuple[Story, StoryNode]:
-        """A story continuing a manuscript file (text, Markdown, DOCX, EPUB, PDF)."""
-        loaded = load_document(path)
+        """A story continuing a manuscript file (text, Markdown, DOCX, EPUB, PDF); errors name
+        it ``shown_as`` (an upload's own name) when given, else by its path."""
+        loaded = load_document(path, name=shown_as)
         return await self.writer.adopt(story_namespace(loaded.title), loaded.text, genre=genre,
                                        title=loaded.title, mode=mode)  # fmt: skip
 

@@ -19,7 +19,9 @@ def _ingest(s: Studio, collection: str, upload: UploadedFile) -> None:
     latest: list[IngestProgress] = []
     bar = st.progress(0.0, text="Starting…")
     with saved(upload) as path:
-        future = s.submit(s.reading.ingest_file(collection, path, on_progress=latest.append))
+        future = s.submit(
+            s.reading.ingest_file(collection, path, on_progress=latest.append, shown_as=upload.name)
+        )
         st.session_state["ingesting"] = future
         st.button("Stop ingesting", on_click=_stop)
         while not future.done():

@@ -141,7 +141,9 @@ def _import(s: Studio) -> None:
         if upload is not None and st.button("Import and continue"):
             with saved(upload) as path, st.spinner("Reading the manuscript…"):
                 result, error = s.call(
-                    lambda: s.run(s.writing.import_manuscript(path, genre=genre))
+                    lambda: s.run(
+                        s.writing.import_manuscript(path, genre=genre, shown_as=upload.name)
+                    )
                 )
             if not _fail(error) and result is not None:
                 st.session_state["story"] = result[0].id

@@ -25,6 +25,9 @@ class NoLogprobsLLM:
         self.calls += 1
         raise LogprobsUnsupported("http://example/v1 gives no log-probabilities")
 
+    async def count_tokens(self, text: str) -> int:  # surprise windows are sized with it
+        return len(text.split())
+
 
 def test_auto_falls_back_to_embedding_novelty(store: MemoryStore, tmp_path: Path) -> None:
     settings = load_settings(home=tmp_path, llm_context_tokens=256)
@@ -45,3 +48,19 @@ def test_choices_build_the_named_segmenter(store: MemoryStore, tmp_path: Path) -
     assert reading.segmenter("embedding").kind == "embedding"
     assert reading.segmenter("surprise").kind == "surprise"  # built lazily: no model loaded
     assert reading._llm is None
+
+
+def test_an_upload_is_named_by_its_own_name_not_its_temporary_path(
+    store: MemoryStore, tmp_path: Path
+) -> None:
+    import pytest
+
+    from app.errors import UnreadableDocument
+
+    reading = Reading(load_settings(home=tmp_path), store=store)
+    path = tmp_path / "mneme-upload-x1" / "notes.txt"
+    path.parent.mkdir()
+    path.write_text("   \n  ")
+    with pytest.raises(UnreadableDocument) as refused:
+        asyncio.run(reading.ingest_file("c", path, shown_as="notes.txt"))
+    assert str(refused.value).startswith("notes.txt: ") and "mneme-upload" not in str(refused.value)
