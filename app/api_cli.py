@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -77,7 +78,10 @@ def serve(server: uvicorn.Server, grace_s: float) -> None:
     loop = asyncio.new_event_loop()
     loop.set_default_executor(executor)
     try:
-        loop.run_until_complete(server.serve())
+        # uvicorn re-raises SIGINT once it has shut down; the loop must still run the async
+        # generators' (and anyio's) stop callbacks, or a worker thread blocks the exit.
+        with contextlib.suppress(KeyboardInterrupt):
+            loop.run_until_complete(server.serve())
         loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
         loop.close()

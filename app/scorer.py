@@ -21,3 +21,7 @@ class LLMTokenScorer:
         tokens = await self.llm.token_logprobs(text)
         surprise = [None if t.logprob is None else -t.logprob for t in tokens]
         return scored_from_pieces(text, [t.token for t in tokens], surprise)
+
+    async def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` by the LLM's own tokenizer (surprise windows fit its context)."""
+        return await self.llm.count_tokens(text)

@@ -244,7 +244,9 @@ def main() -> None:
     database = Database(settings.resolved_database_url)
     database.upgrade()
     keys = SqlKeyStore(database)
-    tenants: list[dict[str, Any]] = [{"headers": {"Authorization": f"Bearer {keys.create(t)[1]}"}} for t in "ab"]
+    tenants: list[dict[str, Any]] = [
+        {"headers": {"Authorization": f"Bearer {keys.create(t)[1]}"}} for t in "ab"
+    ]
     database.close()
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -53,8 +53,20 @@ class Needle:
 class Question:
     query: str
     answer: str  # found when it occurs (normalised) in the recalled text
-    kind: str  # "direct", "later", or the L-Eval set it comes from
+    kind: str  # "direct", "later", the L-Eval set it comes from, a LoCoMo category...
     depth: float = float("nan")  # planted needles: where, as a fraction of the document
+    evidence: tuple[str, ...] = ()  # verbatim passages that hold the answer (scored instead)
+
+    def recall(self, recalled: str) -> float:
+        """How much of what answers this question ``recalled`` holds, in [0, 1].
+
+        With ``evidence``: the fraction of its passages that occur in ``recalled``; otherwise 1
+        when ``answer`` does. Both lower-cased with whitespace collapsed (:func:`normalise`).
+        """
+        text = normalise(recalled)
+        if self.evidence:
+            return sum(normalise(e) in text for e in self.evidence) / len(self.evidence)
+        return float(normalise(self.answer) in text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +383,10 @@ def _stem(instruction: str) -> str:
     return " ".join(first.split())
 
 
+OPEN_ENDED = frozenset({"natural_question", "scientific_qa", "multidoc_qa", "legal_contract_qa"})
+"""L-Eval's open-ended sets whose gold answers are often spans of the document."""
+
+
 def _gold(source: str, instruction: str, output: str) -> str:
     """The gold answer's text, or "" when it is not text (a letter with no option, true/false)."""
     output = output.strip()
@@ -383,7 +399,7 @@ def _gold(source: str, instruction: str, output: str) -> str:
             if match := _OPTION.match(line):
                 options[match.group(1)] = match.group(2)
         return options.get(letters[0], "") if len(letters) == 1 else ""
-    if source == "topic_retrieval_longchat":
+    if source == "topic_retrieval_longchat" or source in OPEN_ENDED:
         return output
     return ""
 
@@ -405,7 +421,8 @@ def leval(folder: Path, source: str, *, max_documents: int | None = None) -> LEv
     """
     documents: list[Document] = []
     skipped = 0
-    lines = (folder / "closed-ended" / f"{source}.jsonl").read_text(encoding="utf-8").splitlines()
+    kind = "open-ended" if source in OPEN_ENDED else "closed-ended"
+    lines = (folder / kind / f"{source}.jsonl").read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines):
         if max_documents is not None and len(documents) >= max_documents:
             break

@@ -1,36 +1,25 @@
-"""Retrieval benchmark: EpisodicMemory against fixed-size-chunk RAG in one run; prints Markdown.
+"""Retrieval benchmark (issue 19): Mneme against chunked dense, BM25 and hybrid RAG; Markdown.
 
-Run ``python -m benchmarks.retrieval`` (``--quick`` for a smoke run, ``--json PATH`` to keep the
-numbers). Every system uses the same real embedder (all-MiniLM-L6-v2, bundled), real Chroma
-and SQLite through ``MemoryStore``, and counts tokens with tiktoken's cl100k_base, so budgets
-are comparable:
+Run ``python -m benchmarks.retrieval`` (``--quick`` for a smoke run, ``--tune`` for the search
+settings grid on the tuning sets, ``--json PATH`` to keep every number). In one run, with one
+embedder (all-MiniLM-L6-v2, bundled) and one budget accounting (tiktoken cl100k_base), at
+budgets of 256, 512 and 1024 tokens:
 
-- ``embedding``: EpisodicMemory with EmbeddingSegmenter (sentence-novelty events);
-- ``surprise``: EpisodicMemory with SurpriseSegmenter, token surprise from the real tiny model
-  stories260K (``LLMTokenScorer`` over ``LocalLLM.token_logprobs``), boundaries refined with
-  the embedder as EM-LLM does;
-- ``fixed``: EpisodicMemory with FixedSegmenter (windows at sentence ends) — the ablation:
-  two-stage recall without event boundaries;
-- ``chunks``: the baseline, LangChain's RecursiveCharacterTextSplitter (512 characters, 50 of
-  overlap) stored as episodes of their own namespace; the top chunks by similarity are packed
-  greedily, best first, into the budget (the same packing EpisodicMemory uses).
+- ``Mneme (default)``: ``EpisodicMemory`` as shipped — embedding-novelty events
+  (``SegmenterConfig()``), hybrid first stage, budget-aware second stage (``RecallDefaults()``);
+- ``Mneme before issue 19``: the same events searched as before: dense only, 8 + 8;
+- ``Mneme fixed`` / ``Mneme surprise``: the other segmenters with the default search (surprise
+  from the tiny stories260K model, its bounds scaled to its tokenizer);
+- ``chunks: dense`` / ``chunks: BM25`` / ``chunks: hybrid``: 512-character chunks ranked by
+  cosine, by Okapi BM25, and by reciprocal-rank fusion of both (``benchmarks.chunks``).
 
-Each document goes into its own namespace per system. Recall@B is the fraction of questions
-whose answer string occurs (lower-cased, whitespace collapsed) in the text a system returns
-within B tokens. Search settings follow one rule for every dataset, never tuned on answers:
-EpisodicMemory takes ``k_similar = k_contiguous = ceil(B / (2 x mean episode tokens))``
-(``B // 128`` for 128-token events), so its candidates hold about the budget whatever the event
-size; the baseline asks for ``B // 32`` chunks, more than fit, so it can fill the budget.
-Datasets (``benchmarks.needles``): Paul Graham essays and a Gutenberg novel with planted needles,
-and the L-Eval closed-ended items whose answer occurs verbatim in their document. An ablation
-then re-asks the needle questions of each EpisodicMemory variant under other k rules
-(``K_RULES``, including no contiguity buffer at all): searches only, nothing re-ingested.
-
-Then ingestion throughput (tokens/s, wall time) of each system on a ~300k-token book, and
-search latency at a 512-token budget over ~1M tokens, EpisodicMemory (embedding) against the
-baseline. The latency corpora hold the book as ingested, then the evaluation documents and
-further copies of the book stored again with the vectors already computed (``copy_document``):
-embedding 1M tokens takes longer on two cores than the whole run may.
+Recall of an item = the fraction of its evidence passages (or 1 if its answer string, when it
+has no evidence) found verbatim — lower-cased, whitespace collapsed — in the text returned
+within the budget (``benchmarks.needles.Question.recall``); a set's recall is the mean over its
+items, with a 95% bootstrap interval (1,000 resamples of its items; paired for differences).
+Returned tokens are counted with cl100k. Sets and caps: ``benchmarks.evalsets``; the defaults
+were chosen on the *tuning* sets (planted needles, LoCoMo conv-26/30, L-Eval scientific_qa,
+BAMBOO paperqa_4k) and every other set is *held out*.
 """
 
 from __future__ import annotations
@@ -38,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import platform
 import shutil
@@ -52,76 +40,42 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from langchain_text_splitters import RecursiveCharacterTextSplitter
+import numpy.typing as npt
 
+from benchmarks.chunks import CHUNK_OVERLAP, CHUNK_SIZE, ChunkRetriever, ChunkStore
+from benchmarks.evalsets import LOCOMO_CATEGORIES, Caps, EvalSet, evaluation_sets
+from benchmarks.latency import latency
 from benchmarks.needles import (
     EVAL_DATA,
     NEEDLES,
-    Document,
     essays,
-    leval,
     leval_queries,
-    normalise,
     plant,
     read_book,
     truncate,
 )
-from memory import ChromaVectorIndex, Database, Embedder, Episode, MemoryStore, NewEpisode
-from memory.episodic import EpisodicMemory
-from memory.retrieval import Reason, pack
+from memory import ChromaVectorIndex, Database, Embedder, MemoryStore
+from memory.episodic import EpisodicMemory, RecallDefaults
+from memory.fusion import FusionConfig
+from memory.retrieval import Reach
 from memory.segmentation import SegmenterConfig
 from memory.segmenters import EmbeddingSegmenter, FixedSegmenter, Segmenter, SurpriseSegmenter
 
 Count = Callable[[str], int]
 BUDGETS = (256, 512, 1024)
 GOAL_BUDGET = 512
-GOAL_MARGIN = 0.10  # EpisodicMemory's best variant over the baseline, on planted needles
-GOAL_ABSOLUTE = 0.90
-CHUNK_SIZE = 512  # characters per baseline chunk
-CHUNK_OVERLAP = 50  # characters shared by neighbouring chunks
+GOAL_MARGIN = 0.05  # the default over hybrid chunks at GOAL_BUDGET
+GOAL_FILL = 0.90  # of the largest budget, returned
+ENOUGH_ITEMS = 100  # a set (or pooled row) this large separates systems 0.05 apart
+BOOTSTRAP_ROUNDS = 1000
 NOVEL = "84-0.txt"  # Frankenstein: the needle novel
-BOOK = "2701-0.txt"  # Moby-Dick (~290k tokens): the throughput book
-WARMUP = 5  # searches run before latency timing starts
-
-
-KRule = Callable[[int, float], tuple[int, int]]
-"""(budget, mean episode tokens of the namespace) → (k_similar, k_contiguous)."""
-
-
-def fill_budget(budget: int, mean_tokens: float) -> tuple[int, int]:
-    """The rule of every table but the ablation: as many hits as neighbours, together about
-    the budget (``budget // 128`` each for 128-token events; smaller events get more)."""
-    k = max(1, math.ceil(budget / (2 * mean_tokens)))
-    return k, k
-
-
-def per_128(budget: int, mean_tokens: float) -> tuple[int, int]:
-    """The brief's example: ``budget // 128`` of each, whatever the event size."""
-    return max(1, budget // 128), max(1, budget // 128)
-
-
-def contiguity_heavy(budget: int, mean_tokens: float) -> tuple[int, int]:
-    """Half the hits of ``fill_budget`` and three neighbours per hit."""
-    k = max(1, math.ceil(budget / (4 * mean_tokens)))
-    return k, 3 * k
-
-
-def similarity_only(budget: int, mean_tokens: float) -> tuple[int, int]:
-    """No contiguity buffer: hits alone fill the budget."""
-    return max(1, math.ceil(budget / mean_tokens)), 0
-
-
-K_RULES: dict[str, KRule] = {
-    "fill (used above)": fill_budget,
-    "budget // 128": per_128,
-    "3 neighbours per hit": contiguity_heavy,
-    "no contiguity": similarity_only,
-}
-
-
-def chunk_candidates(budget: int) -> int:
-    """Chunks the baseline asks for at ``budget`` tokens (512-character chunks are ~115)."""
-    return max(4, budget // 32)
+BOOK = "2701-0.txt"  # Moby-Dick: the latency corpus
+DEFAULT = "Mneme (default)"
+BEFORE = "Mneme before issue 19"
+HYBRID = "chunks: hybrid"
+PLAIN = "chunks: dense"  # "plain top-k" of the issue's LoCoMo goal
+NEEDLE_SET = "planted needles"
+LONG_DOCUMENTS = "long-document QA, pooled"
 
 
 def log(message: str, began: float = time.perf_counter()) -> None:
@@ -129,10 +83,13 @@ def log(message: str, began: float = time.perf_counter()) -> None:
 
 
 class Retriever(Protocol):
-    """A system under test: stores texts per namespace, returns text for a query in a budget."""
+    """A system under test. Systems with one ``key`` share what was ingested."""
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
 
     async def ingest(self, namespace: str, text: str, name: str) -> list[int]:
         """Store ``text``; the token count of each stored unit (episode or chunk)."""
@@ -143,341 +100,348 @@ class Retriever(Protocol):
         ...
 
 
+class CachedEmbedder:
+    """An embedder that embeds each distinct text once per run (sentences are embedded by the
+    segmenters of several systems, queries by every system at every budget)."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.cache: dict[str, npt.NDArray[np.float32]] = {}
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing:
+            for text, vector in zip(missing, self.inner.embed(missing), strict=True):
+                self.cache[text] = vector
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.stack([self.cache[t] for t in texts])
+
+
 @dataclass(frozen=True, slots=True)
 class EpisodicRetriever:
     name: str
+    key: str
     store: MemoryStore
     segmenter: Segmenter
     count_tokens: Count
-    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # namespace → tokens, units
-    rule: KRule = fill_budget
+    defaults: RecallDefaults = field(default_factory=RecallDefaults)
 
     def memory(self, namespace: str) -> EpisodicMemory:
-        return EpisodicMemory(self.store, namespace, self.segmenter, count_tokens=self.count_tokens)
+        return EpisodicMemory(
+            self.store,
+            namespace,
+            self.segmenter,
+            count_tokens=self.count_tokens,
+            defaults=self.defaults,
+        )
 
     async def ingest(self, namespace: str, text: str, name: str) -> list[int]:
         ingested = await self.memory(namespace).ingest(text, name=name)
-        units = [e.token_count for e in ingested.episodes]
-        tokens, count = self.sizes.get(namespace, (0, 0))
-        self.sizes[namespace] = (tokens + sum(units), count + len(units))
-        return units
-
-    def mean_tokens(self, namespace: str) -> float:
-        """Mean tokens of the episodes ingested into ``namespace`` (128 before any)."""
-        tokens, count = self.sizes.get(namespace, (0, 0))
-        return tokens / count if count else 128.0
+        return [e.token_count for e in ingested.episodes]
 
     async def recall(self, namespace: str, query: str, budget: int) -> list[str]:
-        k_s, k_c = self.rule(budget, self.mean_tokens(namespace))
-        found = await self.memory(namespace).search(
-            query, budget_tokens=budget, k_similar=k_s, k_contiguous=k_c
-        )
+        found = await self.memory(namespace).search(query, budget_tokens=budget)
         return [r.text for r in found]
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkRetriever:
-    """Fixed-size character chunks (LangChain) in a namespace of their own: classic RAG."""
-
-    store: MemoryStore
-    count_tokens: Count
-    name: str = "chunks"
-    splitter: RecursiveCharacterTextSplitter = field(
-        default_factory=lambda: RecursiveCharacterTextSplitter(
-            chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP, add_start_index=True
-        )
-    )
-
-    async def ingest(self, namespace: str, text: str, name: str) -> list[int]:
-        new = [
-            NewEpisode(
-                text=chunk.page_content,
-                start_char=chunk.metadata["start_index"],
-                end_char=chunk.metadata["start_index"] + len(chunk.page_content),
-                token_count=self.count_tokens(chunk.page_content),
-            )
-            for chunk in self.splitter.create_documents([text])
-        ]
-        vectors = await asyncio.to_thread(self.store.embedder.embed, [e.text for e in new])
-        _, stored = await asyncio.to_thread(
-            self.store.add_document, namespace, name, text, new, vectors
-        )
-        return [e.token_count for e in stored]
-
-    async def recall(self, namespace: str, query: str, budget: int) -> list[str]:
-        hits = await asyncio.to_thread(
-            self.store.search, namespace, query, chunk_candidates(budget)
-        )
-        ranked: list[tuple[Episode, float, Reason]] = [
-            (h.episode, h.score, "similarity") for h in hits
-        ]
-        return [r.text for r in pack(ranked, budget, self.count_tokens)]
-
-
-# -- recall ---------------------------------------------------------------------------------
+# -- measuring ------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
 class Tally:
-    """Recall of one system on one dataset (or on one kind of needle)."""
+    """One system on one set: per item, its recall and the tokens returned, per budget."""
 
-    questions: int = 0
-    hits: dict[int, int] = field(default_factory=dict)  # budget → questions answered
-    used: dict[int, int] = field(default_factory=dict)  # budget → tokens returned, summed
-    units: list[int] = field(default_factory=list)  # tokens of each stored episode or chunk
+    kinds: list[str] = field(default_factory=list)  # each item's kind (LoCoMo category...)
+    scores: dict[int, list[float]] = field(default_factory=dict)
+    used: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def items(self) -> int:
+        return len(self.kinds)
 
     def recall(self, budget: int) -> float:
-        return self.hits.get(budget, 0) / self.questions if self.questions else float("nan")
+        values = self.scores.get(budget, [])
+        return float(np.mean(values)) if values else float("nan")
 
     def mean_used(self, budget: int) -> float:
-        return self.used.get(budget, 0) / self.questions if self.questions else float("nan")
+        values = self.used.get(budget, [])
+        return float(np.mean(values)) if values else float("nan")
+
+    def only(self, kind: str) -> Tally:
+        keep = [i for i, k in enumerate(self.kinds) if k == kind]
+        return Tally(
+            [kind] * len(keep),
+            {b: [v[i] for i in keep] for b, v in self.scores.items()},
+            {b: [v[i] for i in keep] for b, v in self.used.items()},
+        )
+
+    def extend(self, other: Tally) -> None:
+        self.kinds += other.kinds
+        for budget, values in other.scores.items():
+            self.scores.setdefault(budget, []).extend(values)
+        for budget, used in other.used.items():
+            self.used.setdefault(budget, []).extend(used)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One question asked of one system at one budget (kept for the JSON report)."""
+@dataclass(slots=True)
+class Ingest:
+    """What one ingestion key stored: cl100k tokens, wall seconds, unit sizes."""
 
-    system: str
-    document: str
-    kind: str
-    depth: float
-    budget: int
-    found: bool
-    tokens: int
+    tokens: int = 0
+    seconds: float = 0.0
+    units: list[int] = field(default_factory=list)
 
 
-Tallies = dict[tuple[str, str], Tally]
-ALL_NEEDLES = "needles: all"
+Tallies = dict[tuple[str, str], Tally]  # (system, set label) → tally
+
+
+def label(evaluation: EvalSet) -> str:
+    return f"{evaluation.name} ({evaluation.split})"
 
 
 async def compare(
     retrievers: Sequence[Retriever],
-    documents: Sequence[Document],
+    sets: Sequence[EvalSet],
     budgets: Sequence[int],
     count_tokens: Count,
-) -> tuple[Tallies, list[Outcome]]:
-    """Ingest every document into every system (a namespace each) and ask its questions.
-
-    Tallies are keyed (system, dataset); planted needles are also pooled under
-    ``ALL_NEEDLES`` and split by kind under ("system", "kind: direct" / "kind: later").
-    """
-    tallies: Tallies = {}
-    outcomes: list[Outcome] = []
-
-    def tally(system: str, key: str) -> Tally:
-        return tallies.setdefault((system, key), Tally())
-
+) -> tuple[Tallies, dict[str, Ingest]]:
+    """Ingest every document once per ingestion key, then ask every system every question at
+    every budget. Items keep one order per set, so systems can be compared item by item."""
+    ingests: dict[str, Ingest] = {}
     for retriever in retrievers:
-        for document in documents:
-            namespace = f"{retriever.name}:{document.name}"
-            began = time.perf_counter()
-            units = await retriever.ingest(namespace, document.text, document.name)
-            seconds = time.perf_counter() - began
-            log(f"{retriever.name}: ingested {document.name} ({len(units)} units, {seconds:.1f} s)")
-            needles = document.dataset.startswith("needles")
-            rows = [tally(retriever.name, document.dataset)]
-            if needles:
-                rows.append(tally(retriever.name, ALL_NEEDLES))
-            for row in rows:
-                row.units += units
-            for question in document.questions:
-                keys = [*rows, tally(retriever.name, f"kind: {question.kind}")] if needles else rows
-                for row in keys:
-                    row.questions += 1
-                for budget in budgets:
-                    texts = await retriever.recall(namespace, question.query, budget)
-                    found = normalise(question.answer) in normalise(" ".join(texts))
-                    used = sum(count_tokens(t) for t in texts)
-                    for row in keys:
-                        row.hits[budget] = row.hits.get(budget, 0) + found
-                        row.used[budget] = row.used.get(budget, 0) + used
-                    outcomes.append(
-                        Outcome(
-                            retriever.name,
-                            document.name,
-                            question.kind,
-                            question.depth,
-                            budget,
-                            found,
-                            used,
-                        )
-                    )
-    return tallies, outcomes
+        if retriever.key in ingests:
+            continue
+        done = ingests[retriever.key] = Ingest()
+        for evaluation in sets:
+            for document in evaluation.documents:
+                began = time.perf_counter()
+                units = await retriever.ingest(
+                    f"{retriever.key}:{document.name}", document.text, document.name
+                )
+                done.seconds += time.perf_counter() - began
+                done.tokens += count_tokens(document.text)
+                done.units += units
+        log(f"{retriever.key}: ingested {done.tokens:,} tokens in {done.seconds:.0f} s")
+    tallies: Tallies = {}
+    for retriever in retrievers:
+        began = time.perf_counter()
+        for evaluation in sets:
+            tally = tallies[(retriever.name, label(evaluation))] = Tally()
+            for document in evaluation.documents:
+                namespace = f"{retriever.key}:{document.name}"
+                for question in document.questions:
+                    tally.kinds.append(question.kind)
+                    for budget in budgets:
+                        texts = await retriever.recall(namespace, question.query, budget)
+                        tally.scores.setdefault(budget, []).append(question.recall(" ".join(texts)))
+                        tally.used.setdefault(budget, []).append(sum(map(count_tokens, texts)))
+        log(f"{retriever.name}: searched in {time.perf_counter() - began:.0f} s")
+    return tallies, ingests
+
+
+def interval(scores: Sequence[float], seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of ``scores`` (percentile method)."""
+    values = np.asarray(scores, dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (BOOTSTRAP_ROUNDS, len(values)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """Mean of ``a - b`` item by item, with its 95% bootstrap interval."""
+    difference = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    low, high = interval(list(difference))
+    return float(difference.mean()) if len(difference) else float("nan"), low, high
+
+
+def pooled(tallies: Tallies, systems: Sequence[str], labels: Sequence[str], name: str) -> None:
+    """Add a row ``name`` per system: the items of ``labels`` together."""
+    for system in systems:
+        row = tallies[(system, name)] = Tally()
+        for key in labels:
+            if (system, key) in tallies:
+                row.extend(tallies[(system, key)])
+
+
+# -- tables ---------------------------------------------------------------------------------
 
 
 def table(header: Sequence[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
 
 
-def recall_table(tallies: Tallies, budgets: Sequence[int], *, kinds: bool = False) -> str:
-    """Rows = dataset (or needle kind) x system, in the order they were measured."""
-    keys = [k for k in tallies if k[1].startswith("kind: ") == kinds]
-    datasets = sorted(dict.fromkeys(d for _, d in keys), key=lambda d: d == ALL_NEEDLES)
-    datasets.sort(key=lambda d: not d.startswith("needles"))  # needles first, pooled row last
-    keys.sort(key=lambda k: datasets.index(k[1]))  # stable: systems stay in their order
-    middle = min(budgets, key=lambda b: abs(b - GOAL_BUDGET))
-    header = ["dataset" if not kinds else "needles", "system", "questions"]
-    header += [f"recall@{b}" for b in budgets] + [f"tokens used @{middle}"]
-    if not kinds:
-        header += ["episodes / chunks", "mean tokens"]
+def with_interval(scores: Sequence[float]) -> str:
+    if not scores:
+        return "-"
+    low, high = interval(scores)
+    return f"{np.mean(scores):.3f} ({low:.2f} to {high:.2f})"
+
+
+def recall_table(
+    tallies: Tallies, labels: Sequence[str], systems: Sequence[str], budgets: Sequence[int]
+) -> str:
+    """Rows = set x system: items, recall at each budget with its interval, tokens returned."""
+    header = ["set", "system", "items", *(f"recall@{b}" for b in budgets)]
+    header += [f"tokens@{b}" for b in budgets]
     rows = []
-    for system, dataset in keys:
-        t = tallies[(system, dataset)]
-        row = [dataset.removeprefix("kind: "), system, str(t.questions)]
-        row += [f"{t.recall(b):.3f}" for b in budgets] + [f"{t.mean_used(middle):.0f}"]
-        if not kinds:
-            row += [f"{len(t.units):,}", f"{np.mean(t.units):.0f}" if t.units else "-"]
-        rows.append(row)
+    for key in labels:
+        for system in systems:
+            tally = tallies.get((system, key))
+            if tally is None or not tally.items:
+                continue
+            row = [key, system, str(tally.items)]
+            row += [with_interval(tally.scores.get(b, [])) for b in budgets]
+            row += [f"{tally.mean_used(b):.0f}" if tally.items else "-" for b in budgets]
+            rows.append(row)
     return table(header, rows)
 
 
-@dataclass(frozen=True, slots=True)
-class Goal:
-    best: str  # the EpisodicMemory variant with the highest needle recall at the goal budget
-    best_recall: float
-    baseline_recall: float
-    margin_met: bool
-    absolute_met: bool
-
-
-def goal(tallies: Tallies, episodic: Sequence[str], baseline: str) -> Goal:
-    """At ``GOAL_BUDGET`` on planted needles: best variant - baseline ≥ 10 points, and ≥ 0.9."""
-    scores = {name: tallies[(name, ALL_NEEDLES)].recall(GOAL_BUDGET) for name in episodic}
-    best = max(scores, key=lambda name: scores[name])
-    base = tallies[(baseline, ALL_NEEDLES)].recall(GOAL_BUDGET)
-    margin = scores[best] - base >= GOAL_MARGIN - 1e-9
-    return Goal(best, scores[best], base, margin, scores[best] >= GOAL_ABSOLUTE - 1e-9)
-
-
-def goal_lines(result: Goal) -> list[str]:
-    def met(ok: bool) -> str:
-        return "MET" if ok else "NOT MET"
-
-    difference = 100 * (result.best_recall - result.baseline_recall)
-    return [
-        f"- best EpisodicMemory variant on planted needles at {GOAL_BUDGET} tokens: "
-        f"{result.best}, recall {result.best_recall:.3f}; baseline (chunks) "
-        f"{result.baseline_recall:.3f}",
-        f"- margin {difference:+.1f} points (goal ≥ +{100 * GOAL_MARGIN:.0f}): "
-        f"{met(result.margin_met)}",
-        f"- absolute {result.best_recall:.3f} (goal ≥ {GOAL_ABSOLUTE:.2f}): "
-        f"{met(result.absolute_met)}",
-    ]
-
-
-async def ablation(
-    retrievers: Sequence[Retriever], documents: Sequence[Document], budgets: Sequence[int]
-) -> list[list[str]]:
-    """Needle recall of each EpisodicMemory variant under every rule of ``K_RULES``.
-
-    Searches only: the documents must already be ingested (by :func:`compare`).
-    """
+def kind_table(
+    tallies: Tallies, key: str, kinds: Sequence[str], systems: Sequence[str], budgets: Sequence[int]
+) -> str:
+    """Rows = kind x system of one set (LoCoMo categories, needle kinds)."""
     rows = []
-    for retriever in retrievers:
-        if not isinstance(retriever, EpisodicRetriever):
-            continue
-        first = f"{retriever.name}:{documents[0].name}"
-        for label, rule in K_RULES.items():
-            variant = replace(retriever, rule=rule)
-            hits = dict.fromkeys(budgets, 0)
-            for document in documents:
-                namespace = f"{retriever.name}:{document.name}"
-                for question in document.questions:
-                    for budget in budgets:
-                        texts = await variant.recall(namespace, question.query, budget)
-                        hits[budget] += normalise(question.answer) in normalise(" ".join(texts))
-            asked = sum(len(d.questions) for d in documents)
-            pairs = [rule(b, retriever.mean_tokens(first)) for b in budgets]
-            ks = ", ".join(f"{k_s}+{k_c}" for k_s, k_c in pairs)
-            rows.append([retriever.name, label, ks, *(f"{hits[b] / asked:.3f}" for b in budgets)])
-        log(f"{retriever.name}: k-rule ablation done")
-    return rows
+    for kind in kinds:
+        for system in systems:
+            if (system, key) not in tallies:
+                continue
+            part = tallies[(system, key)].only(kind)
+            if part.items:
+                scores = [with_interval(part.scores.get(b, [])) for b in budgets]
+                rows.append([kind, system, str(part.items), *scores])
+    return table(["kind", "system", "items", *(f"recall@{b}" for b in budgets)], rows)
 
 
-# -- speed ----------------------------------------------------------------------------------
-
-
-async def throughput(
-    retrievers: Sequence[Retriever], book: str, count_tokens: Count
-) -> list[list[str]]:
-    """Tokens/s of ingesting ``book`` into each system's ``corpus`` namespace (wall time)."""
-    tokens = count_tokens(book)
+def fill_table(
+    tallies: Tallies, labels: Sequence[str], systems: Sequence[str], budgets: Sequence[int]
+) -> str:
+    """Per system: mean tokens returned per budget over every item, and the lowest set mean."""
     rows = []
-    for retriever in retrievers:
-        began = time.perf_counter()
-        units = await retriever.ingest(f"{retriever.name}:corpus", book, "book")
-        seconds = time.perf_counter() - began
-        log(f"{retriever.name}: book ingested at {tokens / seconds:,.0f} tokens/s")
-        rate = [f"{tokens:,}", f"{seconds:,.1f}", f"{tokens / seconds:,.0f}"]
-        rows.append([retriever.name, *rate, f"{len(units):,}", f"{np.mean(units):.0f}"])
-    return rows
-
-
-def percentiles(seconds: list[float]) -> tuple[float, float]:
-    """(p50, p99) in milliseconds."""
-    p50, p99 = np.percentile(np.array(seconds) * 1000.0, [50, 99])
-    return float(p50), float(p99)
-
-
-def copy_document(store: MemoryStore, source: str, name: str, target: str) -> None:
-    """Store document ``name`` of namespace ``source`` again in ``target``, vectors and all.
-
-    Nothing is re-embedded: this is how the latency corpus reaches ~1M tokens on two cores.
-    """
-    document = store.documents.find(source, name=name)[0]
-    episodes = store.episodes.page(source, document_id=document.id, limit=10**9)
-    space = store.namespaces.get(source)
-    ids, vectors = store.episodes.embeddings(space.id, [e.id for e in episodes])
-    row = {episode_id: i for i, episode_id in enumerate(ids)}
-    new = [
-        NewEpisode(
-            text=e.text,
-            start_char=e.start_char,
-            end_char=e.end_char,
-            token_count=e.token_count,
-            surprise_mean=e.surprise_mean,
-            surprise_max=e.surprise_max,
-        )
-        for e in episodes
-    ]
-    text = "".join(e.text for e in episodes)
-    store.add_document(
-        target, f"{source}/{name}", text, new, vectors[[row[e.id] for e in episodes]]
-    )
-
-
-async def latency(
-    retrievers: Sequence[Retriever],
-    store: MemoryStore,
-    copies: Sequence[tuple[str, str]],
-    tokens: int,
-    queries: Sequence[str],
-) -> list[list[str]]:
-    """Search latency at ``GOAL_BUDGET`` in each system's ``corpus`` namespace.
-
-    First each (namespace suffix, document name) in ``copies`` is copied into it; ``tokens`` is
-    then the corpus size. Each search includes embedding the query; systems run in turn.
-    """
-    rows = []
-    for retriever in retrievers:
-        namespace = f"{retriever.name}:corpus"
-        for suffix, name in copies:
-            await asyncio.to_thread(
-                copy_document, store, f"{retriever.name}:{suffix}", name, namespace
+    for system in systems:
+        row = [system]
+        for budget in budgets:
+            means = [
+                tallies[(system, k)].mean_used(budget)
+                for k in labels
+                if (system, k) in tallies and tallies[(system, k)].items
+            ]
+            every = [
+                u
+                for k in labels
+                if (system, k) in tallies
+                for u in tallies[(system, k)].used.get(budget, [])
+            ]
+            row.append(
+                f"{np.mean(every):.0f} ({np.mean(every) / budget:.0%}; lowest set "
+                f"{min(means) / budget:.0%})"
+                if every
+                else "-"
             )
-        units = store.episodes.count(namespace)
-        log(f"{retriever.name}: corpus of {tokens:,} tokens, {units:,} units; timing searches")
-        for query in queries[:WARMUP]:
-            await retriever.recall(namespace, query, GOAL_BUDGET)
-        seconds = []
-        for query in queries:
-            began = time.perf_counter()
-            await retriever.recall(namespace, query, GOAL_BUDGET)
-            seconds.append(time.perf_counter() - began)
-        p50, p99 = percentiles(seconds)
-        rows.append([retriever.name, f"{tokens:,}", f"{units:,}", f"{p50:.1f}", f"{p99:.1f}"])
-    return rows
+        rows.append(row)
+    return table(["system", *(f"tokens returned @{b}" for b in budgets)], rows)
+
+
+@dataclass(frozen=True, slots=True)
+class GoalCheck:
+    what: str
+    value: str
+    met: bool | None  # None: not decidable (too few items)
+
+
+def goals(
+    tallies: Tallies,
+    labels: Sequence[str],
+    locomo: Sequence[str],
+    budgets: Sequence[int],
+) -> list[GoalCheck]:
+    """The issue's goals for the default: over hybrid chunks at 512 on every set with enough
+    items; no LoCoMo category below plain top-k (dense chunks); the largest budget filled."""
+    checks = []
+    for key in labels:
+        if (DEFAULT, key) not in tallies or (HYBRID, key) not in tallies:
+            continue
+        ours, theirs = tallies[(DEFAULT, key)], tallies[(HYBRID, key)]
+        if not ours.items:
+            continue
+        mean, low, high = paired(ours.scores[GOAL_BUDGET], theirs.scores[GOAL_BUDGET])
+        enough = ours.items >= ENOUGH_ITEMS
+        checks.append(
+            GoalCheck(
+                f"{key}: default - hybrid chunks @{GOAL_BUDGET} ≥ +{GOAL_MARGIN:.2f} "
+                f"({ours.items} items{'' if enough else ', too few to separate'})",
+                f"{mean:+.3f} ({low:+.2f} to {high:+.2f})",
+                mean >= GOAL_MARGIN - 1e-9 if enough else None,
+            )
+        )
+    for key in locomo:
+        for code, category in LOCOMO_CATEGORIES.items():
+            if (DEFAULT, key) not in tallies:
+                continue
+            ours, theirs = (
+                tallies[(DEFAULT, key)].only(category),
+                tallies[(PLAIN, key)].only(category),
+            )
+            if not ours.items:
+                continue
+            worst = min(budgets, key=lambda b: ours.recall(b) - theirs.recall(b))
+            mean, low, high = paired(ours.scores[worst], theirs.scores[worst])
+            checks.append(
+                GoalCheck(
+                    f"{key}, category {code} {category}: default ≥ plain top-k (dense chunks) "
+                    f"at every budget ({ours.items} items; worst budget {worst})",
+                    f"{mean:+.3f} ({low:+.2f} to {high:+.2f})",
+                    mean >= -1e-9,
+                )
+            )
+    largest = max(budgets)
+    rows = [tallies[(DEFAULT, k)] for k in labels if (DEFAULT, k) in tallies]
+    every = [u for row in rows for u in row.used.get(largest, [])]
+    if every:
+        fill = float(np.mean(every)) / largest
+        checks.append(
+            GoalCheck(
+                f"default fills the {largest}-token budget ≥ {GOAL_FILL:.0%} (mean)",
+                f"{fill:.1%}",
+                fill >= GOAL_FILL,
+            )
+        )
+    return checks
+
+
+def goal_lines(checks: Sequence[GoalCheck]) -> list[str]:
+    def met(value: bool | None) -> str:
+        return "n/a" if value is None else ("MET" if value else "NOT MET")
+
+    return [f"- {c.what}: {c.value} — {met(c.met)}" for c in checks]
+
+
+def ingest_table(ingests: dict[str, Ingest]) -> str:
+    rows = [
+        [
+            key,
+            f"{i.tokens:,}",
+            f"{i.seconds:,.0f}",
+            f"{i.tokens / max(i.seconds, 1e-9):,.0f}",
+            f"{len(i.units):,}",
+            f"{np.mean(i.units):.0f}" if i.units else "-",
+        ]
+        for key, i in ingests.items()
+    ]
+    header = ["ingestion", "tokens", "seconds", "tokens/s", "episodes / chunks", "mean tokens"]
+    return table(header, rows)
 
 
 # -- setup ----------------------------------------------------------------------------------
@@ -489,29 +453,30 @@ class Options:
     budgets: tuple[int, ...]
     haystack_tokens: int  # each needle haystack
     needles: int  # planted in each haystack (half direct, half later)
-    mc_sets: tuple[str, ...]  # L-Eval multiple-choice sets (all their usable items)
-    topic_documents: int  # L-Eval topic-retrieval documents
-    book: str  # Gutenberg file of the throughput book
-    book_tokens: int
-    corpus_tokens: int  # ingested before timing searches
-    queries: int  # timed searches per system
+    caps: Caps
     seed: int
     json: Path | None
     data: Path
     tiny: Path
-    recall_only: bool = False
+    tune: bool = False
+    tune_events: bool = False
+    latency: bool = False
+    surprise: bool = True
+    corpus_tokens: int = 1_000_000  # --latency: tokens searched
+    queries: int = 200  # --latency: timed searches per system
 
 
 def parse(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.retrieval", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks.retrieval", description=(__doc__ or "").splitlines()[0]
     )
-    parser.add_argument("--quick", action="store_true", help="small inputs: under 3 minutes")
+    parser.add_argument("--quick", action="store_true", help="a few items of each tuning set")
+    parser.add_argument("--tune", action="store_true", help="search settings grid, tuning sets")
+    parser.add_argument("--tune-events", action="store_true", help="with --tune: event bounds too")
+    parser.add_argument("--latency", action="store_true", help="also time searches over 1M tokens")
+    parser.add_argument("--no-surprise", action="store_true", help="leave out Mneme surprise")
     parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
     parser.add_argument("--seed", type=int, default=0, help="seed of needle order and depths")
-    parser.add_argument(
-        "--recall-only", action="store_true", help="skip the throughput and latency sections"
-    )
     parser.add_argument("--data", type=Path, default=EVAL_DATA, help="the eval-data folder")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -520,21 +485,21 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         budgets=BUDGETS,
         haystack_tokens=4_000 if quick else 30_000,
         needles=8 if quick else len(NEEDLES),
-        mc_sets=("tpo",) if quick else ("quality", "coursera", "tpo"),
-        topic_documents=0 if quick else 2,
-        book="43-0.txt" if quick else BOOK,
-        book_tokens=10_000 if quick else 300_000,
-        corpus_tokens=30_000 if quick else 1_000_000,
-        queries=30 if quick else 200,
+        caps=Caps(),
         seed=args.seed,
-        recall_only=bool(args.recall_only),
         json=args.json,
         data=args.data.resolve(),
         tiny=(args.data / "tinystories-260k" / "hf").resolve(),
+        tune=bool(args.tune),
+        tune_events=bool(args.tune_events),
+        latency=bool(args.latency),
+        surprise=not args.no_surprise,
+        corpus_tokens=30_000 if quick else 1_000_000,
+        queries=30 if quick else 200,
     )
 
 
-def needle_documents(options: Options, count_tokens: Count) -> list[Document]:
+def needle_set(options: Options, count_tokens: Count) -> EvalSet:
     """The essays and the novel, each cut to ``haystack_tokens`` with needles planted."""
     rng = np.random.default_rng(options.seed)
     direct = [n for n in NEEDLES if n.kind == "direct"]
@@ -545,77 +510,101 @@ def needle_documents(options: Options, count_tokens: Count) -> list[Document]:
     essay_text = essays(options.data / "pg-essays-haystack" / "essays")
     novel_text = read_book(options.data / "gutenberg-novels" / NOVEL)
     cut = options.haystack_tokens
-    return [
+    documents = [
         plant(
-            truncate(essay_text, cut, count_tokens),
+            truncate(text, cut, count_tokens),
             chosen,
-            options.seed,
-            dataset="needles: essays",
-            name="essays",
-        ),
-        plant(
-            truncate(novel_text, cut, count_tokens),
-            chosen,
-            options.seed + 1,
-            dataset="needles: novel",
-            name="novel",
-        ),
-    ]
-
-
-def leval_documents(options: Options) -> tuple[list[Document], list[str]]:
-    """L-Eval documents with usable items, and a line per set saying how many were used."""
-    folder = options.data / "leval"
-    documents, notes = [], []
-    for source in options.mc_sets:
-        found = leval(folder, source, max_documents=1 if options.quick else None)
-        documents += [replace(d, dataset="L-Eval: multiple choice") for d in found.documents]
-        notes.append(
-            f"{source}: {found.used} items used, {found.skipped} skipped (answer not verbatim) "
-            f"in {len(found.documents)} documents"
+            options.seed + i,
+            dataset=NEEDLE_SET,
+            name=f"needles-{name}",
         )
-    if not options.topic_documents:
-        return documents, notes
-    topics = leval(folder, "topic_retrieval_longchat", max_documents=options.topic_documents)
-    documents += [replace(d, dataset="L-Eval: topic retrieval") for d in topics.documents]
-    notes.append(
-        f"topic_retrieval_longchat: first {len(topics.documents)} of 50 documents, "
-        f"{topics.used} items (all usable; the answer is the topic's name)"
+        for i, (name, text) in enumerate((("essays", essay_text), ("novel", novel_text)))
+    ]
+    note = (
+        f"{options.needles} per haystack (half direct, half answer-later), "
+        f"{cut:,}-token haystacks of Paul Graham essays and Frankenstein"
     )
-    return documents, notes
+    return EvalSet(NEEDLE_SET, "tuning", documents, note)
 
 
-def copy_plan(
-    options: Options, book_tokens: int, documents: Sequence[Document], count_tokens: Count
-) -> tuple[list[tuple[str, str]], int]:
-    """What to copy into the ``corpus`` namespaces (which hold the book) to reach
-    ``corpus_tokens``: the evaluation documents, then the book again as often as needed.
-
-    Returns the (namespace suffix, document name) pairs and the corpus size in tokens.
-    """
-    plan, total = [], book_tokens
-    for document in documents:
-        if total >= options.corpus_tokens:
-            break
-        plan.append((document.name, document.name))
-        total += count_tokens(document.text)
-    while total < options.corpus_tokens:
-        plan.append(("corpus", "book"))
-        total += book_tokens
-    return plan, total
+BEFORE_DEFAULTS = RecallDefaults(
+    k_similar=8,
+    k_contiguous=8,
+    reach=Reach(decay=0.9),
+    fusion=FusionConfig(rank_constant=60, lexical_weight=0.0),
+)
+"""Search as shipped before issue 19: dense similarity only, 8 hits and 8 neighbours, decay 0.9
+(hits were then worth their cosine; RRF's flat k = 60 ranks them alike). Events now snap to
+paragraphs, which they did not then."""
 
 
 def systems(
     store: MemoryStore, count_tokens: Count, surprise: SurpriseSegmenter | None = None
 ) -> list[Retriever]:
-    """embedding, surprise (when given), fixed, then the chunk baseline, over one store."""
+    """Every system of the tables, over one store: the default first, the baselines last."""
     config = SegmenterConfig()
-    episodic: list[Segmenter] = [EmbeddingSegmenter(store.embedder, config, count_tokens)]
+    embedding = EmbeddingSegmenter(store.embedder, config, count_tokens)
+    out: list[Retriever] = [
+        EpisodicRetriever(DEFAULT, "embedding", store, embedding, count_tokens),
+        EpisodicRetriever(BEFORE, "embedding", store, embedding, count_tokens, BEFORE_DEFAULTS),
+        EpisodicRetriever(
+            "Mneme fixed", "fixed", store, FixedSegmenter(config, count_tokens), count_tokens
+        ),
+    ]
     if surprise is not None:
-        episodic.append(surprise)
-    episodic.append(FixedSegmenter(config, count_tokens))
-    out: list[Retriever] = [EpisodicRetriever(s.kind, store, s, count_tokens) for s in episodic]
-    return [*out, ChunkRetriever(store, count_tokens)]
+        out.append(EpisodicRetriever("Mneme surprise", "surprise", store, surprise, count_tokens))
+    chunks = ChunkStore(store, count_tokens)
+    out += [
+        ChunkRetriever(PLAIN, chunks, "dense"),
+        ChunkRetriever("chunks: BM25", chunks, "bm25"),
+        ChunkRetriever(HYBRID, chunks, "hybrid"),
+    ]
+    return out
+
+
+def tuning_grid() -> dict[str, RecallDefaults]:
+    """Search settings tried by ``--tune`` on the embedding events of the tuning sets."""
+    base = RecallDefaults()
+
+    def fused(k: int, lexical: float, decay: float | None = None) -> RecallDefaults:
+        """The default with another RRF constant, lexical weight, or neighbour decay."""
+        reach = base.reach if decay is None else replace(base.reach, decay=decay)
+        fusion = FusionConfig(rank_constant=k, lexical_weight=lexical)
+        return replace(base, fusion=fusion, reach=reach)
+
+    return {
+        "default": base,
+        "dense only": replace(base, fusion=FusionConfig(lexical_weight=0.0)),
+        "lexical only": replace(base, fusion=FusionConfig(dense_weight=0.0)),
+        "RRF k 60, equal weights": fused(60, 1.0),
+        "lexical x2": fused(10, 2.0),
+        "lexical x4": fused(10, 4.0),
+        "RRF k 5": fused(5, 3.0),
+        "RRF k 20": fused(20, 3.0),
+        "decay 0.8": fused(10, 3.0, 0.8),
+        "decay 0.9": fused(10, 3.0, 0.9),
+        "no contiguity": replace(base, reach=Reach(after_tokens=0, before_tokens=0)),
+        "8 + 8 (explicit)": replace(base, k_similar=8, k_contiguous=8),
+        "before issue 19": BEFORE_DEFAULTS,
+    }
+
+
+def tune_table(
+    tallies: Tallies, labels: Sequence[str], variants: Sequence[str], budgets: Sequence[int]
+) -> str:
+    header = ["settings", *(f"{k.split(' (')[0]} @{GOAL_BUDGET}" for k in labels)]
+    header += [f"all @{b}" for b in budgets] + [f"tokens @{max(budgets)}"]
+    rows = []
+    for variant in variants:
+        row = [variant]
+        row += [f"{tallies[(variant, k)].recall(GOAL_BUDGET):.3f}" for k in labels]
+        every = Tally()
+        for k in labels:
+            every.extend(tallies[(variant, k)])
+        row += [f"{every.recall(b):.3f}" for b in budgets]
+        row.append(f"{every.mean_used(max(budgets)):.0f}")
+        rows.append(row)
+    return table(header, rows)
 
 
 @dataclass(slots=True)
@@ -624,17 +613,47 @@ class Report:
 
     settings: list[str] = field(default_factory=list)
     recall: list[dict[str, Any]] = field(default_factory=list)
-    goal: dict[str, Any] = field(default_factory=dict)
-    ablation: list[list[str]] = field(default_factory=list)
-    throughput: list[list[str]] = field(default_factory=list)
+    goals: list[dict[str, Any]] = field(default_factory=list)
+    ingest: list[dict[str, Any]] = field(default_factory=list)
     latency: list[list[str]] = field(default_factory=list)
-    outcomes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def surprise_segmenter(
+    options: Options, llm: Any, embedder: Embedder, count_tokens: Count, sample: str
+) -> tuple[SurpriseSegmenter, str]:
+    """The tiny model's surprise segmenter, its event bounds scaled to its tokenizer."""
+    from app.scorer import LLMTokenScorer
+
+    def model_tokens(text: str) -> int:
+        return len(llm.encode(text, special=False))
+
+    # Its tokenizer has 512 pieces: scale the bounds so events span as much text as the others'.
+    ratio = model_tokens(sample) / count_tokens(sample)
+    base = SegmenterConfig()
+    scaled = SegmenterConfig(
+        min_tokens=round(base.min_tokens * ratio),
+        max_tokens=round(base.max_tokens * ratio),
+        window=round(base.window * ratio),
+    )
+    context = llm.engine.max_context
+    segmenter = SurpriseSegmenter(
+        LLMTokenScorer(llm),
+        scaled,
+        context_tokens=context,
+        embedder=embedder,
+        count_tokens=model_tokens,
+    )
+    note = (
+        f"- surprise: stories260K, context {context} model tokens; one cl100k token is "
+        f"{ratio:.2f} model tokens, so events {scaled.min_tokens}-{scaled.max_tokens} model "
+        f"tokens, refined with the embedder"
+    )
+    return segmenter, note
 
 
 async def run(options: Options, folder: Path, report: Report) -> None:
     import transformers
 
-    from app.scorer import LLMTokenScorer
     from serving.embeddings import SentenceTransformerEmbedder
     from serving.engine.config import EngineConfig
     from serving.local import LocalLLM
@@ -642,123 +661,166 @@ async def run(options: Options, folder: Path, report: Report) -> None:
 
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     count_tokens = TiktokenCounter("cl100k_base").count
-    embedder: Embedder = SentenceTransformerEmbedder()
+    embedder = CachedEmbedder(SentenceTransformerEmbedder())
     database = Database(f"sqlite:///{folder}/mneme.db")
     database.upgrade()
     store, _ = MemoryStore.open(database, ChromaVectorIndex(path=folder / "chroma"), embedder)
-    llm = LocalLLM.load(EngineConfig(model=str(options.tiny)))
-    log("embedder and tiny model loaded")
+    llm = LocalLLM.load(EngineConfig(model=str(options.tiny))) if options.surprise else None
     try:
-        documents = needle_documents(options, count_tokens)
-        more, notes = leval_documents(options)
-
-        def model_tokens(text: str) -> int:
-            return len(llm.encode(text, special=False))
-
-        # The surprise segmenter counts event sizes in the tiny model's tokens (512-piece
-        # vocabulary): scale its bounds so events span as much text as the others'.
-        sample = "".join(d.text for d in documents)
-        ratio = model_tokens(sample) / count_tokens(sample)
-        base = SegmenterConfig()
-        scaled = SegmenterConfig(
-            min_tokens=round(base.min_tokens * ratio),
-            max_tokens=round(base.max_tokens * ratio),
-            window=round(base.window * ratio),
-        )
-        context = llm.engine.max_context
-        surprise = SurpriseSegmenter(
-            LLMTokenScorer(llm),
-            scaled,
-            context_tokens=context,
-            embedder=embedder,
-            count_tokens=model_tokens,
-        )
-        retrievers = systems(store, count_tokens, surprise)
-        report.settings = settings(options, base, scaled, ratio, context, notes)
-        print("\n".join(report.settings))
-
-        tallies, outcomes = await compare(
-            retrievers, [*documents, *more], options.budgets, count_tokens
-        )
-        report.outcomes = [asdict(o) for o in outcomes]
-        report.recall = [
-            {"system": s, "dataset": d, "questions": t.questions, "units": len(t.units)}
-            | {f"recall@{b}": t.recall(b) for b in options.budgets}
-            | {f"tokens@{b}": t.mean_used(b) for b in options.budgets}
-            for (s, d), t in tallies.items()
+        sets = [
+            needle_set(options, count_tokens),
+            *evaluation_sets(options.data, options.caps, options.quick),
         ]
-        print("\n## Recall within the token budget (answer string in the returned text)\n")
-        print(recall_table(tallies, options.budgets))
-        print("\n## Planted needles by kind (both haystacks)\n")
-        print(recall_table(tallies, options.budgets, kinds=True))
-        result = goal(tallies, [r.name for r in retrievers[:-1]], retrievers[-1].name)
-        report.goal = asdict(result)
-        print(f"\n## Goal check (planted needles, {GOAL_BUDGET}-token budget)\n")
-        print("\n".join(goal_lines(result)))
-        report.ablation = await ablation(retrievers, documents, options.budgets)
-        print("\n## Ablation: k_similar + k_contiguous rules (planted needles, both haystacks)\n")
-        header = ["system", "rule", f"k_s+k_c ({documents[0].name})"]
-        print(table([*header, *(f"recall@{b}" for b in options.budgets)], report.ablation))
-
-        if options.recall_only:
+        if options.tune:
+            sets = [s for s in sets if s.split == "tuning"]
+        surprise, note = None, ""
+        if llm is not None and not options.tune:
+            sample = "".join(d.text for d in sets[0].documents)
+            surprise, note = surprise_segmenter(options, llm, embedder, count_tokens, sample)
+        log("embedder and models loaded")
+        report.settings = settings_lines(options, sets, note)
+        print("\n".join(report.settings))
+        if options.tune:
+            await tune(options, store, sets, count_tokens)
             return
-        novels = options.data / "gutenberg-novels"
-        book = truncate(read_book(novels / options.book), options.book_tokens, count_tokens)
-        rows = await throughput(retrievers, book, count_tokens)
-        report.throughput = rows
-        print(f"\n## Ingestion throughput ({options.book}, cl100k tokens, wall time)\n")
-        header = ["system", "tokens", "seconds", "tokens/s", "episodes / chunks", "mean tokens"]
-        print(table(header, rows))
-
-        asked = [q.query for d in [*documents, *more] for q in d.questions]
-        queries = list(dict.fromkeys([*asked, *leval_queries(options.data / "leval")]))
-        queries = queries[: options.queries]
-        timed = [retrievers[0], retrievers[-1]]  # embedding segmenter and the baseline
-        evaluated = [*documents, *more]
-        plan, tokens = copy_plan(options, count_tokens(book), evaluated, count_tokens)
-        report.latency = await latency(timed, store, plan, tokens, queries)
-        print(
-            f"\n## Search latency at {GOAL_BUDGET} tokens ({len(queries)} queries, "
-            "query embedding included)\n"
-        )
-        header = ["system", "tokens stored", "episodes / chunks", "p50 ms", "p99 ms"]
-        print(table(header, report.latency))
+        retrievers = systems(store, count_tokens, surprise)
+        tallies, ingests = await compare(retrievers, sets, options.budgets, count_tokens)
+        names = [r.name for r in retrievers]
+        print_results(tallies, ingests, sets, names, options.budgets, report)
+        if options.latency:
+            await timed(options, store, retrievers, sets, count_tokens, report)
     finally:
-        llm.close()
+        if llm is not None:
+            llm.close()
         database.close()
 
 
-def settings(
+TUNING_EVENTS = {
+    "events 8-64": SegmenterConfig(max_tokens=64),
+    "events 8-96": SegmenterConfig(max_tokens=96),
+    "events 16-192 (app settings)": SegmenterConfig(min_tokens=16, max_tokens=192),
+    "events 8-128, no paragraph snap": SegmenterConfig(paragraph_wait=0),
+    "events 8-128, paragraph wait 128": SegmenterConfig(paragraph_wait=128),
+}
+"""Other event bounds ``--tune`` tries, with the default search."""
+
+
+async def tune(options: Options, store: MemoryStore, sets: Sequence[EvalSet], count: Count) -> None:
+    """``--tune``: every setting of :func:`tuning_grid` on the default embedding events, and
+    the default search on the events of :data:`TUNING_EVENTS`."""
+    segmenter = EmbeddingSegmenter(store.embedder, SegmenterConfig(), count)
+    grid = tuning_grid()
+    retrievers: list[Retriever] = [
+        EpisodicRetriever(n, "embedding", store, segmenter, count, d) for n, d in grid.items()
+    ]
+    for index, (name, config) in enumerate(TUNING_EVENTS.items() if options.tune_events else ()):
+        other = EmbeddingSegmenter(store.embedder, config, count)
+        retrievers.append(EpisodicRetriever(name, f"events-{index}", store, other, count))
+    tallies, ingests = await compare(retrievers, sets, options.budgets, count)
+    labels = [label(s) for s in sets]
+    print("\n## Search settings on the tuning sets (embedding events; recall)\n")
+    print(tune_table(tallies, labels, [r.name for r in retrievers], options.budgets))
+    print("\n## Ingestion\n")
+    print(ingest_table(ingests))
+
+
+def print_results(
+    tallies: Tallies,
+    ingests: dict[str, Ingest],
+    sets: Sequence[EvalSet],
+    names: Sequence[str],
+    budgets: Sequence[int],
+    report: Report,
+) -> None:
+    for split in ("tuning", "held-out"):
+        members = [
+            label(s) for s in sets if s.split == split and s.name not in (NEEDLE_SET, "LoCoMo")
+        ]
+        pooled(tallies, names, members, f"{LONG_DOCUMENTS} ({split})")
+    labels = [label(s) for s in sets]
+    labels += [f"{LONG_DOCUMENTS} ({split})" for split in ("tuning", "held-out")]
+    report.recall = [
+        {"system": s, "set": k, "items": t.items}
+        | {f"recall@{b}": t.recall(b) for b in budgets}
+        | {f"interval@{b}": interval(t.scores.get(b, [])) for b in budgets}
+        | {f"tokens@{b}": t.mean_used(b) for b in budgets}
+        for (s, k), t in tallies.items()
+    ]
+    for split in ("tuning", "held-out"):
+        chosen = [k for k in labels if k.endswith(f"({split})")]
+        print(f"\n## Recall, {split} sets (95% bootstrap intervals) and tokens returned\n")
+        print(recall_table(tallies, chosen, names, budgets))
+    locomo = [label(s) for s in sets if s.name == "LoCoMo"]
+    for key in locomo:
+        print(f"\n## {key} by category\n")
+        print(kind_table(tallies, key, list(LOCOMO_CATEGORIES.values()), names, budgets))
+    needles = [label(s) for s in sets if s.name == NEEDLE_SET]
+    for key in needles:
+        print(f"\n## {key} by kind\n")
+        print(kind_table(tallies, key, ["direct", "later"], names, budgets))
+    print("\n## Tokens returned per budget (mean over every item; share of the budget)\n")
+    print(fill_table(tallies, [label(s) for s in sets], names, budgets))
+    print("\n## Ingestion (cl100k tokens, wall time, all documents of the run)\n")
+    print(ingest_table(ingests))
+    report.ingest = [asdict(i) | {"key": k} for k, i in ingests.items()]
+    checks = goals(tallies, [k for k in labels if (DEFAULT, k) in tallies], locomo, budgets)
+    report.goals = [asdict(c) for c in checks]
+    print("\n## Goals (issue 19)\n")
+    print("\n".join(goal_lines(checks)))
+
+
+async def timed(
     options: Options,
-    base: SegmenterConfig,
-    scaled: SegmenterConfig,
-    ratio: float,
-    context: int,
-    notes: list[str],
-) -> list[str]:
-    ks = ", ".join(str(fill_budget(b, 80)[0]) for b in options.budgets)
-    chunks = ", ".join(f"{b}: {chunk_candidates(b)}" for b in options.budgets)
-    return [
+    store: MemoryStore,
+    retrievers: Sequence[Retriever],
+    sets: Sequence[EvalSet],
+    count_tokens: Count,
+    report: Report,
+) -> None:
+    """``--latency``: searches over a corpus of ``corpus_tokens`` (the book, then copies)."""
+    book = read_book(options.data / "gutenberg-novels" / BOOK)
+    timed_systems = [r for r in retrievers if r.name in (DEFAULT, HYBRID)]
+    for retriever in timed_systems:
+        await retriever.ingest(f"{retriever.key}:corpus", book, "book")
+    book_tokens = count_tokens(book)
+    plan, total = [], book_tokens
+    for document in (d for s in sets for d in s.documents):
+        if total >= options.corpus_tokens:
+            break
+        plan.append((document.name, document.name))
+        total += count_tokens(document.text)
+    while total < options.corpus_tokens:
+        plan.append(("corpus", "book"))
+        total += book_tokens
+    asked = [q.query for s in sets for d in s.documents for q in d.questions]
+    queries = list(dict.fromkeys([*asked, *leval_queries(options.data / "leval")]))
+    report.latency = await latency(timed_systems, store, plan, total, queries[: options.queries])
+    print(f"\n## Search latency at 512 tokens ({options.queries} queries, embedding included)\n")
+    header = ["system", "tokens stored", "episodes / chunks", "p50 ms", "p99 ms"]
+    print(table(header, report.latency))
+
+
+def settings_lines(options: Options, sets: Sequence[EvalSet], surprise: str) -> list[str]:
+    defaults = RecallDefaults()
+    lines = [
         "- embedder all-MiniLM-L6-v2 (384-d, bundled), Chroma + SQLite via MemoryStore; every "
         "token count is tiktoken cl100k_base",
-        f"- embedding and fixed segmenters: SegmenterConfig defaults (events {base.min_tokens}-"
-        f"{base.max_tokens} tokens, gamma {base.gamma}, {base.sentence_window}-sentence window, "
-        f"novelty over {base.novelty_context} sentences, {base.refine_metric} refinement)",
-        f"- surprise segmenter: stories260K, context {context} model tokens, overlap 64; one "
-        f"cl100k token is {ratio:.2f} model tokens, so events {scaled.min_tokens}-"
-        f"{scaled.max_tokens} and a {scaled.window}-token window (model tokens), gamma "
-        f"{scaled.gamma}, refined with the embedder",
-        "- EpisodicMemory search: k_similar = k_contiguous = ceil(budget / (2 x mean episode "
-        f"tokens of the namespace)), e.g. {ks} at {', '.join(map(str, options.budgets))} for "
-        "80-token events; contiguity reach 128 tokens after a hit and 32 before, decay 0.9 per "
-        "128 tokens",
-        f"- baseline: RecursiveCharacterTextSplitter({CHUNK_SIZE} characters, overlap "
-        f"{CHUNK_OVERLAP}), top chunks asked for = {chunks} (budget // 32), packed greedily by "
-        "score",
-        f"- needles: {options.needles} per haystack (half direct, half answer-later), "
-        f"haystacks of {options.haystack_tokens:,} tokens, seed {options.seed}",
-        *(f"- L-Eval {note}" for note in notes),
+        f"- Mneme: embedding and fixed events SegmenterConfig() ({SegmenterConfig().min_tokens}-"
+        f"{SegmenterConfig().max_tokens} tokens); search RecallDefaults(): fusion "
+        f"{defaults.fusion}, reach {defaults.reach}, one first-stage candidate per "
+        f"{defaults.pool_tokens} budget tokens",
+        f"- chunks: RecursiveCharacterTextSplitter({CHUNK_SIZE} characters, overlap "
+        f"{CHUNK_OVERLAP}); dense, Okapi BM25, and RRF (k 60) of both; budget // 32 chunks",
     ]
+    if surprise:
+        lines.append(surprise)
+    for evaluation in sets:
+        documents = len(evaluation.documents)
+        lines.append(
+            f"- {label(evaluation)}: {evaluation.questions} items in {documents} documents"
+            + (f"; {evaluation.note}" if evaluation.note else "")
+        )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> None:

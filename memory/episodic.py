@@ -1,8 +1,10 @@
 """EpisodicMemory: EM-LLM's episodic memory at the text level, over a :class:`MemoryStore`.
 
 Text of any length is cut into events (:mod:`memory.segmenters`), each stored as an episode
-(SQL, then the vector index) and recalled in two stages (:mod:`memory.retrieval`) within a
-token budget. Async core; :class:`SyncEpisodicMemory` wraps it for scripts.
+(SQL with its lexical index, then the vector index) and recalled in two stages
+(:mod:`memory.retrieval`) within a token budget: a hybrid first stage (meaning and words, fused
+by :mod:`memory.fusion`) and the contiguity buffer. Async core; :class:`SyncEpisodicMemory`
+wraps it for scripts.
 
 Ingestion is atomic per document: segmentation and embedding happen first, in memory, then the
 document and all its episodes are written in one SQL transaction. A failure before that (the LLM
@@ -26,14 +28,28 @@ from memory.documents import sha256
 from memory.episodes import Vectors
 from memory.errors import InvalidQuery, InvalidRecord, NotFound
 from memory.forgetting import ForgetPolicy, to_forget
-from memory.records import Document, Episode, EpisodeVersion, NewEpisode
-from memory.retrieval import Reach, Reason, Recall, neighbour_positions, neighbours, pack
+from memory.fusion import FusionConfig, fuse
+from memory.records import Document, Episode, EpisodeVersion, NewEpisode, SearchHit
+from memory.retrieval import (
+    Reach,
+    Reason,
+    Recall,
+    neighbour_positions,
+    neighbours,
+    pack,
+    pack_budget,
+)
 from memory.segmentation import Event, StreamingSegmenter, approximate_tokens
 from memory.segmenters import Segmenter
 from memory.store import MemoryStore
 from memory.tables import utcnow
 
 T = TypeVar("T")
+
+EXPLICIT_K = 8
+"""k_similar or k_contiguous when a search gives only the other one."""
+FUSION_DEPTH = 20
+"""Each first-stage ranking is at least this long before fusion, however few hits are kept."""
 
 Stage = Literal["segment", "embed", "store"]
 
@@ -67,12 +83,16 @@ class RecallDefaults:
 
     budget_tokens: int = 1024
     """Most tokens of episode text a search returns (counted by ``count_tokens``)."""
-    k_similar: int = 8
-    """Episodes taken by similarity to the query (stage one)."""
-    k_contiguous: int = 8
-    """Neighbours of those added from the contiguity buffer (stage two)."""
+    k_similar: int | None = None
+    """Episodes taken by the first stage; None = budget-aware (see :mod:`memory.retrieval`)."""
+    k_contiguous: int | None = None
+    """Neighbours added from the contiguity buffer; None = budget-aware."""
     reach: Reach = field(default_factory=Reach)
     """How far the contiguity buffer follows a hit (tokens after and before) and its decay."""
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    """How the first stage fuses its ranking by meaning with its ranking by words."""
+    pool_tokens: int = 12
+    """Budget-aware first stage: one candidate per this many tokens of budget (at least 16)."""
     embed_batch: int = 256
     """Episodes embedded per call during ingestion (progress is reported per batch)."""
 
@@ -310,6 +330,9 @@ class EpisodicMemory:
     ) -> list[Recall]:
         """Episodes for ``query`` within ``budget_tokens``, in document order (two stages).
 
+        Without ``k_similar`` and ``k_contiguous`` (here or in the defaults) the budget decides
+        how many hits and neighbours come back; given either, the ``k_similar`` best hits and
+        the ``k_contiguous`` best neighbours (8 for the one not given) are packed instead.
         ``document_id`` limits recall to one document. ``within`` limits it to the given episode
         ids and makes their order the timeline that contiguity follows — a story branch passes
         the episodes of its ancestors, so sibling branches never leak in.
@@ -317,19 +340,21 @@ class EpisodicMemory:
         budget = self.defaults.budget_tokens if budget_tokens is None else budget_tokens
         k_s = self.defaults.k_similar if k_similar is None else k_similar
         k_c = self.defaults.k_contiguous if k_contiguous is None else k_contiguous
-        self._check_query(query, budget, k_s, k_c)
+        explicit = None
+        if k_s is not None or k_c is not None:
+            explicit = (EXPLICIT_K if k_s is None else k_s, EXPLICIT_K if k_c is None else k_c)
+        self._check_query(query, budget, explicit)
         # One worker-thread trip for the whole recall (embedding, index, SQL, packing): each
         # trip costs a thread hand-off, which a busy machine makes slow.
         return await self._call(
-            self._recall, query, budget, k_s, k_c, document_id, within, utcnow()
+            self._recall, query, budget, explicit, document_id, within, utcnow()
         )
 
     def _recall(
         self,
         query: str,
         budget: int,
-        k_s: int,
-        k_c: int,
+        explicit: tuple[int, int] | None,
         document_id: int | None,
         within: Sequence[int] | None,
         now: datetime,
@@ -347,26 +372,33 @@ class EpisodicMemory:
         def position(episode: Episode) -> int:
             return episode.ordinal if timeline is None else timeline[episode.id]
 
-        filtered = document_id is not None or timeline is not None
-        similar = self._similar(query, k_s, eligible, filtered)
-        candidates: list[tuple[Episode, float, Reason]] = [(e, s, "similarity") for e, s in similar]
-        hits = [(e, position(e), s) for e, s in similar]
-        fetched = self._at(neighbour_positions([p for _, p, _ in hits]), within)
-        found = {position(e): e for e in fetched}
-
         def same(hit: Episode, neighbour: Episode) -> bool:
             return eligible(neighbour) and neighbour.document_id == hit.document_id
 
-        near = neighbours(hits, found, k_c, self.defaults.reach, same)
-        candidates += [(e, worth, "contiguity") for e, worth in near]
-        recalled = pack(candidates, budget, self.count_tokens)
+        wanted = explicit[0] if explicit else max(16, budget // self.defaults.pool_tokens)
+        first = self.first_stage(query, wanted, eligible, document_id, timeline is not None)
+        hits = [(e, position(e), s) for e, s in first]
+        fetched = self._at(neighbour_positions([p for _, p, _ in hits]), within)
+        found = {position(e): e for e in fetched}
+        reach = self.defaults.reach
+        if explicit is None:
+            found |= {p: e for e, p, _ in hits}
+            recalled = pack_budget(hits, found, budget, self.count_tokens, reach, same)
+        else:
+            candidates: list[tuple[Episode, float, Reason]] = [
+                (e, s, "similarity") for e, s in first
+            ]
+            near = neighbours(hits, found, explicit[1], reach, same)
+            candidates += [(e, worth, "contiguity") for e, worth in near]
+            recalled = pack(candidates, budget, self.count_tokens)
         if recalled:
             self.store.touch(self.namespace, [r.episode_id for r in recalled], now)
         return recalled
 
-    def _check_query(self, query: str, budget: int, k_s: int, k_c: int) -> None:
+    def _check_query(self, query: str, budget: int, explicit: tuple[int, int] | None) -> None:
         if not isinstance(query, str) or not query.strip():
             raise InvalidQuery("the query is empty; ask for something")
+        k_s, k_c = explicit or (1, 0)
         if budget < 1 or k_s < 1 or k_c < 0:
             raise InvalidQuery(
                 f"budget_tokens={budget}, k_similar={k_s}, k_contiguous={k_c}: need "
@@ -379,20 +411,64 @@ class EpisodicMemory:
                 "shorten it or raise the budget"
             )
 
-    def _similar(
-        self, query: str, k: int, eligible: Callable[[Episode], bool], filtered: bool
+    def first_stage(
+        self,
+        query: str,
+        k: int,
+        eligible: Callable[[Episode], bool],
+        document_id: int | None = None,
+        within: bool = False,
     ) -> list[tuple[Episode, float]]:
-        """The ``k`` most similar eligible episodes; asks the index for more while a filter
-        leaves too few (up to 4 rounds, x4 each)."""
-        vector = self.store.embedder.embed([query])[0]
+        """The ``k`` best eligible episodes by meaning and words, fused, with fused scores.
+
+        ``document_id`` is pushed into the lexical search; ``within`` says ``eligible`` keeps
+        only a timeline's episodes (so more are asked for).
+        """
+        fusion = self.defaults.fusion
+        depth = max(2 * k, FUSION_DEPTH)  # fuse deeper lists than kept: agreement lower down
+        dense: list[Episode] = []
+        lexical: list[Episode] = []
+        filtered = within or document_id is not None
+        if fusion.dense_weight > 0:
+            vector = self.store.embedder.embed([query])[0]
+            dense = self._ranked(
+                lambda n: self.store.search(self.namespace, vector, n), depth, eligible, filtered
+            )
+        if fusion.lexical_weight > 0:
+            lexical = self._ranked(
+                lambda n: self.store.lexical_search(
+                    self.namespace, query, n, document_id=document_id
+                ),
+                depth,
+                eligible,
+                within,
+            )
+        episodes = {e.id: e for e in [*dense, *lexical]}
+        fused = fuse(
+            [[e.id for e in dense], [e.id for e in lexical]],
+            [fusion.dense_weight, fusion.lexical_weight],
+            fusion.rank_constant,
+        )
+        return [(episodes[i], score) for i, score in fused[:k]]
+
+    @staticmethod
+    def _ranked(
+        search: Callable[[int], list[SearchHit]],
+        k: int,
+        eligible: Callable[[Episode], bool],
+        filtered: bool,
+    ) -> list[Episode]:
+        """The ``k`` best eligible episodes of one ranking; asks for more while a filter leaves
+        too few (up to 4 rounds, x4 each)."""
         fetch = k * 8 if filtered else k * 2
+        kept: list[Episode] = []
         for _ in range(4):
-            hits = self.store.search(self.namespace, vector, fetch)
-            similar = [(h.episode, h.score) for h in hits if eligible(h.episode)]
-            if len(similar) >= k or len(hits) < fetch:
+            hits = search(fetch)
+            kept = [h.episode for h in hits if eligible(h.episode)]
+            if len(kept) >= k or len(hits) < fetch:
                 break
             fetch *= 4
-        return similar[:k]
+        return kept[:k]
 
     def _at(self, positions: Sequence[int], within: Sequence[int] | None) -> list[Episode]:
         """Episodes at the given positions: ordinals, or indexes into ``within``."""

@@ -4,6 +4,11 @@ Writes go to SQL first and to the index second, so a crash between the two leave
 missing vectors (add), holding stale ones (edit) or holding extra ones (delete). ``reconcile``
 finds each case from episode ids and versions and repairs it from the embeddings SQL keeps —
 no re-embedding, nothing lost.
+
+The lexical index (:mod:`memory.lexical`) is written by the database itself in the episode's
+transaction, so it cannot drift that way; SQLite's FTS5 copy is still counted against the
+episodes (a file written without the triggers, or restored from a partial copy) and rebuilt from
+the episodes' text when the counts differ.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 
 from memory.episodes import SqlEpisodeStore
+from memory.lexical import SqlLexicalIndex
 from memory.namespaces import SqlNamespaceStore
 from memory.vectors import VectorIndex
 
@@ -27,16 +33,29 @@ class ReconcileReport:
     refreshed: int = 0  # stale version in the index, rewritten
     removed: int = 0  # in the index with no episode in SQL
     dropped_namespaces: list[int] = field(default_factory=list)  # collections with no namespace
+    lexical_drift: int = 0  # episodes the lexical index missed or held in excess (rebuilt)
 
     @property
     def repaired(self) -> bool:
-        return bool(self.restored or self.refreshed or self.removed or self.dropped_namespaces)
+        return bool(
+            self.restored
+            or self.refreshed
+            or self.removed
+            or self.dropped_namespaces
+            or self.lexical_drift
+        )
 
 
 def reconcile(
-    namespaces: SqlNamespaceStore, episodes: SqlEpisodeStore, index: VectorIndex
+    namespaces: SqlNamespaceStore,
+    episodes: SqlEpisodeStore,
+    index: VectorIndex,
+    lexical: SqlLexicalIndex | None = None,
 ) -> ReconcileReport:
     report = ReconcileReport()
+    if lexical is not None and (drift := lexical.drift()):
+        lexical.rebuild()
+        report.lexical_drift = drift
     known = {namespace.id for namespace in namespaces.all()}
     for orphan in sorted(set(index.namespace_ids()) - known):
         index.drop(orphan)
@@ -56,5 +75,5 @@ def reconcile(
         report.refreshed += len(stale)
         report.removed += len(extra)
     if report.repaired:
-        log.warning("vector index repaired from SQL: %s", report)
+        log.warning("indexes repaired from SQL: %s", report)
     return report

@@ -129,7 +129,9 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
-    """An episode found by vector similarity; ``score`` is cosine similarity in [-1, 1]."""
+    """An episode found by a search: ``score`` is cosine similarity in [-1, 1] for a vector
+    search, the lexical rank score (higher is better, ``memory.lexical``) for a full-text one.
+    """
 
     episode: Episode
     score: float

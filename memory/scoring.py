@@ -4,18 +4,31 @@ Each window is a run of whole sentences that fits the scorer's context together 
 sentences just before it (the overlap), which are given as context and whose scores are dropped.
 So every token is scored once, conditioned on at least ``overlap_tokens`` of preceding text
 (except at the very start), and the windows can be scored concurrently.
+
+Windows are measured in the *scoring model's* tokens (``TokenScorer.count_tokens``), which may
+be far more than the configured counter's (a 512-piece vocabulary against cl100k: twice as
+many). Asking the model for every sentence would cost a call each, so the configured counter is
+scaled by the ratio the model gives on a sample, and every planned window is then counted by
+the model before it is sent; windows still too long are planned again with a larger ratio.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from memory.errors import InvalidRecord
 from memory.segmentation import ScoredToken, TokenScorer, sentence_spans, split_long
 
 Progress = Callable[[int, int], None]
 """Called with (windows done, windows in all)."""
+
+SAMPLE_CHARS = 20_000
+"""Characters of the text counted by both tokenizers to find their ratio."""
+PLAN_ROUNDS = 4
+"""Plans tried before a text is refused as unfit for the scorer's context."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +49,9 @@ def plan_windows(
 ) -> list[Window]:
     """Windows of whole sentences covering ``text``, each ≤ ``context_tokens`` with its overlap.
 
-    ``count_tokens`` need only approximate the scorer's tokenizer: windows are filled to 80% of
-    ``context_tokens`` to leave room for the difference.
+    ``count_tokens`` should approximate the scorer's tokenizer (:func:`model_windows` scales
+    the configured counter to it): windows are filled to 80% of ``context_tokens`` to leave
+    room for the difference.
     """
     if not 0 <= overlap_tokens < context_tokens:
         raise ValueError(f"need 0 <= overlap_tokens < context_tokens, got {overlap_tokens}")
@@ -60,6 +74,48 @@ def plan_windows(
     return windows
 
 
+async def model_windows(
+    text: str,
+    scorer: TokenScorer,
+    count_tokens: Callable[[str], int],
+    context_tokens: int,
+    overlap_tokens: int,
+    concurrency: int = 4,
+) -> list[Window]:
+    """Windows of ``text`` that fit ``context_tokens`` of the scorer's own tokenizer.
+
+    Planned with ``count_tokens`` scaled by the model/counter ratio on a sample, then each
+    window counted by ``scorer.count_tokens``; when one overflows, the ratio grows by the worst
+    overflow and the text is planned again (at most :data:`PLAN_ROUNDS` times). Raises
+    :class:`InvalidRecord` when no plan fits (a context too small for one sentence piece).
+    """
+    sample = text[:SAMPLE_CHARS]
+    ratio = max(await scorer.count_tokens(sample), 1) / max(count_tokens(sample), 1)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def model_count(window: Window) -> int:
+        async with gate:
+            return await scorer.count_tokens(text[window.context : window.end])
+
+    for _ in range(PLAN_ROUNDS):
+
+        def scaled(piece: str, scale: float = ratio) -> int:
+            return math.ceil(count_tokens(piece) * scale)
+
+        windows = plan_windows(text, scaled, context_tokens, overlap_tokens)
+        if not windows:
+            return windows
+        counts = await asyncio.gather(*(model_count(w) for w in windows))
+        worst = max(count / context_tokens for count in counts)
+        if worst <= 1.0:
+            return windows
+        ratio *= worst * 1.1  # a little more than the worst overflow
+    raise InvalidRecord(
+        f"cannot cut the text into windows of {context_tokens} tokens of the scoring model "
+        f"(the longest planned window had {max(counts)}); give the scorer a larger context"
+    )
+
+
 async def score_text(
     text: str,
     scorer: TokenScorer,
@@ -70,8 +126,14 @@ async def score_text(
     concurrency: int = 4,
     on_progress: Progress | None = None,
 ) -> list[ScoredToken]:
-    """Tokens of the whole ``text`` with offsets into it, scored window by window."""
-    windows = plan_windows(text, count_tokens, context_tokens, overlap_tokens)
+    """Tokens of the whole ``text`` with offsets into it, scored window by window.
+
+    Windows fit ``context_tokens`` of the scorer's tokenizer (:func:`model_windows`);
+    ``count_tokens`` (the configured counter) need only approximate it.
+    """
+    windows = await model_windows(
+        text, scorer, count_tokens, context_tokens, overlap_tokens, concurrency
+    )
     gate = asyncio.Semaphore(concurrency)
     done = 0
 

@@ -10,6 +10,13 @@ All three work on *units* — sentences, with a sentence longer than ``max_token
 pieces — so every event boundary is a sentence end unless one sentence alone is too long.
 A single left-to-right pass turns candidate boundaries into events within the size bounds, then
 optional refinement moves each boundary to the best split of the sentence-similarity graph.
+
+Boundaries also snap to *paragraph starts* (a unit after a line break: a paragraph, a speaker's
+turn in a transcript) where the text has them: a boundary wanted inside a paragraph moves to the
+paragraph's end if that comes within ``paragraph_wait`` tokens, and a cut forced by
+``max_tokens`` goes back to the last paragraph start that leaves the event ``min_tokens``.
+Issue 19: cutting a conversation between two sentences of one turn split half of LoCoMo's
+evidence turns over two events.
 """
 
 from __future__ import annotations
@@ -54,6 +61,10 @@ class TokenScorer(Protocol):
         """
         ...
 
+    async def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` by the scoring model's own tokenizer: what its context counts."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class SegmenterConfig:
@@ -75,6 +86,9 @@ class SegmenterConfig:
     """Move boundaries to the best split of the sentence-similarity graph (EM-LLM refinement)."""
     refine_metric: Literal["modularity", "conductance"] = "modularity"
     """Maximise modularity or minimise conductance of the two-event split."""
+    paragraph_wait: int = 64
+    """A boundary wanted inside a paragraph waits this long for the paragraph to end, then is
+    cut where it was wanted (tokens; 0 = never wait)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_tokens <= self.max_tokens:
@@ -161,15 +175,31 @@ def split_long(
     return out
 
 
-def _plan(counts: Sequence[int], wanted: Sequence[bool], config: SegmenterConfig) -> list[int]:
+def paragraph_starts(text: str, units: Sequence[tuple[int, int]]) -> list[bool]:
+    """Whether each unit starts a paragraph: the text's start, or after a line break."""
+    out = []
+    for start, _ in units:
+        before = text[max(0, start - 32) : start]
+        out.append(start == 0 or "\n" in before[len(before.rstrip()) :])
+    return out
+
+
+def _plan(
+    counts: Sequence[int],
+    wanted: Sequence[bool],
+    config: SegmenterConfig,
+    breaks: Sequence[bool] | None = None,
+) -> list[int]:
     """Cut positions (unit indices, 0 … n) from candidate boundaries, within the size bounds.
 
     Left to right: a wanted cut is taken once the open event holds ``min_tokens``; a cut is
-    forced before a unit that would push it past ``max_tokens``. Only the last event can end up
-    too small: it joins the previous one, or the cut between them moves to balance them.
+    forced before a unit that would push it past ``max_tokens``. ``breaks`` marks paragraph
+    starts (see the module docstring; None: every unit starts one). Only the last event can
+    end up too small: it joins the previous one, or the cut between them moves to balance them.
     Causal except for that last step, which is what lets :class:`StreamingSegmenter` agree.
     """
-    cuts = _open_plan(counts, wanted, config)
+    breaks = [True] * len(counts) if breaks is None else breaks
+    cuts = _open_plan(counts, wanted, config, breaks, final=True)
     if len(cuts) > 2 and sum(counts[cuts[-2] :]) < config.min_tokens:
         start, end = cuts[-3], cuts[-1]
         if sum(counts[start:end]) <= config.max_tokens:
@@ -180,23 +210,87 @@ def _plan(counts: Sequence[int], wanted: Sequence[bool], config: SegmenterConfig
             right = sizes[-1] - left
             ok = (left >= config.min_tokens) & (right >= config.min_tokens)
             ok &= (left <= config.max_tokens) & (right <= config.max_tokens)
+            at_breaks = ok & np.asarray(breaks[start + 1 : end], dtype=bool)
+            ok = at_breaks if at_breaks.any() else ok
             if ok.any():
                 cuts[-2] = start + 1 + int(np.flatnonzero(ok)[-1])
     return cuts
 
 
-def _open_plan(counts: Sequence[int], wanted: Sequence[bool], config: SegmenterConfig) -> list[int]:
+def _open_plan(
+    counts: Sequence[int],
+    wanted: Sequence[bool],
+    config: SegmenterConfig,
+    breaks: Sequence[bool] | None = None,
+    *,
+    final: bool = False,
+) -> list[int]:
+    """Cuts of :func:`_plan` before its last step. A boundary still waiting for its paragraph
+    to end when the text ends moves to the end (no cut) — unless the ``final`` text is one
+    paragraph, where waiting has nothing to snap to: then it is cut where it was wanted."""
+    breaks = [True] * len(counts) if breaks is None else breaks
     cuts = [0]
     size = 0
+    pending: int | None = None  # a boundary wanted inside the current paragraph, waiting
     for i, units in enumerate(counts):
-        if i > cuts[-1] and (
-            (wanted[i] and size >= config.min_tokens) or size + units > config.max_tokens
-        ):
-            cuts.append(i)
-            size = 0
+        if i > cuts[-1]:
+            if breaks[i]:
+                if (wanted[i] or pending is not None) and size >= config.min_tokens:
+                    cuts.append(i)
+                    size = 0
+                pending = None
+            elif wanted[i] and pending is None and size >= config.min_tokens:
+                pending = i
+            while pending is not None and sum(counts[pending:i]) >= config.paragraph_wait:
+                cuts.append(pending)  # the paragraph goes on: cut where it was wanted
+                size = sum(counts[pending:i])
+                pending = _next_wanted(counts, wanted, pending, i, config.min_tokens)
+            if size + units > config.max_tokens:
+                cut = _forced_cut(counts, wanted, breaks, cuts[-1], i, config)
+                cuts.append(cut)
+                size = sum(counts[cut:i])
+                pending = None
         size += units
+    while final and pending is not None and not any(breaks[1:]):
+        cuts.append(pending)
+        pending = _next_wanted(counts, wanted, pending, len(counts) - 1, config.min_tokens)
     cuts.append(len(counts))
     return cuts
+
+
+def _next_wanted(
+    counts: Sequence[int], wanted: Sequence[bool], start: int, last: int, min_tokens: int
+) -> int | None:
+    """The first wanted unit in (start, last] at least ``min_tokens`` after ``start``."""
+    size = 0
+    for j in range(start + 1, last + 1):
+        size += counts[j - 1]
+        if wanted[j] and size >= min_tokens:
+            return j
+    return None
+
+
+def _forced_cut(
+    counts: Sequence[int],
+    wanted: Sequence[bool],
+    breaks: Sequence[bool],
+    start: int,
+    end: int,
+    config: SegmenterConfig,
+) -> int:
+    """Where to cut an event [start, end) that cannot take unit ``end``: the last paragraph
+    start, else the last wanted boundary, that leaves ``min_tokens`` before it and room for
+    unit ``end`` after it; else ``end`` itself."""
+    for marks in (breaks, wanted):
+        left, right = sum(counts[start:end]), counts[end]
+        for j in range(end, start, -1):
+            if right > config.max_tokens:
+                break
+            if marks[j] and left >= config.min_tokens:
+                return j
+            left -= counts[j - 1]
+            right += counts[j - 1]
+    return end
 
 
 def _best_split(affinity: npt.NDArray[np.float64], metric: str) -> npt.NDArray[np.float64]:
@@ -232,12 +326,15 @@ def _refine(
     counts: Sequence[int],
     config: SegmenterConfig,
     through: int,
+    breaks: Sequence[bool] | None = None,
 ) -> list[int]:
     """Refined cuts 0 … ``through``: cut j moves within (r[j-1], cuts[j+1]) to the best split.
 
     Candidates keep both events within the size bounds; the original cut is always allowed,
-    so the number of events is preserved and sizes stay in bounds (by induction on j).
+    so the number of events is preserved and sizes stay in bounds (by induction on j). A cut
+    at a paragraph start (``breaks``) moves only to another one.
     """
+    breaks = [True] * len(counts) if breaks is None else breaks
     refined = [0]
     for j in range(1, min(through, len(cuts) - 2) + 1):
         start, end, original = refined[-1], cuts[j + 1], cuts[j]
@@ -252,6 +349,8 @@ def _refine(
         right = sizes[-1] - left
         ok = (left >= config.min_tokens) & (left <= config.max_tokens)
         ok &= (right >= config.min_tokens) & (right <= config.max_tokens)
+        if breaks[original]:
+            ok &= np.asarray(breaks[start + 1 : end], dtype=bool)
         ok[original - start - 1] = True
         score = np.where(ok, _best_split(affinity, config.refine_metric), -np.inf)
         refined.append(start + 1 + int(np.argmax(score)))
@@ -317,10 +416,11 @@ def segment_by_surprise(
         cut = int(np.searchsorted(unit_starts, starts[t], side="left"))
         if cut < len(units):
             wanted[cut] = True
-    cuts = _plan(counts, wanted, config)
+    breaks = paragraph_starts(text, units)
+    cuts = _plan(counts, wanted, config, breaks)
     if config.refine and embedder is not None:
         vectors = embedder.embed([text[a:b] for a, b in units])
-        cuts = [*_refine(cuts, vectors, counts, config, len(cuts)), cuts[-1]]
+        cuts = [*_refine(cuts, vectors, counts, config, len(cuts), breaks), cuts[-1]]
     signal: list[list[float]] = [[] for _ in units]
     for unit, value in zip(owner.tolist(), surprise.tolist(), strict=True):
         signal[unit].append(value)
@@ -365,17 +465,18 @@ def _segment_units(
         novelty = _novelty(vectors, config.novelty_context)
         wanted = surprise_boundaries(novelty, config.gamma, config.sentence_window).tolist()
         signal = [[value] for value in novelty.tolist()]
+    breaks = paragraph_starts(text, units)
     if final:
-        cuts = _plan(counts, wanted, config)
+        cuts = _plan(counts, wanted, config, breaks)
         if config.refine and embedder is not None:
-            cuts = [*_refine(cuts, vectors, counts, config, len(cuts)), cuts[-1]]
+            cuts = [*_refine(cuts, vectors, counts, config, len(cuts), breaks), cuts[-1]]
         return _events(units, cuts, counts, signal), len(cuts) - 1
     # Open plan [0, c_1 … c_m, n]: finishing may still move c_m (see _plan), so c_1 … c_{m-1}
     # are fixed; refined cut j also needs c_{j+1} fixed, so refined cuts up to j = m - 2 are.
-    cuts = _open_plan(counts, wanted, config)
+    cuts = _open_plan(counts, wanted, config, breaks)
     if not (config.refine and embedder is not None):
         return _events(units, cuts, counts, signal), max(0, len(cuts) - 3)
-    refined = _refine(cuts, vectors, counts, config, len(cuts) - 4)
+    refined = _refine(cuts, vectors, counts, config, len(cuts) - 4, breaks)
     return _events(units, refined, counts, signal), len(refined) - 1
 
 

@@ -1,4 +1,7 @@
-"""MemoryStore: SQL and the vector index kept as one truth (SQL written first, index second)."""
+"""MemoryStore: SQL and the vector index kept as one truth (SQL written first, index second).
+
+SQL also holds the lexical index (:mod:`memory.lexical`), written with the episodes.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from memory.embedder import Embedder
 from memory.episodes import SqlEpisodeStore, Vectors
 from memory.errors import InvalidRecord
 from memory.jobs import SqlJobStore
+from memory.lexical import SqlLexicalIndex
 from memory.namespaces import SqlNamespaceStore
 from memory.reconcile import ReconcileReport, reconcile
 from memory.records import Document, Episode, Namespace, NewEpisode, SearchHit
@@ -34,6 +38,7 @@ class MemoryStore:
         self.episodes = SqlEpisodeStore(database)
         self.documents = SqlDocumentStore(database)
         self.jobs = SqlJobStore(database)
+        self.lexical = SqlLexicalIndex(database)
 
     @classmethod
     def open(
@@ -45,7 +50,7 @@ class MemoryStore:
         return store, store.reconcile()
 
     def reconcile(self) -> ReconcileReport:
-        return reconcile(self.namespaces, self.episodes, self.index)
+        return reconcile(self.namespaces, self.episodes, self.index, self.lexical)
 
     def namespace(self, name: str) -> Namespace:
         """The namespace ``name``, created on first use with this store's embedding model."""
@@ -123,6 +128,21 @@ class MemoryStore:
         hits = self.index.query(space.id, np.asarray(vector, dtype=np.float32), k)
         found = {e.id: e for e in self.episodes.get_many(namespace, [h.id for h in hits])}
         # An id the index holds but SQL does not (drift not yet repaired) is skipped: SQL decides.
+        return [SearchHit(found[h.id], h.score) for h in hits if h.id in found]
+
+    def lexical_search(
+        self, namespace: str, query: str, k: int = 10, *, document_id: int | None = None
+    ) -> list[SearchHit]:
+        """The ``k`` episodes whose words best match ``query`` (full text), best first.
+
+        ``score`` is the lexical rank score (higher is better; comparable within one call).
+        ``document_id`` limits the search to one document.
+        """
+        if k <= 0:
+            raise InvalidRecord(f"k={k}: ask for at least one result")
+        space = self.namespaces.get(namespace)
+        hits = self.lexical.search(space.id, query, k, document_id=document_id)
+        found = {e.id: e for e in self.episodes.get_many(namespace, [h.id for h in hits])}
         return [SearchHit(found[h.id], h.score) for h in hits if h.id in found]
 
     def edit(

@@ -253,6 +253,17 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+class DeploymentSecretRow(Base):
+    """A secret of this deployment, made once by a migration and shared by every process on the
+    database: ``public_ids`` keys the REST API's public ids (``memory/public_ids.py``)."""
+
+    __tablename__ = "deployment_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
 class TrajectoryRow(Base):
     """One agent task (HiAgent working memory): its subgoals in order, and how it ended."""
 

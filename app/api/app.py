@@ -40,6 +40,7 @@ def create_app(settings: Settings, *, reading: Reading | None = None) -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(lambda: api.store)  # open the stores (and repair drift) first
+        await asyncio.to_thread(lambda: api.ids)  # the public-id key: a missing one fails here
         # Load the embedder now, not on the first search (it is lazy for the CLI's sake).
         await asyncio.to_thread(lambda: api.store.embedder.dimension)
         worker = JobWorker(

@@ -1,8 +1,10 @@
 """``/v1/documents``: upload (a job), list, get, search, ask, summarise (a job), delete.
 
-Each document lives in its own namespace ``tenant:<name>/documents/<uuid>``; the namespace's id
-is the document's id in the API. So a tenant's documents never share an index, deleting one
-drops its rows and its vectors together, and ownership is a prefix check.
+Each document lives in its own namespace ``tenant:<name>/documents/<uuid>``; the namespace's id,
+as a public id (``app/api/ids.py``), is the document's id in the API. So a tenant's documents
+never share an index, deleting one drops its rows and its vectors together, and ownership is a
+prefix check. Routes take public ids, decode them once, and name the id the client sent in
+their messages.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from app.api.admission import admitted
 from app.api.auth import Authenticated, Services
 from app.api.errors import ERROR_RESPONSES, MODEL_RESPONSES
 from app.api.events import keepalive, sse
+from app.api.ids import PublicIds
 from app.api.schemas import (
     MAX_NAME_CHARS,
     STORABLE,
@@ -39,6 +42,7 @@ from app.api.schemas import (
     DocumentText,
     Hit,
     Hits,
+    PublicId,
     RecordId,
     SearchRequest,
     SegmenterName,
@@ -101,7 +105,9 @@ _UPLOAD_BODY: dict[str, Any] = {
 # -- lookups -----------------------------------------------------------------------------------
 
 
-def _view(space: Namespace, job: Job | None, document: Document | None) -> DocumentOut:
+def _view(
+    ids: PublicIds, space: Namespace, job: Job | None, document: Document | None
+) -> DocumentOut:
     payload: Mapping[str, Any] = job.payload if job is not None else {}
     state = None if job is None else job.status.value
     error = None if job is None else job.error
@@ -113,7 +119,7 @@ def _view(space: Namespace, job: Job | None, document: Document | None) -> Docum
         status, error = "failed", error or "the upload was interrupted; upload it again"
     result = (job.result if job is not None else None) or {}
     return DocumentOut(
-        id=space.id,
+        id=ids.documents.encode(space.id),
         name=document.name if document else str(payload.get("name", "")),
         status=status,
         job_id=job.id if job else None,
@@ -126,28 +132,37 @@ def _view(space: Namespace, job: Job | None, document: Document | None) -> Docum
     )
 
 
-def _documents(api: ApiServices, caller: Caller, only: int | None = None) -> list[DocumentOut]:
-    tenancy = api.tenancy
-    if only is None:
-        spaces = tenancy.namespaces(caller.documents)
-    else:
-        found = tenancy.namespace(only, caller.documents)
-        if found is None:
-            raise NotFound(f"document {only} does not exist; list yours with GET /v1/documents")
-        spaces = [found]
-    ids = [s.id for s in spaces]
-    jobs = tenancy.latest_jobs(ids, "ingest")
-    documents = tenancy.documents(ids)
-    return [_view(s, jobs.get(s.id), documents.get(s.id)) for s in spaces]
+def _missing(document_id: int) -> NotFound:
+    return NotFound(f"document {document_id} does not exist; list yours with GET /v1/documents")
 
 
-def _stored(api: ApiServices, caller: Caller, document_id: int) -> tuple[str, Document]:
+def _space(api: ApiServices, caller: Caller, document_id: int) -> Namespace:
+    """The namespace of the caller's document with public id ``document_id``, else 404."""
+    found = api.tenancy.namespace(api.ids.documents.decode(document_id), caller.documents)
+    if found is None:
+        raise _missing(document_id)
+    return found
+
+
+def _views(api: ApiServices, spaces: list[Namespace]) -> list[DocumentOut]:
+    rows = [s.id for s in spaces]
+    jobs = api.tenancy.latest_jobs(rows, "ingest")
+    documents = api.tenancy.documents(rows)
+    return [_view(api.ids, s, jobs.get(s.id), documents.get(s.id)) for s in spaces]
+
+
+def _document(api: ApiServices, caller: Caller, document_id: int) -> tuple[Namespace, DocumentOut]:
+    """The namespace and the view of the caller's document ``document_id`` (public), else 404."""
+    space = _space(api, caller, document_id)
+    return space, _views(api, [space])[0]
+
+
+def _stored(api: ApiServices, caller: Caller, document_id: int) -> tuple[Namespace, Document]:
     """The namespace and stored document of a ready document, else 404 / 409."""
-    view = _documents(api, caller, document_id)[0]
-    space = api.tenancy.namespace(document_id, caller.documents)
-    document = api.tenancy.documents([document_id]).get(document_id)
-    if view.status == "ready" and space is not None and document is not None:
-        return space.name, document
+    space, view = _document(api, caller, document_id)
+    document = api.tenancy.documents([space.id]).get(space.id)
+    if view.status == "ready" and document is not None:
+        return space, document
     if view.status == "failed":
         raise Conflict(
             f"document {document_id} could not be read ({view.error}); delete it and "
@@ -159,13 +174,13 @@ def _stored(api: ApiServices, caller: Caller, document_id: int) -> tuple[str, Do
     )
 
 
-async def _ready(api: ApiServices, caller: Caller, document_id: int) -> tuple[str, Document]:
+async def _ready(api: ApiServices, caller: Caller, document_id: int) -> tuple[Namespace, Document]:
     return await asyncio.to_thread(_stored, api, caller, document_id)
 
 
-def hit(recall: Recall, document_id: int | None) -> Hit:
+def hit(ids: PublicIds, recall: Recall, document_id: PublicId | None) -> Hit:
     return Hit(
-        episode_id=recall.episode_id,
+        episode_id=ids.episodes.encode(recall.episode_id),
         document_id=document_id,
         text=recall.text,
         start=recall.start,
@@ -300,7 +315,7 @@ async def upload(request: Request, api: Services, caller: Authenticated) -> Acce
         memory = api.reading.memory(space.name, segmenter)
         done = await memory.ingest(body.text, name=body.name, on_progress=report)
         return {
-            "document_id": space.id,
+            "document_id": space.id,  # a row id, as every job result holds: jobs.py shows it
             "episodes": len(done.episodes),
             "tokens": done.tokens,
             "chars": len(body.text),
@@ -308,7 +323,7 @@ async def upload(request: Request, api: Services, caller: Authenticated) -> Acce
         }
 
     request.app.state.worker.submit(job, ingest, ticket)
-    return Accepted(document_id=space.id, job_id=job.id)
+    return Accepted(document_id=api.ids.documents.encode(space.id), job_id=job.id)
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -316,26 +331,27 @@ async def upload(request: Request, api: Services, caller: Authenticated) -> Acce
 
 @router.get("/documents", response_model=DocumentList)
 def list_documents(api: Services, caller: Authenticated) -> DocumentList:
-    return DocumentList(documents=_documents(api, caller))
+    return DocumentList(documents=_views(api, api.tenancy.namespaces(caller.documents)))
 
 
 @router.get("/documents/{document_id}", response_model=DocumentOut)
 def get_document(document_id: RecordId, api: Services, caller: Authenticated) -> DocumentOut:
-    return _documents(api, caller, document_id)[0]
+    return _document(api, caller, document_id)[1]
 
 
 @router.post("/documents/{document_id}/search", response_model=Hits)
 async def search(
     document_id: RecordId, body: SearchRequest, api: Services, caller: Authenticated
 ) -> Hits:
-    namespace, _ = await _ready(api, caller, document_id)
-    recalled = await api.reading.memory(namespace).search(
+    space, _ = await _ready(api, caller, document_id)
+    recalled = await api.reading.memory(space.name).search(
         body.query,
         budget_tokens=body.budget_tokens,
         k_similar=body.k_similar,
         k_contiguous=body.k_contiguous,
     )
-    return Hits(hits=[hit(r, document_id) for r in recalled])
+    shown = api.ids.documents.encode(space.id)
+    return Hits(hits=[hit(api.ids, r, shown) for r in recalled])
 
 
 @router.post(
@@ -351,7 +367,7 @@ async def ask(
     api: Services,
     caller: Authenticated,
 ) -> AnswerOut | Response:
-    namespace, _ = await _ready(api, caller, document_id)
+    space, _ = await _ready(api, caller, document_id)
     ticket = api.model_gate.enter(caller.tenant)  # 429 now if too much is queued
 
     async def answer() -> AnswerOut:
@@ -364,13 +380,13 @@ async def ask(
         )
 
     async def answering() -> AnswerOut:
-        reader = await api.reader(namespace)
+        reader = await api.reader(space.name)
         found = await reader.ask(body.question, budget_tokens=body.budget_tokens)
         citations = [
             Citation(
                 number=c.number,
-                episode_id=c.episode_id,
-                document_id=document_id,
+                episode_id=api.ids.episodes.encode(c.episode_id),
+                document_id=api.ids.documents.encode(space.id),
                 start=c.start,
                 end=c.end,
                 text=c.text,
@@ -408,45 +424,45 @@ async def ask(
 async def summarize(
     document_id: RecordId, request: Request, api: Services, caller: Authenticated
 ) -> Accepted:
-    namespace, document = await _ready(api, caller, document_id)
+    space, document = await _ready(api, caller, document_id)
     ticket = api.job_gate.enter(caller.tenant)  # 429 here, before the job exists
     try:
-        job = await asyncio.to_thread(api.store.jobs.create, "summarize", namespace_id=document_id)
+        job = await asyncio.to_thread(api.store.jobs.create, "summarize", namespace_id=space.id)
     except BaseException:
         ticket.release()
         raise
 
     async def work(progress: Progress) -> Mapping[str, Any]:
-        reader = await api.reader(namespace)
+        reader = await api.reader(space.name)
         summary = await reader.summarize(document_id=document.id, on_progress=progress)
         return {
-            "document_id": document_id,
+            "document_id": space.id,  # a row id, as every job result holds: jobs.py shows it
             "summary": summary.text,
             "levels": len(summary.levels),
             "calls": summary.calls,
         }
 
     request.app.state.worker.submit(job, work, ticket)
-    return Accepted(document_id=document_id, job_id=job.id)
+    return Accepted(document_id=api.ids.documents.encode(space.id), job_id=job.id)
 
 
 @router.delete("/documents/{document_id}", response_model=Deleted)
 def delete_document(document_id: RecordId, api: Services, caller: Authenticated) -> Deleted:
-    view = _documents(api, caller, document_id)[0]
+    space, view = _document(api, caller, document_id)
     if view.status in ("queued", "running"):
         raise Conflict(
             f"document {document_id} is being read (job {view.job_id}); delete it once the "
             "job has finished"
         )
-    open_jobs = api.store.jobs.running("summarize", namespace_id=document_id, queued=True)
+    open_jobs = api.store.jobs.running("summarize", namespace_id=space.id, queued=True)
     if open_jobs:
         summary = open_jobs[0]
         raise Conflict(
             f"document {document_id} is being summarised (job {summary.id}); delete it once "
             f"the job has finished: GET /v1/jobs/{summary.id}/events"
         )
-    space = api.tenancy.namespace(document_id, caller.documents)
-    if space is None:  # deleted meanwhile
-        raise NotFound(f"document {document_id} does not exist")
-    api.store.delete_namespace(space.name)
-    return Deleted(id=document_id, deleted=True)
+    try:
+        api.store.delete_namespace(space.name)
+    except NotFound as err:  # deleted meanwhile
+        raise _missing(document_id) from err
+    return Deleted(id=api.ids.documents.encode(space.id), deleted=True)

@@ -1,4 +1,8 @@
-"""``/v1/jobs``: a job's state, and its progress as server-sent events until it ends."""
+"""``/v1/jobs``: a job's state, and its progress as server-sent events until it ends.
+
+Jobs keep row ids in their results and errors (the CLI reads the same rows); :func:`job_out`
+shows them as public ids (``app/api/ids.py``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from app.api.auth import Authenticated, Services
 from app.api.errors import ERROR_RESPONSES
 from app.api.events import follow
+from app.api.ids import PublicIds
 from app.api.schemas import JobOut
 from app.api.services import ApiServices, Caller
 from memory import Job, NotFound
@@ -21,7 +26,21 @@ POLL_S = 0.25
 """Seconds between reads of a followed job's row."""
 
 
-def job_out(job: Job) -> JobOut:
+def _result(ids: PublicIds, result: Any) -> dict[str, Any] | None:
+    """A job's result with the row ids it holds (ingest, summarise, story steps) as public."""
+    if result is None:
+        return None
+    shown = dict(result)
+    kinds = {"document_id": ids.documents, "story_id": ids.stories, "node_id": ids.nodes}
+    for key, kind in kinds.items():
+        value = shown.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            shown[key] = kind.encode(value)
+    return shown
+
+
+def job_out(ids: PublicIds, job: Job) -> JobOut:
+    document = job.namespace_id if job.kind in ("ingest", "summarize") else None
     return JobOut(
         id=job.id,
         kind=job.kind,
@@ -29,9 +48,9 @@ def job_out(job: Job) -> JobOut:
         progress=round(job.progress, 4),
         done=job.done,
         total=job.total,
-        error=job.error,
-        result=None if job.result is None else dict(job.result),
-        document_id=job.namespace_id if job.kind in ("ingest", "summarize") else None,
+        error=None if job.error is None else ids.reword(job.error),
+        result=_result(ids, job.result),
+        document_id=None if document is None else ids.documents.encode(document),
         created_at=job.created_at,
         updated_at=job.updated_at,
     )
@@ -46,7 +65,7 @@ def _owned(api: ApiServices, caller: Caller, job_id: str) -> Job:
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: str, api: Services, caller: Authenticated) -> JobOut:
-    return job_out(_owned(api, caller, job_id))
+    return job_out(api.ids, _owned(api, caller, job_id))
 
 
 @router.get(
@@ -60,6 +79,6 @@ def job_events(job_id: str, api: Services, caller: Authenticated) -> StreamingRe
 
     async def read() -> dict[str, Any] | None:
         job = await asyncio.to_thread(api.tenancy.job, job_id, caller.prefix)
-        return None if job is None else job_out(job).model_dump(mode="json")
+        return None if job is None else job_out(api.ids, job).model_dump(mode="json")
 
     return StreamingResponse(follow(read, POLL_S), media_type="text/event-stream")

@@ -3,7 +3,7 @@
 
 Each event becomes one episode, in the order received, so recall's contiguity buffer follows
 the agent's timeline. A tenant's memory ``name`` is the namespace ``tenant:<tenant>/memories/
-<name>``; names never cross tenants.
+<name>``; names never cross tenants. Episode ids are public ids (``app/api/ids.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fastapi import Path as PathParameter
 from app.api.auth import Authenticated, Services
 from app.api.documents import hit
 from app.api.errors import ERROR_RESPONSES
+from app.api.ids import PublicIds
 from app.api.schemas import (
     Deleted,
     EpisodeOut,
@@ -48,9 +49,9 @@ MemoryName = Annotated[
 ]
 
 
-def _episode_out(episode: Episode) -> EpisodeOut:
+def _episode_out(ids: PublicIds, episode: Episode) -> EpisodeOut:
     return EpisodeOut(
-        id=episode.id,
+        id=ids.episodes.encode(episode.id),
         text=episode.text,
         importance=episode.importance,
         pinned=episode.pinned,
@@ -68,6 +69,19 @@ def _existing(api: ApiServices, caller: Caller, name: str) -> EpisodicMemory:
     except NotFound as err:
         raise NotFound(f"memory {name!r} does not exist; add events to create it") from err
     return api.reading.memory(namespace, "fixed")
+
+
+def _episodes(
+    api: ApiServices, memory: EpisodicMemory, name: str, episode_ids: list[int]
+) -> list[Episode]:
+    """The episodes of public ids ``episode_ids`` (each once, in order), else 404 naming the
+    ids that are not in the memory, as the client sent them."""
+    wanted = {api.ids.episodes.decode(public): public for public in dict.fromkeys(episode_ids)}
+    found = {e.id: e for e in api.store.episodes.get_many(memory.namespace, list(wanted))}
+    missing = sorted(public for row, public in wanted.items() if row not in found)
+    if missing:
+        raise NotFound(f"episodes {missing[:20]} do not exist in memory {name!r}")
+    return [found[row] for row in wanted]
 
 
 @router.post("/memories/{name}/events", status_code=201, response_model=Episodes)
@@ -88,7 +102,7 @@ def add_events(
         for event in body.events
     ]
     stored = api.store.add(f"{caller.memories}{name}", new)
-    return Episodes(episodes=[_episode_out(e) for e in stored])
+    return Episodes(episodes=[_episode_out(api.ids, e) for e in stored])
 
 
 @router.post("/memories/{name}/search", response_model=Hits)
@@ -103,20 +117,20 @@ async def search_memory(
         k_similar=body.k_similar,
         k_contiguous=body.k_contiguous,
     )
-    return Hits(hits=[hit(r, None) for r in recalled])
+    return Hits(hits=[hit(api.ids, r, None) for r in recalled])
 
 
 @router.post("/memories/{name}/pin", response_model=Episodes)
 async def pin(name: MemoryName, body: PinRequest, api: Services, caller: Authenticated) -> Episodes:
     """Pin (or with ``pinned: false`` unpin) episodes: pinned ones are never forgotten."""
     memory = await asyncio.to_thread(_existing, api, caller, name)
-    ids = list(dict.fromkeys(body.episode_ids))
-    found = await asyncio.to_thread(api.store.episodes.get_many, memory.namespace, ids)
-    missing = sorted(set(ids) - {e.id for e in found})
-    if missing:
-        raise NotFound(f"episodes {missing[:20]} do not exist in memory {name!r}")
-    changed = [await memory.pin(episode_id, body.pinned) for episode_id in ids]
-    return Episodes(episodes=[_episode_out(e) for e in changed])
+    episodes = await asyncio.to_thread(_episodes, api, memory, name, body.episode_ids)
+    try:
+        changed = [await memory.pin(e.id, body.pinned) for e in episodes]
+    except NotFound as err:  # forgotten meanwhile: say which, in public ids
+        await asyncio.to_thread(_episodes, api, memory, name, body.episode_ids)
+        raise NotFound(api.ids.reword(str(err))) from err
+    return Episodes(episodes=[_episode_out(api.ids, e) for e in changed])
 
 
 @router.post("/memories/{name}/forget", response_model=Forgotten)
@@ -133,8 +147,17 @@ async def forget(
         except ValueError as err:
             raise InvalidRecord(f"cannot forget by decay: {err}") from err
     memory = await asyncio.to_thread(_existing, api, caller, name)
-    forgotten = await memory.forget(list(dict.fromkeys(body.episode_ids)), policy=policy)
-    return Forgotten(forgotten=forgotten)
+    episodes = await asyncio.to_thread(_episodes, api, memory, name, body.episode_ids)
+    if pinned := [api.ids.episodes.encode(e.id) for e in episodes if e.pinned]:
+        raise InvalidRecord(
+            f"episodes {pinned[:20]} are pinned; unpin them before forgetting "
+            f"(POST /v1/memories/{name}/pin with pinned: false)"
+        )
+    try:
+        forgotten = await memory.forget([e.id for e in episodes], policy=policy)
+    except (NotFound, InvalidRecord) as err:  # changed meanwhile (forgotten, pinned)
+        raise type(err)(api.ids.reword(str(err))) from err
+    return Forgotten(forgotten=[api.ids.episodes.encode(row) for row in forgotten])
 
 
 @router.get("/memories", response_model=MemoryList)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NewType
 
 from fastapi import Path
 from pydantic import (
@@ -133,8 +133,15 @@ bounds (before them, pydantic cannot put the bounds in the schema)."""
 MAX_ID = 2**62
 """Largest record id accepted (SQL integers are 64-bit). A power of two: FastAPI carries schema
 bounds as floats, and this one survives that exactly (:func:`finish_openapi` turns it back)."""
+PublicId = NewType("PublicId", int)
+"""An id as the API shows it: a keyed permutation of the row id (``app/api/ids.py``). Response
+fields that hold ids have this type, so a row id put in one is a type error."""
 Id = Annotated[int, Field(ge=1, le=MAX_ID), Integral]
-RecordId = Annotated[int, Path(ge=1, le=MAX_ID, description="The record's id.")]
+"""A public id in a request body (routes decode it to the row id)."""
+RecordId = Annotated[
+    int, Path(ge=1, le=MAX_ID, description="The record's id, as the API gave it (opaque).")
+]
+"""A public id in a path (routes decode it to the row id)."""
 Budget = Annotated[
     int, Field(ge=1, le=100_000, description="Most tokens of text returned."), Integral
 ]
@@ -169,7 +176,7 @@ class JobOut(BaseModel):
     total: int
     error: str | None
     result: dict[str, Any] | None = Field(description="What the job produced, once done.")
-    document_id: int | None
+    document_id: PublicId | None
     created_at: datetime
     updated_at: datetime
 
@@ -186,12 +193,12 @@ class DocumentText(Request):
 
 
 class Accepted(BaseModel):
-    document_id: int
+    document_id: PublicId
     job_id: str
 
 
 class DocumentOut(BaseModel):
-    id: int
+    id: PublicId
     name: str
     status: DocumentState
     job_id: str | None
@@ -217,8 +224,8 @@ class SearchRequest(Request):
 class Hit(BaseModel):
     """One recalled passage, as ``mneme doc search --json`` prints it."""
 
-    episode_id: int
-    document_id: int | None
+    episode_id: PublicId
+    document_id: PublicId | None
     text: str
     start: int = Field(description="Character offset of the passage in its document.")
     end: int = Field(description="Character offset just after the passage.")
@@ -239,8 +246,8 @@ class AskRequest(Request):
 
 class Citation(BaseModel):
     number: int
-    episode_id: int
-    document_id: int | None
+    episode_id: PublicId
+    document_id: PublicId | None
     start: int
     end: int
     text: str
@@ -252,7 +259,7 @@ class AnswerOut(BaseModel):
 
 
 class Deleted(BaseModel):
-    id: int | str
+    id: PublicId | str
     deleted: bool
 
 
@@ -284,7 +291,7 @@ class RunOut(BaseModel):
     attempt: int
     notice: str = Field(description="Why an earlier try was discarded, if one was.")
     error: str | None
-    node_id: int | None = Field(description="The stored node, once the step is done.")
+    node_id: PublicId | None = Field(description="The stored node, once the step is done.")
 
 
 class BranchRequest(Request):
@@ -292,8 +299,8 @@ class BranchRequest(Request):
 
 
 class NodeOut(BaseModel):
-    id: int
-    parent_id: int | None
+    id: PublicId
+    parent_id: PublicId | None
     depth: int
     instruction: str
     paragraph: str
@@ -303,7 +310,7 @@ class NodeOut(BaseModel):
 
 
 class StoryOut(BaseModel):
-    id: int
+    id: PublicId
     title: str
     genre: str
     premise: str
@@ -335,7 +342,7 @@ class EventsRequest(Request):
 
 
 class EpisodeOut(BaseModel):
-    id: int
+    id: PublicId
     text: str
     importance: float
     pinned: bool
@@ -384,7 +391,7 @@ class ForgetRequest(Request):
 
 
 class Forgotten(BaseModel):
-    forgotten: list[int]
+    forgotten: list[PublicId]
 
 
 class MemoryOut(BaseModel):

@@ -1,5 +1,5 @@
 """What the REST API holds for its lifetime: settings, the reading/writing services, keys,
-ownership lookups and the job worker. Built by :func:`app.api.app.create_app`."""
+ownership lookups, public ids and the job worker. Built by :func:`app.api.app.create_app`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from agents.reader import DocumentReader
 from app.api.admission import Gate
+from app.api.ids import PublicIds
 from app.errors import SettingsError
 from app.reading import Reading
 from app.settings import Settings
@@ -15,6 +16,7 @@ from app.story_runs import StoryRuns
 from app.writing import Writing
 from memory import MemoryStore
 from memory.keys import SqlKeyStore, tenant_prefix
+from memory.public_ids import SqlPublicIdKey
 from memory.tenancy import SqlTenancy
 
 
@@ -50,6 +52,7 @@ class ApiServices:
         self.reading = reading or Reading(settings)
         self._writing: Writing | None = None
         self._runs: StoryRuns | None = None
+        self._ids: PublicIds | None = None
         self._llm_lock = asyncio.Lock()
         self.model_gate = Gate(
             "model",
@@ -77,6 +80,13 @@ class ApiServices:
     @property
     def tenancy(self) -> SqlTenancy:
         return SqlTenancy(self.store.database)
+
+    @property
+    def ids(self) -> PublicIds:
+        """Row ids to public ids and back, under the database's key (read once)."""
+        if self._ids is None:
+            self._ids = PublicIds(SqlPublicIdKey(self.store.database).get())
+        return self._ids
 
     @property
     def writing(self) -> Writing:

@@ -2,14 +2,18 @@
 
 A story's long-term memory is a namespace ``tenant:<name>/stories/<uuid>``; the story is the
 tenant's when its namespace is under the tenant's prefix (another tenant's story answers 404).
+Story and node ids are public ids (``app/api/ids.py``): routes decode them once, name the id the
+client sent in their own messages, and reword the messages that come from below.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request
@@ -20,6 +24,7 @@ from agents.writer import check_opening
 from app.api.admission import admitted
 from app.api.auth import Authenticated, Services
 from app.api.errors import ERROR_RESPONSES, MODEL_RESPONSES
+from app.api.ids import PublicIds
 from app.api.schemas import (
     BranchRequest,
     Deleted,
@@ -48,10 +53,10 @@ _EXPORTS = {
 }
 
 
-def node_out(node: StoryNode) -> NodeOut:
+def node_out(ids: PublicIds, node: StoryNode) -> NodeOut:
     return NodeOut(
-        id=node.id,
-        parent_id=node.parent_id,
+        id=ids.nodes.encode(node.id),
+        parent_id=None if node.parent_id is None else ids.nodes.encode(node.parent_id),
         depth=node.depth,
         instruction=node.instruction,
         paragraph=node.paragraph,
@@ -64,9 +69,9 @@ def node_out(node: StoryNode) -> NodeOut:
 def _story_out(api: ApiServices, story: Story) -> StoryOut:
     head = None
     if story.head_node_id is not None:
-        head = node_out(api.writing.stories.node(story.id, story.head_node_id))
+        head = node_out(api.ids, api.writing.stories.node(story.id, story.head_node_id))
     return StoryOut(
-        id=story.id,
+        id=api.ids.stories.encode(story.id),
         title=story.title,
         genre=story.genre,
         premise=story.premise,
@@ -78,26 +83,42 @@ def _story_out(api: ApiServices, story: Story) -> StoryOut:
     )
 
 
-def _owned(api: ApiServices, caller: Caller, story_id: int) -> Story:
-    """The tenant's story ``story_id``; the same 404 whether it is missing or someone else's."""
+def _missing(story_id: int) -> NotFound:
+    return NotFound(f"story {story_id} does not exist; list yours with GET /v1/stories")
+
+
+@contextmanager
+def _still_there(story_id: int) -> Iterator[None]:
+    """A NotFound from below (the story was deleted meanwhile, by another request) as the
+    route's own 404, naming the public ``story_id`` rather than the row id."""
     try:
-        story = api.writing.stories.get(story_id)
+        yield
+    except NotFound as err:
+        raise _missing(story_id) from err
+
+
+def _owned(api: ApiServices, caller: Caller, story_id: int) -> Story:
+    """The tenant's story of public id ``story_id``; the same 404 whether it is missing or
+    someone else's."""
+    try:
+        story = api.writing.stories.get(api.ids.stories.decode(story_id))
     except NotFound:
         story = None
     if story is None or not story.namespace.startswith(caller.stories):
-        raise NotFound(f"story {story_id} does not exist; list yours with GET /v1/stories")
+        raise _missing(story_id)
     return story
 
 
-def _node(api: ApiServices, story_id: int, node_id: int) -> StoryNode:
+def _node(api: ApiServices, story: Story, story_id: int, node_id: int) -> StoryNode:
+    """The node of public id ``node_id`` in ``story`` (public id ``story_id``), else 404."""
     try:
-        return api.writing.stories.node(story_id, node_id)
+        return api.writing.stories.node(story.id, api.ids.nodes.decode(node_id))
     except NotFound as err:
         raise NotFound(f"node {node_id} is not in story {story_id}") from err
 
 
 async def _finished(api: ApiServices, job: Job) -> tuple[int, int]:
-    """Wait for a run; the story and node it stored, or its error (stopped: 409)."""
+    """Wait for a run; the story and node it stored (row ids), or its error (stopped: 409)."""
     try:
         job = await api.runs.wait(job.id)
     except asyncio.CancelledError:  # the client left: the run stops and stores nothing
@@ -107,7 +128,7 @@ async def _finished(api: ApiServices, job: Job) -> tuple[int, int]:
         return int(job.result["story_id"]), int(job.result["node_id"])
     if job.error == STOPPED:
         raise Conflict("the step was stopped before it finished; nothing was stored")
-    raise StepFailed(job.error or "the writer stopped; nothing was stored")
+    raise StepFailed(api.ids.reword(job.error or "the writer stopped; nothing was stored"))
 
 
 async def _writing(
@@ -153,12 +174,18 @@ async def create_story(
 @router.get("/stories", response_model=StoryList)
 def list_stories(api: Services, caller: Authenticated) -> StoryList:
     mine = [s for s in api.writing.stories.all() if s.namespace.startswith(caller.stories)]
-    return StoryList(stories=[_story_out(api, s) for s in mine])
+    shown = []
+    for story in mine:
+        with contextlib.suppress(NotFound):  # deleted while listing
+            shown.append(_story_out(api, story))
+    return StoryList(stories=shown)
 
 
 @router.get("/stories/{story_id}", response_model=StoryOut)
 def get_story(story_id: RecordId, api: Services, caller: Authenticated) -> StoryOut:
-    return _story_out(api, _owned(api, caller, story_id))
+    story = _owned(api, caller, story_id)
+    with _still_there(story_id):
+        return _story_out(api, story)
 
 
 @router.post(
@@ -168,26 +195,44 @@ async def step(
     story_id: RecordId, body: StepRequest, request: Request, api: Services, caller: Authenticated
 ) -> NodeOut | Response:
     """Write the next paragraph after the head (or ``parent_id``) from a plan or an action."""
-    await asyncio.to_thread(_owned, api, caller, story_id)
+    story = await asyncio.to_thread(_owned, api, caller, story_id)
+    parent = None
     if body.parent_id is not None:
-        await asyncio.to_thread(_node, api, story_id, body.parent_id)
-    if (running := api.runs.running(story_id)) is not None:  # 409 before queueing
-        raise Conflict(
-            f"story {story_id} is already writing a paragraph (run {running.id}); wait for it "
+        parent = await asyncio.to_thread(_node, api, story, story_id, body.parent_id)
+
+    def busy(run: Job) -> Conflict:
+        return Conflict(
+            f"story {story_id} is already writing a paragraph (run {run.id}); wait for it "
             f"or stop it: DELETE /v1/stories/{story_id}/steps/running"
         )
 
-    def start() -> Awaitable[Job]:
-        return api.runs.step(story_id, plan=body.plan, action=body.action,
-                             parent_id=body.parent_id)  # fmt: skip
+    with _still_there(story_id):
+        if (running := api.runs.running(story.id)) is not None:  # 409 before queueing
+            raise busy(running)
+
+    async def start() -> Job:
+        with _still_there(story_id):
+            try:
+                return await api.runs.step(
+                    story.id,
+                    plan=body.plan,
+                    action=body.action,
+                    parent_id=None if parent is None else parent.id,
+                )
+            except Conflict as err:  # another step started meanwhile: the 409 above, public
+                if (running := api.runs.running(story.id)) is not None:
+                    raise busy(running) from err
+                raise Conflict(api.ids.reword(str(err))) from err
 
     written = await _writing(api, caller, request, start)
     if written is None:
         return Response(status_code=499)  # the client left; the step was stopped
-    return node_out(await asyncio.to_thread(api.writing.stories.node, story_id, written[1]))
+    with _still_there(story_id):
+        node = await asyncio.to_thread(api.writing.stories.node, story.id, written[1])
+    return node_out(api.ids, node)
 
 
-def _run_out(job: Job) -> RunOut:
+def _run_out(ids: PublicIds, job: Job) -> RunOut:
     payload = job.payload
     return RunOut(
         id=job.id,
@@ -197,20 +242,21 @@ def _run_out(job: Job) -> RunOut:
         paragraph=str(payload.get("paragraph", "")),
         attempt=int(payload.get("attempt", 1)),
         notice=str(payload.get("notice", "")),
-        error=job.error,
-        node_id=None if not job.result else int(job.result["node_id"]),
+        error=None if job.error is None else ids.reword(job.error),
+        node_id=None if not job.result else ids.nodes.encode(int(job.result["node_id"])),
     )
 
 
 @router.get("/stories/{story_id}/steps/running", response_model=RunOut)
 def running_step(story_id: RecordId, api: Services, caller: Authenticated) -> RunOut:
     """The step the story is writing now, with its paragraph as streamed so far (404: none)."""
-    return _run_out(_running(api, caller, story_id))
+    return _run_out(api.ids, _running(api, caller, story_id))
 
 
 def _running(api: ApiServices, caller: Caller, story_id: int) -> Job:
-    _owned(api, caller, story_id)
-    job = api.runs.running(story_id)
+    story = _owned(api, caller, story_id)
+    with _still_there(story_id):
+        job = api.runs.running(story.id)
     if job is None:
         raise NotFound(f"story {story_id} is not writing a step now")
     return job
@@ -221,7 +267,7 @@ def stop_step(story_id: RecordId, api: Services, caller: Authenticated) -> RunOu
     """Stop the running step; nothing of it is stored (404: none is running)."""
     job = _running(api, caller, story_id)
     api.runs.stop(job.id)
-    return _run_out(job)
+    return _run_out(api.ids, job)
 
 
 @router.post("/stories/{story_id}/branch", response_model=NodeOut)
@@ -229,19 +275,21 @@ def branch(
     story_id: RecordId, body: BranchRequest, api: Services, caller: Authenticated
 ) -> NodeOut:
     """Continue from any node: it becomes the head; the next step sees its memory."""
-    _owned(api, caller, story_id)
-    _node(api, story_id, body.node_id)  # a node of another story is a 404, not a branch
-    return node_out(api.writing.tree.switch(story_id, body.node_id))
+    story = _owned(api, caller, story_id)
+    node = _node(api, story, story_id, body.node_id)  # another story's node: a 404, no branch
+    with _still_there(story_id):
+        return node_out(api.ids, api.writing.tree.switch(story.id, node.id))
 
 
 @router.post("/stories/{story_id}/undo", response_model=NodeOut)
 def undo(story_id: RecordId, api: Services, caller: Authenticated) -> NodeOut:
     """Move the head back to its parent (the undone step stays, as a branch)."""
-    _owned(api, caller, story_id)
+    story = _owned(api, caller, story_id)
     try:
-        return node_out(api.writing.tree.undo(story_id))
+        with _still_there(story_id):
+            return node_out(api.ids, api.writing.tree.undo(story.id))
     except InvalidRecord as err:  # at the opening, or not started: a state, not a bad request
-        raise Conflict(f"story {story_id}: {err}") from err
+        raise Conflict(f"story {story_id}: {api.ids.reword(str(err))}") from err
 
 
 @router.get(
@@ -263,12 +311,13 @@ def export(
     """The story from its opening to the head, as Markdown, DOCX or EPUB."""
     story = _owned(api, caller, story_id)
     media, extension = _EXPORTS[format]
-    if format == "markdown":
-        data: bytes = api.writing.markdown(story_id).encode("utf-8")
-    elif format == "docx":
-        data = api.writing.docx(story_id)
-    else:
-        data = api.writing.epub(story_id)
+    with _still_there(story_id):
+        if format == "markdown":
+            data: bytes = api.writing.markdown(story.id).encode("utf-8")
+        elif format == "docx":
+            data = api.writing.docx(story.id)
+        else:
+            data = api.writing.epub(story.id, identifier=f"mneme-story-{story_id}")
     slug = re.sub(r"[^A-Za-z0-9]+", "-", story.title).strip("-")[:60] or "story"
     headers = {"Content-Disposition": f'attachment; filename="{slug}.{extension}"'}
     return Response(data, media_type=media, headers=headers)
@@ -278,10 +327,11 @@ def export(
 def delete_story(story_id: RecordId, api: Services, caller: Authenticated) -> Deleted:
     """Delete a story with its tree and its long-term memory (rows and vectors); refused (409)
     while a step of it is running."""
-    _owned(api, caller, story_id)
-    if api.runs.running(story_id) is not None:
-        raise Conflict(
-            f"story {story_id} is writing a step; stop it first (DELETE …/steps/running)"
-        )
-    api.writing.delete(story_id)
-    return Deleted(id=story_id, deleted=True)
+    story = _owned(api, caller, story_id)
+    with _still_there(story_id):
+        if api.runs.running(story.id) is not None:
+            raise Conflict(
+                f"story {story_id} is writing a step; stop it first (DELETE …/steps/running)"
+            )
+        api.writing.delete(story.id)
+    return Deleted(id=api.ids.stories.encode(story.id), deleted=True)

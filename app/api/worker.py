@@ -5,9 +5,10 @@ at most ``api_job_workers`` at once, a bounded queue, tenants in turn) lets it. 
 kept in memory and written to the job row every half second; every ``api_job_heartbeat_s`` the
 worker also refreshes ``updated_at`` of every job it holds, queued or running. Any worker ends
 the jobs nobody refreshed for ``api_job_stale_s`` (their worker died: killed, crashed, host
-lost): an ingest whose document was stored is finished as done, any other is failed with a
-message saying what to do. So a job never hangs at "running", and several workers can share one
-database behind a load balancer.
+lost): an ingest whose document was stored is finished as done (its vectors written from SQL
+if the worker died before indexing them), any other is failed with a message saying what to do.
+So a job never hangs at "running", and several workers can share one database behind a load
+balancer.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ INTERRUPTED = (
 )
 STOPPED = "stopped: the API server shut down before this job finished; submit it again"
 _FLUSH_S = 0.5
+_INDEX_BATCH = 2000  # embeddings read from SQL per index write when finishing a reaped ingest
 
 
 @dataclass(slots=True)
@@ -168,6 +170,7 @@ class JobWorker:
             try:
                 stored = self._stored_result(job)
                 if stored is not None:
+                    self._index_from_sql(stored["document_id"])
                     self.jobs.finish(job.id, stored)
                 else:
                     self.jobs.fail(job.id, INTERRUPTED)
@@ -176,6 +179,20 @@ class JobWorker:
             log.warning("job %s was abandoned by its worker; ended it", job.id)
             ended.append(job.id)
         return ended
+
+    def _index_from_sql(self, namespace_id: int) -> None:
+        """Write the vectors SQL holds and the index lacks: ``MemoryStore`` commits SQL first, so
+        a worker killed between the two writes left a stored document its searches cannot find
+        (only a restart's reconcile would repair it, and the dead worker's host may not restart).
+        """
+        wanted = self.store.episodes.vector_state(namespace_id)
+        held = self.store.index.entries(namespace_id)
+        missing = sorted(i for i, version in wanted.items() if held.get(i) != version)
+        for start in range(0, len(missing), _INDEX_BATCH):
+            ids, vectors = self.store.episodes.embeddings(
+                namespace_id, missing[start : start + _INDEX_BATCH]
+            )
+            self.store.index.upsert(namespace_id, ids, vectors, [wanted[i] for i in ids])
 
     def _stored_result(self, job: Job) -> dict[str, Any] | None:
         """An interrupted ingest whose document was committed before the crash is done."""

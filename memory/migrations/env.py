@@ -9,6 +9,7 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
+from memory.lexical import is_lexical_name
 from memory.tables import Base, UtcDateTime
 
 config = context.config
@@ -22,6 +23,11 @@ def _render_item(kind: str, item: Any, context: AutogenContext) -> str | Literal
     return False
 
 
+def _include_name(name: str | None, kind: str, parents: Any) -> bool:
+    """Leave the dialect-specific lexical index (migration 0006) out of autogenerate."""
+    return not is_lexical_name(name)
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -29,6 +35,7 @@ def _run(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
         compare_type=True,
         render_item=_render_item,
+        include_name=_include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -24,6 +24,7 @@ TABLES = {
     "store_items",
     "tenants",
     "api_keys",
+    "deployment_secrets",
     "alembic_version",
 }
 
@@ -35,7 +36,8 @@ def test_migration_from_empty_creates_every_table(tmp_path: Path) -> None:
         database.check_schema()
     assert database.upgrade() == database.head_revision()
     assert database.upgrade() == database.head_revision()  # idempotent
-    assert set(inspect(database.engine).get_table_names()) == TABLES
+    lexical = {"episodes_fts", *(f"episodes_fts_{s}" for s in ("data", "idx", "docsize", "config"))}
+    assert set(inspect(database.engine).get_table_names()) == TABLES | lexical  # FTS5 and shadows
     database.check_schema()
 
 

@@ -119,7 +119,7 @@ def test_neighbours_follow_a_reach_in_tokens() -> None:
     def same(a: Episode, b: Episode) -> bool:
         return True
 
-    near = neighbours([(found[10], 10, 0.8)], found, 20, Reach(128, 32), same)
+    near = neighbours([(found[10], 10, 0.8)], found, 20, Reach(128, 32, 0.9), same)
     # Forward: gaps 0, 40, 80, 120 (< 128); backward: gap 0 only (< 32).
     assert sorted(e.id for e, _ in near) == [9, 11, 12, 13, 14]
     worth = {e.id: w for e, w in near}
@@ -234,6 +234,66 @@ class WordScorer:
             ScoredToken(m.group(), m.start(), m.end(), None if i == 0 else float(len(m.group())))
             for i, m in enumerate(words)
         ]
+
+    async def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+class PieceScorer:
+    """A TokenScorer whose tokenizer is much finer than the configured counter's (pieces of
+    three characters against words), with a context it refuses to exceed — as a served model
+    with a small vocabulary refuses a prompt over its context."""
+
+    def __init__(self, context: int) -> None:
+        self.context = context
+        self.calls: list[str] = []
+
+    def pieces(self, text: str) -> list[tuple[int, int]]:
+        """Each word (with its trailing space) cut into pieces of three characters."""
+        return [
+            (i, min(i + 3, m.end()))
+            for m in re.finditer(r"\S+\s*", text)
+            for i in range(m.start(), m.end(), 3)
+        ]
+
+    async def count_tokens(self, text: str) -> int:
+        return len(self.pieces(text))
+
+    async def score(self, text: str) -> list[ScoredToken]:
+        pieces = self.pieces(text)
+        if len(pieces) > self.context:
+            raise ValueError(f"the prompt has {len(pieces)} tokens; the context is {self.context}")
+        self.calls.append(text)
+        return [
+            ScoredToken(text[a:b], a, b, None if i == 0 else float(text[a:b].count("e")))
+            for i, (a, b) in enumerate(pieces)
+        ]
+
+
+def test_windows_fit_the_scorer_tokenizer_not_the_configured_counter(store: MemoryStore) -> None:
+    """Issue 19: surprise ingest crashed when the model's tokenizer was not MNEME_TOKENIZER."""
+    text = story(6)
+    scorer = PieceScorer(context=120)
+    tokens = run(score_text(text, scorer, approximate_tokens, context_tokens=120))
+    assert "".join(t.text for t in tokens) == text
+    assert len(scorer.calls) > 3  # each call fitted (the scorer raises otherwise)
+    assert sum(t.surprise is None for t in tokens) == 1
+    config = SegmenterConfig(min_tokens=4, max_tokens=40)
+    segmenter = SurpriseSegmenter(
+        PieceScorer(context=120), config, context_tokens=120, count_tokens=approximate_tokens
+    )
+    ingested = run(EpisodicMemory(store, "ns", segmenter).ingest(text))
+    assert "".join(e.text for e in ingested.episodes) == text
+
+
+def test_a_counter_far_off_is_corrected_by_replanning() -> None:
+    text = story(6)
+    scorer = PieceScorer(context=100)
+    # A counter that rounds down: right on the whole sample, far too low for each sentence.
+    tokens = run(score_text(text, scorer, lambda t: max(1, len(t) // 40), context_tokens=100))
+    assert "".join(t.text for t in tokens) == text
+    with pytest.raises(InvalidRecord, match="larger context"):
+        run(score_text("x" * 30, PieceScorer(context=4), len, context_tokens=4, overlap_tokens=0))
 
 
 def test_windows_cover_the_text_once_with_overlap() -> None:

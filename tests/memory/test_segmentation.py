@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -181,3 +182,52 @@ def test_streaming_equals_one_pass(seed: int, mode: str) -> None:
     streamed += stream.finish()
     assert streamed == one_pass
     assert early > 0  # events were released before the end, not all held back
+
+
+def transcript(turns: int, seed: int) -> str:
+    """A conversation: one line per turn, each of one to four sentences on either topic."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for turn in range(turns):
+        words = SAILING if rng.random() < 0.5 else BAKING
+        said = join(topic(words, int(rng.integers(1, 5)), seed * 1000 + turn))
+        lines.append(f"{'Ann' if turn % 2 else 'Bob'}: {said}")
+    return "\n".join(lines) + "\n"
+
+
+def line_starts(text: str) -> set[int]:
+    return {0} | {m.end() for m in re.finditer("\n", text)}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_boundaries_snap_to_paragraph_starts(seed: int) -> None:
+    """Issue 19: events of a transcript hold whole turns (turns here are 6-30 words)."""
+    text = transcript(60, seed)
+    config = SegmenterConfig(min_tokens=8, max_tokens=96, gamma=0.3)
+    for events in (
+        segment_by_embedding(text, HashEmbedder(), config),
+        segment_fixed(text, config),
+        segment_by_embedding(text, HashEmbedder(), replace(config, refine=False)),
+    ):
+        assert_covers(events, text)
+        assert {e.start for e in events} <= line_starts(text)
+        assert len(events) > 5
+        assert all(e.token_count <= config.max_tokens for e in events)
+    # Without waiting for the turn to end, novelty cuts turns in two: the test can fail.
+    eager = segment_by_embedding(text, HashEmbedder(), replace(config, paragraph_wait=0))
+    assert not {e.start for e in eager} <= line_starts(text)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_streaming_a_transcript_equals_one_pass(seed: int) -> None:
+    text = transcript(40, seed)
+    config = SegmenterConfig(min_tokens=8, max_tokens=64, gamma=0.3)
+    one_pass = segment_by_embedding(text, HashEmbedder(), config)
+    rng = np.random.default_rng(seed)
+    cuts = sorted(rng.choice(np.arange(1, len(text)), size=30, replace=False).tolist())
+    stream = StreamingSegmenter(config, HashEmbedder())
+    streamed: list[Event] = []
+    for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True):
+        streamed += stream.feed(text[a:b])
+    streamed += stream.finish()
+    assert streamed == one_pass

@@ -14,10 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api import create_app
+from app.api.ids import PublicIds
 from app.reading import Reading
 from app.settings import Settings, load_settings
 from memory import ChromaVectorIndex, Database, MemoryStore
 from memory.keys import SqlKeyStore
+from memory.public_ids import SqlPublicIdKey
 from serving.llm import GREEDY, ChatMessage, Choice, Completion, SamplingParams
 from tests.agents.test_writer import echo
 from tests.fakes import HashEmbedder, ScriptedLLM
@@ -111,6 +113,12 @@ def acme(new_key: Callable[[str], dict[str, str]]) -> dict[str, str]:
 @pytest.fixture
 def globex(new_key: Callable[[str], dict[str, str]]) -> dict[str, str]:
     return new_key("globex")
+
+
+def public_ids(database: Database) -> PublicIds:
+    """The API's ids on ``database``: ``.documents.decode(shown)`` is the row id (what the
+    stores, the CLI and the SDK use) of a document id the API showed."""
+    return PublicIds(SqlPublicIdKey(database).get())
 
 
 def wait_for(client: TestClient, job_id: str, headers: dict[str, str]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.api import create_app
 from app.reading import Reading
-from tests.app.api.conftest import api_settings, ingest, wait_for
+from tests.app.api.conftest import api_settings, ingest, public_ids, wait_for
 from tests.texts import story
 
 
@@ -64,11 +64,12 @@ def test_upload_json_then_search_ask_and_delete(
 
     namespace = "tenant:acme/documents/"
     assert any(n.name.startswith(namespace) for n in reading.store.namespaces.all())
-    assert document_id in reading.store.index.namespace_ids()
+    row = public_ids(reading.store.database).documents.decode(document_id)  # a public id
+    assert row in reading.store.index.namespace_ids()
     deleted = client.delete(f"/v1/documents/{document_id}", headers=acme)
     assert deleted.status_code == 200 and deleted.json() == {"id": document_id, "deleted": True}
     assert not any(n.name.startswith(namespace) for n in reading.store.namespaces.all())
-    assert document_id not in reading.store.index.namespace_ids()  # vectors dropped too
+    assert row not in reading.store.index.namespace_ids()  # vectors dropped too
     assert client.get(f"/v1/documents/{document_id}", headers=acme).status_code == 404
     assert client.get(f"/v1/jobs/{job_id}", headers=acme).status_code == 404
 
@@ -192,9 +193,10 @@ def test_an_upload_cut_short_before_its_job_shows_as_failed(
     client: TestClient, acme: dict[str, str], reading: Reading
 ) -> None:
     space = reading.store.namespace("tenant:acme/documents/cut-short")  # a crash right after
-    document = client.get(f"/v1/documents/{space.id}", headers=acme).json()
+    shown = public_ids(reading.store.database).documents.encode(space.id)
+    document = client.get(f"/v1/documents/{shown}", headers=acme).json()
     assert document["status"] == "failed" and "upload it again" in document["error"]
-    assert client.delete(f"/v1/documents/{space.id}", headers=acme).status_code == 200
+    assert client.delete(f"/v1/documents/{shown}", headers=acme).status_code == 200
 
 
 @pytest.mark.parametrize("suffix", [".docx", ".epub"])

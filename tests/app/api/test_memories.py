@@ -13,8 +13,8 @@ def test_events_search_pin_forget(client: TestClient, acme: dict[str, str]) -> N
     assert added.status_code == 201, added.text
     episodes = added.json()["episodes"]
     assert [e["text"] for e in episodes] == TOPICS
-    ids = [e["id"] for e in episodes]
-    assert ids == sorted(ids)
+    ids = [e["id"] for e in episodes]  # public ids: opaque, not in creation order
+    assert len(set(ids)) == len(ids)
 
     hits = client.post(
         "/v1/memories/agent-1/search", json={"query": "chess queen king", "budget_tokens": 40},
@@ -47,7 +47,7 @@ def test_events_search_pin_forget(client: TestClient, acme: dict[str, str]) -> N
     faded = client.post(
         "/v1/memories/agent-1/forget", json={"half_life_s": 1, "threshold": 2.0}, headers=acme
     ).json()["forgotten"]
-    assert sorted(faded) == ids[2:]
+    assert sorted(faded) == sorted(ids[2:])
     half = client.post("/v1/memories/agent-1/forget", json={"threshold": 1.0}, headers=acme)
     assert half.status_code == 422 and "half_life_s" in half.json()["error"]["message"]
 

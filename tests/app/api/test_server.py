@@ -20,6 +20,7 @@ import pytest
 
 from app.loaders import load_document
 from memory import ChromaVectorIndex, Database
+from tests.app.api.conftest import public_ids
 from tests.net import free_port
 
 EVAL = Path(__file__).resolve().parents[4] / "shared" / "eval-data"
@@ -223,15 +224,16 @@ def test_a_server_killed_during_an_ingest(home: Path) -> None:
                            headers=headers).json()  # fmt: skip
         assert follow(url, again["job_id"], headers)[-1][0] == "done"
     database = Database(f"sqlite:///{home / 'mneme.db'}")
+    space = public_ids(database).documents.decode(document_id)  # the API shows a public id
     with database.engine.connect() as connection:
         from sqlalchemy import text
 
         rows = connection.execute(
-            text("SELECT count(*) FROM episodes WHERE namespace_id = :n"), {"n": document_id}
+            text("SELECT count(*) FROM episodes WHERE namespace_id = :n"), {"n": space}
         ).scalar_one()
         documents = connection.execute(
-            text("SELECT count(*) FROM documents WHERE namespace_id = :n"), {"n": document_id}
+            text("SELECT count(*) FROM documents WHERE namespace_id = :n"), {"n": space}
         ).scalar_one()
     database.close()
     assert (rows, documents) == (0, 0)
-    assert ChromaVectorIndex(path=home / "chroma").entries(document_id) == {}
+    assert ChromaVectorIndex(path=home / "chroma").entries(space) == {}
