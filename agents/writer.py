@@ -190,13 +190,12 @@ _DEGENERATE_AFTER_WORDS = 48
 """A paragraph still streaming is checked for a repetition loop once it has this many words."""
 
 
-def _kept(parent: StoryNode, instruction: str) -> StepNotes | None:
+def _kept(parent: StoryNode, instruction: str) -> StepNotes:
     """The notes a step keeps when the model gives none: the parent's memory and the plans it
-    offered but the writer did not take (None when there is nothing to offer)."""
+    offered but the writer did not take (maybe none: the writer then writes their own, or the
+    next step continues the story)."""
     taken = " ".join(instruction.split()).casefold()
     plans = [p for p in parent.plans if " ".join(p.split()).casefold() != taken]
-    if not plans or not parent.short_term_memory.strip():
-        return None
     return StepNotes.model_construct(  # stored as they were written: no re-validation
         short_term_memory=parent.short_term_memory, reason="", plans=plans, bible=[]
     )
@@ -684,9 +683,10 @@ class RecurrentWriter(StoryTree):
             raise StepFailed(
                 f"The model could not update the memory and plans ({problem}). {_RETRY}"
             )
+        kept_plans = "the plans not taken were kept" if kept.plans else "no plan was left over"
         reason = (  # stored: says what happened, quotes nothing of the discarded notes
             "Not updated: the model could not write new notes after this paragraph; the "
-            "previous memory and the plans not taken were kept. Edit them, or Regenerate."
+            f"previous memory was kept and {kept_plans}. Edit them, or Regenerate."
         )
         on_progress(Progress("notes", paragraph, attempt, f"{reason} (Last try: {problem}.)"))
         return kept.model_copy(update={"reason": reason}), prompt

@@ -117,16 +117,33 @@ def test_bad_notes_are_never_stored_the_step_keeps_the_previous_ones(
     assert writer.stories.tree(story.id) == [(root.id, None, 0), (node.id, root.id, 1)]
 
 
-def test_bad_notes_fail_the_step_when_there_is_nothing_to_keep(store: MemoryStore) -> None:
+def test_bad_notes_with_no_plan_left_over_keep_the_paragraph_without_plans(
+    store: MemoryStore,
+) -> None:
     llm = ScriptedLLM(echo)
     writer, story, root = started(store, llm)
     writer.stories.update_node(story.id, root.id, plans=["Go on."])  # the one plan, taken
     llm.reply = lambda user, call: notes(plans=[",", ",", ","]) if "Rewrite the notes" in user \
         else echo(user, call)  # fmt: skip
+    node = run(writer.step(story.id, plan="Go on."))
+    assert node.plans == () and "no plan was left over" in node.memory_reason
+    after = run(writer.step(story.id))  # no plan offered: the story continues
+    assert after.parent_id == node.id and after.instruction == "Continue the story."
+
+
+def test_bad_opening_notes_fail_the_opening_and_store_nothing(store: MemoryStore) -> None:
+    llm = ScriptedLLM(
+        lambda user, call: (
+            notes(plans=[",", ",", ","], opening=True)
+            if "Rewrite the notes" in user
+            else echo(user, call)
+        )
+    )
+    writer = writer_for(store, llm)
     with pytest.raises(StepFailed, match="could not update the memory and plans") as failure:
-        run(writer.step(story.id, plan="Go on."))
+        run(writer.start("s", genre="mystery", premise="A keeper finds a letter in the lamp."))
     assert "Nothing was stored" in str(failure.value)
-    assert writer.stories.tree(story.id) == [(root.id, None, 0)]
+    assert writer.stories.all() == []
 
 
 def test_notes_are_not_tried_again_past_the_step_target(store: MemoryStore) -> None:
