@@ -149,7 +149,9 @@ async def one(
                             return str(error["status"]), str(error["type"])
                     return "200-no-answer", ""
         elif route == "ingest":
-            text = (EVAL / "84-0.txt").read_text(encoding="utf-8")[n * 3000 : n * 3000 + 3000]
+            book = (EVAL / "84-0.txt").read_text(encoding="utf-8")
+            start = (n * 3000) % (len(book) - 3000)
+            text = book[start : start + 3000]
             answer = await http.post("/v1/documents", json={"name": f"n{n}", "text": text})
         elif story is None:
             return "no-story", ""

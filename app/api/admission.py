@@ -161,8 +161,9 @@ async def admitted(
 ) -> T:
     """``work()``'s result, run once ``ticket``'s slot comes, all within ``deadline_s``.
 
-    Past the deadline the work is cancelled: still queued, :class:`Overloaded` (429, retry);
-    running, :class:`DeadlineExceeded` (504). With ``receive`` (the request's ASGI receive, its
+    Past the deadline the work is cancelled: still queued, or running while other work shares
+    the gate, :class:`Overloaded` (429, retry later); running alone, :class:`DeadlineExceeded`
+    (504: the work itself is too slow). With ``receive`` (the request's ASGI receive, its
     body already read) a client that disconnects cancels the work too
     (:class:`~serving.server.disconnect.ClientGone`).
     """
@@ -188,6 +189,13 @@ async def admitted(
                 f"the server was too busy to start this {what} within {deadline_s:g} s; retry "
                 f"after {ticket.gate.retry_after_s()} s",
                 retry_after_s=ticket.gate.retry_after_s(),
+            ) from err
+        gate = ticket.gate
+        if gate.waiting or gate.running > 1:  # slow because busy: a refusal, to retry later
+            raise Overloaded(
+                f"the server was too busy to finish this {what} within {deadline_s:g} s; it "
+                f"was stopped and nothing was kept; retry after {gate.retry_after_s()} s",
+                retry_after_s=gate.retry_after_s(),
             ) from err
         raise DeadlineExceeded(
             f"the {what} did not finish within {deadline_s:g} s (MNEME_API_REQUEST_TIMEOUT_S) "

@@ -2,7 +2,9 @@
 
 Slots of live sequences are kept dense at the front (0..live-1), so a decode step reads
 ``keys[:, :B]`` as a view with no gather. Finishing a sequence moves the last slot into its
-place. Capacity along the sequence axis and the slot count grow by doubling when needed.
+place. Capacity along the sequence axis and the slot count grow by doubling when needed, and go back
+to their first size when the last sequence finishes, so a burst of long or many requests does
+not keep its memory after it is over.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class SlotKVCache:
         capacity: int = 256,
     ) -> None:
         shape = (layers, slots, kv_heads, capacity, head_dim)
+        self._first_shape = shape
         self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (L, S, Hkv, C, D)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)  # tokens held per slot
@@ -118,7 +121,16 @@ class SlotKVCache:
                 observer.slot_moved(moved, slot)
         self.lengths[last] = 0
         self.live -= 1
+        if self.live == 0 and self.keys.shape != self._first_shape:
+            self._shrink()
         return moved
+
+    def _shrink(self) -> None:
+        """Back to the first size (no sequence is live: nothing to copy)."""
+        old = self.keys
+        self.keys = torch.zeros(self._first_shape, dtype=old.dtype, device=old.device)
+        self.values = torch.zeros(self._first_shape, dtype=old.dtype, device=old.device)
+        self.lengths = torch.zeros(self._first_shape[1], dtype=torch.long, device=old.device)
 
     def reserve(self, tokens: int) -> None:
         """Make room for sequences of up to ``tokens`` tokens."""

@@ -290,3 +290,21 @@ def test_a_document_being_summarised_cannot_be_deleted(
     assert job["status"] == "done", job
     assert httpx.delete(f"{url}/v1/documents/{document}", headers=headers).status_code == 200
     assert httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).status_code == 404
+
+
+def test_work_too_slow_because_the_server_is_busy_is_a_429_not_a_504() -> None:
+    async def scenario() -> None:
+        gate = Gate("model", slots=2, queue=1, per_tenant=1)
+        other = gate.enter("a")  # another request holds the second slot
+
+        async def slow() -> str:
+            await asyncio.sleep(30)
+            return "late"
+
+        with pytest.raises(Overloaded, match="too busy to finish this answer") as refused:
+            await admitted(gate.enter("b"), slow, deadline_s=0.05, what="answer")
+        assert refused.value.retry_after_s >= 1
+        other.release()
+        assert gate.running == 0
+
+    asyncio.run(scenario())
