@@ -191,7 +191,7 @@ async def admitted(
                 retry_after_s=ticket.gate.retry_after_s(),
             ) from err
         gate = ticket.gate
-        if gate.waiting or gate.running > 1:  # slow because busy: a refusal, to retry later
+        if gate.waiting or gate.running:  # others share it (ours is released): a 429, retry
             raise Overloaded(
                 f"the server was too busy to finish this {what} within {deadline_s:g} s; it "
                 f"was stopped and nothing was kept; retry after {gate.retry_after_s()} s",
