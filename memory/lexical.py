@@ -6,10 +6,17 @@ no other server — and are written by the database itself in the transaction th
 episode (migration 0006):
 
 - SQLite: an FTS5 table over ``episodes.text`` (external content, porter stemming), kept by
-  triggers; ranked by FTS5's ``bm25()``. Its statistics span every namespace of the file.
+  triggers; ranked by Okapi BM25 from FTS5's ``bm25()`` term by term: each term's ``bm25()``
+  is divided by the inverse document frequency FTS5 gave it — over every namespace of the
+  file — and multiplied by the term's inverse document frequency in the namespace (the length
+  normalisation keeps FTS5's mean over the file).
 - PostgreSQL: a stored generated ``tsvector`` column with a GIN index; ranked BM25-style: each
   query term's ``ts_rank`` (length-normalised) weighted by its inverse document frequency in
   the namespace, since ``ts_rank`` alone weighs a common word like a rare one.
+
+Both weigh words by how rare they are *in the namespace*: a word every episode of a document
+about reindeer holds says little there, however rare it is elsewhere — and one tenant's texts
+never shift another's ranking.
 
 A query is its words minus stop words, any of which may match (OR): a question rarely repeats
 every word of its answer.
@@ -104,18 +111,33 @@ class SqlLexicalIndex:
     def _sqlite(
         self, namespace_id: int, terms: Sequence[str], k: int, document_id: int | None
     ) -> list[LexicalHit]:
-        match = " OR ".join(f'"{term}"' for term in terms)  # words only: quoting is safe
-        where = " AND e.document_id = :document" if document_id is not None else ""
-        statement = text(
-            f"SELECT f.rowid, bm25({FTS_TABLE}) AS rank FROM {FTS_TABLE} AS f "
-            "JOIN episodes AS e ON e.id = f.rowid "
-            f"WHERE {FTS_TABLE} MATCH :match AND e.namespace_id = :namespace{where} "
-            "ORDER BY rank LIMIT :k"
+        # FTS5's bm25() for one term is idf_file(term) x tf_part(episode); the file's idf is
+        # log((N - n + 0.5) / (n + 0.5)), floored at 1e-6, over every row of the table.
+        matches = text(
+            f"SELECT f.rowid, e.document_id, bm25({FTS_TABLE}) FROM {FTS_TABLE} AS f "
+            f"JOIN episodes AS e ON e.id = f.rowid "
+            f"WHERE {FTS_TABLE} MATCH :term AND e.namespace_id = :namespace"
         )
-        values = {"match": match, "namespace": namespace_id, "k": k, "document": document_id}
+        hits_in_file = text(f"SELECT count(*) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :term")
+        rows_in_file = text(f"SELECT count(*) FROM {FTS_TABLE}_docsize")
+        in_namespace = text("SELECT count(*) FROM episodes WHERE namespace_id = :namespace")
+        scores: dict[int, float] = {}
         with self.database.engine.connect() as connection:
-            rows = connection.execute(statement, values).all()
-        return [LexicalHit(int(rowid), -float(rank)) for rowid, rank in rows]  # bm25: lower wins
+            total = connection.scalar(rows_in_file) or 0
+            local = connection.scalar(in_namespace, {"namespace": namespace_id}) or 0
+            for term in terms:
+                phrase = {"term": f'"{term}"'}  # words only: quoting is safe
+                rows = connection.execute(matches, phrase | {"namespace": namespace_id}).all()
+                if not rows:
+                    continue
+                n = connection.scalar(hits_in_file, phrase) or 0
+                file_idf = max(math.log((total - n + 0.5) / (n + 0.5)), 1e-6)
+                weight = math.log(1 + (local - len(rows) + 0.5) / (len(rows) + 0.5))
+                for rowid, document, rank in rows:
+                    if document_id is None or document == document_id:
+                        scores[rowid] = scores.get(rowid, 0.0) - rank / file_idf * weight
+        best = sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))[:k]
+        return [LexicalHit(int(rowid), score) for rowid, score in best]
 
     def _postgres(
         self, namespace_id: int, terms: Sequence[str], k: int, document_id: int | None

@@ -128,8 +128,9 @@ def neighbours(
 
 
 MIN_CLIP_TOKENS = 32
-"""A similarity hit too long for what is left of the budget is cut to fit if at least this
-many tokens are left (its first words; the offsets say where the cut falls)."""
+"""A passage too long for what is left of the budget (a similarity hit; any passage when the
+budget decides) is cut to fit if at least this many tokens are left (its first words; the
+offsets say where the cut falls)."""
 
 
 def clip(text: str, limit: int, count_tokens: Callable[[str], int]) -> str:

@@ -54,6 +54,20 @@ def test_words_rank_rare_matches_first_and_never_cross_namespaces(store: MemoryS
         store.lexical_search("book", "keeper", 0)
 
 
+def test_words_are_weighed_by_their_rarity_in_the_namespace(store: MemoryStore) -> None:
+    """A word every episode of a namespace holds says little there, and another tenant's
+    texts do not reorder a namespace's results (SQLite's length normalisation still uses the
+    file's mean episode length, so scores may move a little)."""
+    texts = [f"the reindeer {w} the reindeer" for w in ("ran", "slept", "ate", "flew")]
+    ids = add_texts(store, "tenant-a", [*texts, "a sleigh in the snow"])
+    query = "reindeer sleigh"
+    alone = store.lexical_search("tenant-a", query, 5)
+    assert alone[0].episode.id == ids[-1]  # the rare word wins over the common one repeated
+    add_texts(store, "tenant-b", [f"sleigh number {i} and another sleigh" for i in range(40)])
+    crowded = store.lexical_search("tenant-a", query, 5)
+    assert [h.episode.id for h in crowded] == [h.episode.id for h in alone]
+
+
 def test_stemming_matches_other_forms(store: MemoryStore) -> None:
     [storm] = add_texts(store, "book", ["storms were breaking over the harbours"])
     assert found(store, "book", "a harbour storm") == [storm]
