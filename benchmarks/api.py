@@ -88,18 +88,7 @@ def api_server(home: Path, port: int) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"mneme api exited:\n{log.read_text(errors='replace')}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("mneme api did not become ready within 180 s")
-            time.sleep(0.2)
+        wait_ready(url, process, log, 180)
         yield url
     finally:
         process.terminate()
@@ -108,6 +97,22 @@ def api_server(home: Path, port: int) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, limit_s: float) -> None:
+    """Until ``url`` answers ``/ready``; the server's log if it exits first."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"mneme api exited:\n{log.read_text(errors='replace')}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"mneme api did not become ready within {limit_s:g} s")
+        time.sleep(0.2)
 
 
 def ingest_via_api(

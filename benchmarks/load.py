@@ -43,7 +43,7 @@ import numpy as np
 import psutil
 
 from app.settings import load_settings
-from benchmarks.api import EVAL, MNEME, QUERIES, environment
+from benchmarks.api import EVAL, MNEME, QUERIES, environment, wait_ready
 from memory import Database
 from memory.keys import SqlKeyStore
 
@@ -192,21 +192,6 @@ async def run_load(
     return load
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 300
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"mneme api exited:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("mneme api did not become ready within 300 s")
-        time.sleep(0.2)
-
-
 def settle(url: str, tenants: list[dict[str, Any]], limit_s: float = 300) -> None:
     """Wait until no tenant has a queued or running document job."""
     deadline = time.monotonic() + limit_s
@@ -261,7 +246,7 @@ def main() -> None:
         )
     sampler = Sampler(process.pid)
     try:
-        wait_ready(url, process, log)
+        wait_ready(url, process, log, 300)
         text = (EVAL / "2701-0.txt").read_text(encoding="utf-8")[20_000:32_000]
         began = time.monotonic()
         for tenant in tenants:  # one document and one story each (default settings)
