@@ -9,6 +9,7 @@ loads the embedder and no LLM.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -124,17 +125,25 @@ class Reading:
         self.settings = settings
         self._store = store
         self._llm = llm
+        # The web app opens the stores from several threads at once (a page and a running
+        # step); Chroma's client registry breaks when one folder is opened concurrently.
+        self._opening = threading.RLock()
 
     @cached_property
     def database(self) -> Database:
         """The SQL database (migrated if embedded), opened without the vector index."""
-        return self._store.database if self._store is not None else open_database(self.settings)
+        with self._opening:
+            if self._store is not None:
+                return self._store.database
+            return open_database(self.settings)
 
     @property
     def store(self) -> MemoryStore:
         """The memory store: SQL, the vector index (drift repaired) and a lazily loaded embedder."""
         if self._store is None:
-            self._store = open_memory(self.settings, self.database)[0]
+            with self._opening:
+                if self._store is None:
+                    self._store = open_memory(self.settings, self.database)[0]
         return self._store
 
     @property
