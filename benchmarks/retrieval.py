@@ -19,7 +19,11 @@ within the budget (``benchmarks.needles.Question.recall``); a set's recall is th
 items, with a 95% bootstrap interval (1,000 resamples of its items; paired for differences).
 Returned tokens are counted with cl100k. Sets and caps: ``benchmarks.evalsets``; the defaults
 were chosen on the *tuning* sets (planted needles, LoCoMo conv-26/30, L-Eval scientific_qa,
-BAMBOO paperqa_4k) and every other set is *held out*.
+BAMBOO paperqa_4k) with ``--tune`` and every other set is *held out*.
+
+On this project's 2-core machine the full run takes 30-50 minutes (about 870k tokens ingested
+four ways; items capped per set by ``benchmarks.evalsets.Caps``), ``--tune`` 7-12 minutes and
+``--quick`` about 2 (what ``tests/benchmarks/test_retrieval_smoke.py`` exercises, with fakes).
 """
 
 from __future__ import annotations

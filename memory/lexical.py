@@ -113,27 +113,28 @@ class SqlLexicalIndex:
     ) -> list[LexicalHit]:
         # FTS5's bm25() for one term is idf_file(term) x tf_part(episode); the file's idf is
         # log((N - n + 0.5) / (n + 0.5)), floored at 1e-6, over every row of the table.
+        # One statement per term, so the counts and bm25() see the same snapshot while writers
+        # add episodes between statements (each SELECT is its own read transaction in SQLite).
         matches = text(
-            f"SELECT f.rowid, e.document_id, bm25({FTS_TABLE}) FROM {FTS_TABLE} AS f "
-            f"JOIN episodes AS e ON e.id = f.rowid "
+            f"SELECT f.rowid, e.document_id, bm25({FTS_TABLE}), "
+            f"(SELECT count(*) FROM {FTS_TABLE}_docsize), "
+            f"(SELECT count(*) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :term), "
+            "(SELECT count(*) FROM episodes WHERE namespace_id = :namespace) "
+            f"FROM {FTS_TABLE} AS f JOIN episodes AS e ON e.id = f.rowid "
             f"WHERE {FTS_TABLE} MATCH :term AND e.namespace_id = :namespace"
         )
-        hits_in_file = text(f"SELECT count(*) FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH :term")
-        rows_in_file = text(f"SELECT count(*) FROM {FTS_TABLE}_docsize")
-        in_namespace = text("SELECT count(*) FROM episodes WHERE namespace_id = :namespace")
         scores: dict[int, float] = {}
         with self.database.engine.connect() as connection:
-            total = connection.scalar(rows_in_file) or 0
-            local = connection.scalar(in_namespace, {"namespace": namespace_id}) or 0
             for term in terms:
                 phrase = {"term": f'"{term}"'}  # words only: quoting is safe
                 rows = connection.execute(matches, phrase | {"namespace": namespace_id}).all()
                 if not rows:
                     continue
-                n = connection.scalar(hits_in_file, phrase) or 0
-                file_idf = max(math.log((total - n + 0.5) / (n + 0.5)), 1e-6)
-                weight = math.log(1 + (local - len(rows) + 0.5) / (len(rows) + 0.5))
-                for rowid, document, rank in rows:
+                _, _, _, total, n, local = rows[0]
+                file_idf = max(math.log(max(total - n + 0.5, 1e-9) / (n + 0.5)), 1e-6)
+                found = len(rows)
+                weight = math.log(1 + max(local - found + 0.5, 0.0) / (found + 0.5))
+                for rowid, document, rank, *_ in rows:
                     if document_id is None or document == document_id:
                         scores[rowid] = scores.get(rowid, 0.0) - rank / file_idf * weight
         best = sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))[:k]

@@ -135,3 +135,29 @@ def test_fusion_rewards_agreement_and_normalises_to_one() -> None:
         fuse([["a"]], [1.0, 1.0])
     with pytest.raises(ValueError, match="both fusion weights are 0"):
         FusionConfig(dense_weight=0, lexical_weight=0)
+
+
+def test_search_while_episodes_are_written_sees_one_snapshot(store: MemoryStore) -> None:
+    """A writer adding episodes between a search's statements once made the file's counts
+    disagree (more matches than rows: a math domain error in the idf); counts and bm25() now
+    come from one statement."""
+    import threading
+
+    add_texts(store, "book", TEXTS)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for _ in range(30):
+                add_texts(store, "book", ["the keeper walked the harbour wall"] * 4)
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    searches = 0
+    while writer.is_alive() or searches < 3:
+        assert found(store, "book", "keeper harbour lamp")
+        searches += 1
+    writer.join()
+    assert not errors
