@@ -121,10 +121,12 @@ class WriterConfig:
     step_timeout_s: float = 180.0
     """A step that has not finished after this many seconds fails (nothing is stored)."""
     step_target_s: float = 60.0
-    """Another try of the notes starts only if, judged by the last try, the step still ends
-    within this many seconds. When no try of a step's notes is usable, the step keeps its
-    paragraph (already shown) with the previous memory and the plans not taken, and says so
-    in the memory's reason; an opening, which has nothing to keep, fails."""
+    """A step (or opening) aims to end within this many seconds: a notes try is stopped when
+    the target passes (the first try always gets at least 15 s), and another starts only if,
+    judged by the last, it would end in time. When no try of the notes is usable, the step
+    keeps its paragraph (already shown) with the previous memory and the plans not taken; an
+    opening keeps its paragraph with the premise as its outline. The memory's reason says
+    so."""
     context_tokens: int = 0
     """The model's context (prompt + reply); a prompt that would not fit loses its start (the
     story's end and the request are kept) and a reply is capped at half of it. 0 = unknown."""
@@ -186,6 +188,8 @@ _MIN_PARAGRAPH_WORDS = 12
 _MIN_MEMORY_WORDS = 5
 _CONTEXT_MARGIN = 48
 """Tokens kept free of a model's context for its chat template and counting differences."""
+_NOTES_LEAST_S = 15.0
+"""The first notes try runs at least this long, however long the paragraph took."""
 _DEGENERATE_AFTER_WORDS = 48
 """A paragraph still streaming is checked for a repetition loop once it has this many words."""
 
@@ -199,6 +203,18 @@ def _kept(parent: StoryNode, instruction: str) -> StepNotes:
     return StepNotes.model_construct(  # stored as they were written: no re-validation
         short_term_memory=parent.short_term_memory, reason="", plans=plans, bible=[]
     )
+
+
+def _untitled(premise: str) -> OpeningNotes:
+    """The notes an opening keeps when the model gives none: the premise's first words as the
+    title, the premise as the outline, and no memory or plans yet (the writer writes their own,
+    or the next step continues the story)."""
+    first = premise.split()
+    title = " ".join(first[:8]).rstrip(".,;:!?") + ("…" if len(first) > 8 else "")
+    return OpeningNotes.model_construct(  # the writer's own words: no re-validation
+        short_term_memory="", reason="", plans=[], bible=[], title=title[:80],
+        outline=" ".join(first)[:400],
+    )  # fmt: skip
 
 
 def _quiet(progress: Progress) -> None:
@@ -288,6 +304,7 @@ class RecurrentWriter(StoryTree):
         (streamed), its short-term memory and three plans. ``namespace`` will hold its long-term
         memory. Nothing is stored unless every part is valid."""
         check_opening(genre, premise, mode)
+        began = time.monotonic()
         memory = self.memory_for(namespace)
         count = self._count = memory.count_tokens
         async with self._limit():
@@ -299,8 +316,9 @@ class RecurrentWriter(StoryTree):
             # The opening streams first; its title and outline come with its notes (one call).
             paragraph, ranking = await self._paragraph(prose, "", on_progress)
             notes, notes_prompt = await self._notes(
-                setting, premise_text, paragraph, mode, on_progress, opening=True
-            )
+                setting, premise_text, paragraph, mode, on_progress, opening=True,
+                target=began + self.config.step_target_s, kept=_untitled(premise),
+            )  # fmt: skip
             frame = cast(OpeningNotes, notes)
             on_progress(Progress("storing", paragraph))
             memory.store.namespace(namespace)
@@ -660,13 +678,19 @@ class RecurrentWriter(StoryTree):
                 break
             on_progress(Progress("notes", paragraph, attempt))
             started = time.monotonic()
+            limit = None if target is None else max(target - started, _NOTES_LEAST_S)
             try:
                 notes = None
-                if self.style == "chat":
-                    budget = self.config.notes_tokens + (200 if opening else 0)
-                    notes = await self._structured(prompt.messages, schema, budget)
-                if notes is None:
-                    notes = await self._notes_by_fields(context, paragraph, opening)
+                async with asyncio.timeout(limit):
+                    if self.style == "chat":
+                        budget = self.config.notes_tokens + (200 if opening else 0)
+                        notes = await self._structured(prompt.messages, schema, budget)
+                    if notes is None:
+                        notes = await self._notes_by_fields(context, paragraph, opening)
+            except TimeoutError:
+                problem = f"the notes took past the step's {self.config.step_target_s:.0f} s"
+                log.info("notes try %d stopped: %s", attempt, problem)
+                break
             except StructuredOutputError as err:
                 problem = "the model did not answer in the notes' format"
                 log.info("notes try %d failed: %s", attempt, err)
@@ -685,7 +709,10 @@ class RecurrentWriter(StoryTree):
             )
         kept_plans = "the plans not taken were kept" if kept.plans else "no plan was left over"
         reason = (  # stored: says what happened, quotes nothing of the discarded notes
-            "Not updated: the model could not write new notes after this paragraph; the "
+            "Not updated: the model could not write notes after the opening; the premise is "
+            "the outline. Write the memory and a plan yourself, or continue the story."
+            if opening
+            else "Not updated: the model could not write new notes after this paragraph; the "
             f"previous memory was kept and {kept_plans}. Edit them, or Regenerate."
         )
         on_progress(Progress("notes", paragraph, attempt, f"{reason} (Last try: {problem}.)"))

@@ -242,6 +242,11 @@ def _writing_loop(s: Studio, story: Story, head: StoryNode) -> None:
     _failed(s, story)
     interactive = story.mode == "interactive"
     st.subheader("What do you do?" if interactive else "What happens next")
+    if not head.plans:
+        st.caption("The model left no options after this paragraph: write your own below, or")
+        if st.button("Continue the story", key=f"continue-{head.id}",
+                     help="Write the next paragraph with no plan: the story goes on"):  # fmt: skip
+            _step(s, story, "")
     if interactive:
         for i, option in enumerate(head.plans):
             if st.button(f"▶ {option}", key=f"go-{head.id}-{i}", help="Do this: the story "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from unittest.mock import patch
 
 import pytest
 
@@ -131,7 +132,9 @@ def test_bad_notes_with_no_plan_left_over_keep_the_paragraph_without_plans(
     assert after.parent_id == node.id and after.instruction == "Continue the story."
 
 
-def test_bad_opening_notes_fail_the_opening_and_store_nothing(store: MemoryStore) -> None:
+def test_bad_opening_notes_keep_the_opening_with_the_premise_as_outline(
+    store: MemoryStore,
+) -> None:
     llm = ScriptedLLM(
         lambda user, call: (
             notes(plans=[",", ",", ","], opening=True)
@@ -140,10 +143,39 @@ def test_bad_opening_notes_fail_the_opening_and_store_nothing(store: MemoryStore
         )
     )
     writer = writer_for(store, llm)
-    with pytest.raises(StepFailed, match="could not update the memory and plans") as failure:
-        run(writer.start("s", genre="mystery", premise="A keeper finds a letter in the lamp."))
-    assert "Nothing was stored" in str(failure.value)
-    assert writer.stories.all() == []
+    premise = "A lighthouse keeper finds a sealed letter hidden inside the great lamp."
+    seen: list[Progress] = []
+    story, root = run(writer.start("s", genre="mystery", premise=premise, on_progress=seen.append))
+    assert story.title == "A lighthouse keeper finds a sealed letter hidden…"
+    assert story.outline == premise
+    assert root.paragraph and root.plans == () and root.short_term_memory == ""
+    assert root.memory_reason.startswith("Not updated: the model could not write notes after")
+    assert sum(p.phase == "notes" and not p.notice for p in seen) == 3  # three tries
+    # Nothing of the discarded notes is stored; with no plan the story continues.
+    llm.reply = echo
+    after = run(writer.step(story.id))
+    assert after.instruction == "Continue the story." and after.plans
+
+
+def test_slow_notes_are_stopped_at_the_step_target(store: MemoryStore) -> None:
+    """A notes try still running when the step's target passes is stopped (after at least the
+    least a first try gets): the paragraph is kept with the previous notes."""
+    llm = ScriptedLLM(echo)
+    writer, story, root = started(store, llm, WriterConfig(step_target_s=0.001))
+    real = llm.generate_json
+    calls: list[int] = []
+
+    async def stalled(messages, schema, params, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        await asyncio.sleep(3600)
+        return await real(messages, schema, params, **kwargs)
+
+    llm.generate_json = stalled  # type: ignore[method-assign]
+    with patch("agents.writer._NOTES_LEAST_S", 0.05):
+        node = run(writer.step(story.id, plan=root.plans[0]))
+    assert calls == [1]  # stopped, and no second try past the target
+    assert node.memory_reason.startswith("Not updated")
+    assert node.short_term_memory == root.short_term_memory
 
 
 def test_notes_are_not_tried_again_past_the_step_target(store: MemoryStore) -> None:
