@@ -74,6 +74,9 @@ def serve(server: uvicorn.Server, grace_s: float) -> None:
     process exits without it — as after a crash, which the stores are built to survive (a
     SQL transaction is atomic, vectors are repaired at the next start).
     """
+    from app.api.heap import limit_arenas  # the CLI starts without the API
+
+    limit_arenas(2 * (os.cpu_count() or 1))  # before the pools' threads exist (app/api/heap)
     executor = ThreadPoolExecutor(thread_name_prefix="mneme-api")
     loop = asyncio.new_event_loop()
     loop.set_default_executor(executor)

@@ -22,6 +22,7 @@ from app.scorer import LLMTokenScorer
 from app.settings import Settings
 from memory import Database, MemoryStore
 from memory.documents import SqlDocumentStore
+from memory.embedder import PassageScorer
 from memory.episodes import SqlEpisodeStore
 from memory.episodic import EpisodicMemory, Ingested, OnProgress, RecallDefaults
 from memory.episodic import IngestProgress as IngestProgress  # re-exported for the UI
@@ -161,6 +162,17 @@ class Reading:
         return self._llm
 
     @cached_property
+    def cross_encoder(self) -> PassageScorer | None:
+        """The reranker of recall's first stage (``MNEME_CROSS_ENCODER``; loaded on first use),
+        or None."""
+        folder = self.settings.cross_encoder
+        if folder is None:
+            return None
+        from serving.cross_encoder import CrossEncoderScorer  # torch: only when configured
+
+        return CrossEncoderScorer(folder)
+
+    @cached_property
     def count_tokens(self) -> Callable[[str], int]:
         return token_counter(self.settings.tokenizer or self.settings.llm_model).count
 
@@ -216,6 +228,7 @@ class Reading:
             segmenter,
             count_tokens=self.count_tokens,
             defaults=RecallDefaults(budget_tokens=self.settings.recall_budget_tokens),
+            scorer=self.cross_encoder,
         )
 
     async def ingest_file(

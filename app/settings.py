@@ -77,9 +77,15 @@ class Settings(BaseSettings):
         "unset = the LLM model's, else cl100k_base.",
     )
     segmenter: Literal["auto", "surprise", "embedding", "fixed"] = Field(
-        default="auto",
-        description="How documents are cut into episodes; auto = surprise when the LLM gives "
-        "logprobs, else embedding novelty.",
+        default="embedding",
+        description="How documents are cut into episodes: embedding novelty (the default: fast, "
+        "no model), surprise (the LLM's per-token surprise; slow on a CPU), fixed windows, or "
+        "auto = surprise when the LLM gives logprobs, else embedding novelty.",
+    )
+    cross_encoder: Path | None = Field(
+        default=None,
+        description="A local sentence-transformers CrossEncoder folder that reranks recall's "
+        "first stage; unset = no reranking (none ships with Mneme).",
     )
     event_min_tokens: Annotated[int, Field(ge=1)] = Field(
         default=16, description="Smallest episode in tokens."

@@ -25,3 +25,17 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """(len(texts), dimension) float32, each row L2-normalised."""
         ...
+
+
+class PassageScorer(Protocol):
+    """Scores how well each passage answers a query, reading both together (a cross-encoder);
+    higher is better. Used to rerank the first stage of recall."""
+
+    @property
+    def name(self) -> str:
+        """The model's name, as reported with results."""
+        ...
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        """One score per passage, in order."""
+        ...

@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from memory.documents import sha256
+from memory.embedder import PassageScorer
 from memory.episodes import Vectors
 from memory.errors import InvalidQuery, InvalidRecord, NotFound
 from memory.forgetting import ForgetPolicy, to_forget
@@ -95,6 +96,8 @@ class RecallDefaults:
     """Budget-aware first stage: one candidate per this many tokens of budget (at least 16)."""
     embed_batch: int = 256
     """Episodes embedded per call during ingestion (progress is reported per batch)."""
+    rerank_depth: int = 32
+    """With a cross-encoder (``scorer``), how many of the first stage's best it reorders."""
 
 
 @dataclass(slots=True)
@@ -125,6 +128,7 @@ class EpisodicMemory:
         *,
         count_tokens: Callable[[str], int] = approximate_tokens,
         defaults: RecallDefaults = RecallDefaults(),
+        scorer: PassageScorer | None = None,
     ) -> None:
         if not namespace.strip():
             raise InvalidRecord("a namespace needs a non-empty name")
@@ -133,6 +137,8 @@ class EpisodicMemory:
         self.segmenter = segmenter
         self.count_tokens = count_tokens
         self.defaults = defaults
+        self.scorer = scorer
+        """Reorders the first stage's best by reading query and passage together (optional)."""
         self._streams: dict[str, _Stream] = {}
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -449,7 +455,23 @@ class EpisodicMemory:
             [fusion.dense_weight, fusion.lexical_weight],
             fusion.rank_constant,
         )
-        return [(episodes[i], score) for i, score in fused[:k]]
+        ranked = [(episodes[i], score) for i, score in fused]
+        if self.scorer is not None and ranked:
+            ranked = self._reranked(query, ranked)
+        return ranked[:k]
+
+    def _reranked(
+        self, query: str, ranked: list[tuple[Episode, float]]
+    ) -> list[tuple[Episode, float]]:
+        """The first ``rerank_depth`` reordered by the cross-encoder. They keep the fused
+        scores by position (the best gets the best fused score), so the second stage's
+        score-gated contiguity weighs neighbours on the scale it was tuned on."""
+        assert self.scorer is not None
+        head = ranked[: self.defaults.rerank_depth]
+        scores = self.scorer.score(query, [episode.text for episode, _ in head])
+        order = sorted(range(len(head)), key=lambda i: (-scores[i], i))
+        places = [score for _, score in head]  # descending
+        return [(head[j][0], places[at]) for at, j in enumerate(order)] + ranked[len(head) :]
 
     @staticmethod
     def _ranked(

@@ -54,13 +54,27 @@ class Gate:
     def waiting_for(self, tenant: str) -> int:
         return len(self._waiting.get(tenant, ()))
 
-    def enter(self, tenant: str) -> Ticket:
-        """A place for ``tenant``: a slot now, else the queue; :class:`Overloaded` if full."""
+    def enter(self, tenant: str, *, bounded: bool = True) -> Ticket:
+        """A place for ``tenant``: a slot now, else the queue; :class:`Overloaded` if full.
+
+        ``bounded=False`` queues past the limits: for work already admitted, and so bounded,
+        by another gate (a summarise or surprise-ingest job waiting for a model slot).
+        """
         ticket = Ticket(self, tenant)
         if self.running < self.slots and not self._turns:
             self.running += 1
             ticket.granted.set_result(None)
             return ticket
+        if bounded:
+            self._check_room(tenant)
+        if tenant not in self._waiting:
+            self._waiting[tenant] = collections.deque()
+            self._turns.append(tenant)
+        self._waiting[tenant].append(ticket)
+        return ticket
+
+    def _check_room(self, tenant: str) -> None:
+        """Refuse with :class:`Overloaded` when the queue, or the tenant's share, is full."""
         if self.waiting >= self.queue:
             raise Overloaded(
                 f"the server is busy: {self.running} {self.name} requests are running and "
@@ -75,11 +89,6 @@ class Gate:
                 f"{self.retry_after_s()} s",
                 retry_after_s=self.retry_after_s(),
             )
-        if tenant not in self._waiting:
-            self._waiting[tenant] = collections.deque()
-            self._turns.append(tenant)
-        self._waiting[tenant].append(ticket)
-        return ticket
 
     def retry_after_s(self) -> int:
         """Seconds until a place is likely free: the queue ahead served ``slots`` at a time."""

@@ -19,6 +19,7 @@ from starlette.types import Scope
 
 from app.api import documents, jobs, memories, stories
 from app.api.errors import BodyLimit, error_response, install
+from app.api.heap import Activity, Quiet, trim_when_quiet
 from app.api.schemas import ErrorBody
 from app.api.services import ApiServices
 from app.api.worker import JobWorker
@@ -36,6 +37,7 @@ _MULTIPART_SLACK = 64 * 1024  # form boundaries and headers around an uploaded f
 def create_app(settings: Settings, *, reading: Reading | None = None) -> FastAPI:
     """The API over ``settings``' stores; ``reading`` replaces the services (tests)."""
     api = ApiServices(settings, reading)
+    activity = Activity()  # requests in flight: the heap is trimmed once they stop
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,9 +52,11 @@ def create_app(settings: Settings, *, reading: Reading | None = None) -> FastAPI
         )
         app.state.worker = worker
         await worker.start()
+        trimmer = asyncio.create_task(trim_when_quiet(activity))
         try:
             yield
         finally:
+            trimmer.cancel()
             await worker.stop()
             api.close()
 
@@ -74,6 +78,7 @@ def create_app(settings: Settings, *, reading: Reading | None = None) -> FastAPI
         return upload_limit if upload else REQUEST_BYTES
 
     app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(Quiet, activity=activity)
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, str]:

@@ -313,7 +313,11 @@ async def upload(request: Request, api: Services, caller: Authenticated) -> Acce
             progress(int(_UNITS * (start + share * min(fraction, 1.0))), _UNITS)
 
         memory = api.reading.memory(space.name, segmenter)
-        done = await memory.ingest(body.text, name=body.name, on_progress=report)
+        if segmenter in ("surprise", "auto"):  # scored by the model: it shares the model's slots
+            async with api.model_gate.enter(caller.tenant, bounded=False):
+                done = await memory.ingest(body.text, name=body.name, on_progress=report)
+        else:
+            done = await memory.ingest(body.text, name=body.name, on_progress=report)
         return {
             "document_id": space.id,  # a row id, as every job result holds: jobs.py shows it
             "episodes": len(done.episodes),
@@ -433,8 +437,9 @@ async def summarize(
         raise
 
     async def work(progress: Progress) -> Mapping[str, Any]:
-        reader = await api.reader(space.name)
-        summary = await reader.summarize(document_id=document.id, on_progress=progress)
+        async with api.model_gate.enter(caller.tenant, bounded=False):  # the model's slots
+            reader = await api.reader(space.name)
+            summary = await reader.summarize(document_id=document.id, on_progress=progress)
         return {
             "document_id": space.id,  # a row id, as every job result holds: jobs.py shows it
             "summary": summary.text,

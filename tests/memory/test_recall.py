@@ -103,3 +103,34 @@ def test_a_question_of_stop_words_still_recalls_by_meaning(store: MemoryStore) -
     run(memory.ingest(" ".join(TOPICS)))
     hits = run(memory.search("what is it?", budget_tokens=60))
     assert hits and sum(h.tokens for h in hits) <= 60
+
+
+class KeywordScorer:
+    """A PassageScorer that likes one word (a stand-in for a cross-encoder's judgement)."""
+
+    name = "test/keyword"
+
+    def __init__(self, word: str) -> None:
+        self.word = word
+        self.seen: list[int] = []
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        self.seen.append(len(passages))
+        return [float(self.word in p) for p in passages]
+
+
+def test_a_cross_encoder_reorders_the_first_stage(store: MemoryStore) -> None:
+    text = " ".join(t for t in TOPICS for _ in range(2))
+    text += " The lantern maker sold a kite to the zeppelin pilot."
+    memory = small_events(store, RecallDefaults(rerank_depth=8))
+    run(memory.ingest(text))
+    query = f"{TOPICS[0]} kite"  # the first stage's best is the lighthouse, the kite lower
+    [plain] = run(memory.search(query, budget_tokens=40, k_similar=1, k_contiguous=0))
+    assert "zeppelin" not in plain.text
+    scorer = KeywordScorer("zeppelin")
+    reranked = EpisodicMemory(store, "ns", memory.segmenter, defaults=memory.defaults,
+                              scorer=scorer)  # fmt: skip
+    [best] = run(reranked.search(query, budget_tokens=40, k_similar=1, k_contiguous=0))
+    assert "zeppelin" in best.text
+    assert best.score == plain.score  # the best place keeps the best fused score
+    assert scorer.seen and max(scorer.seen) <= 8  # only the first stage's best are read

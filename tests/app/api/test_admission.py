@@ -292,6 +292,47 @@ def test_a_document_being_summarised_cannot_be_deleted(
     assert httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).status_code == 404
 
 
+def test_a_summary_holds_a_model_slot_while_it_runs(
+    held_server: tuple[str, dict[str, str], HeldLLM, int],
+) -> None:
+    """Jobs that use the model (summarise, surprise ingest) share the model's slots with asks,
+    so an ask is not judged alone while a summary computes beside it."""
+    url, headers, llm, document = held_server
+    started = httpx.post(f"{url}/v1/documents/{document}/summarize", headers=headers)
+    job_id = started.json()["job_id"]
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ask = f"{url}/v1/documents/{document}/ask"
+    question = {"question": "What did the keeper polish?"}
+    with ThreadPoolExecutor(2) as pool:
+        queued = pool.submit(httpx.post, ask, json=question, headers=headers, timeout=30)
+        time.sleep(0.3)  # waiting behind the summary: the queue (of one) is full
+        refused = httpx.post(ask, json=question, headers=headers, timeout=30)
+        assert refused.status_code == 429, refused.text
+        llm.gate.set()
+        assert queued.result().status_code == 200
+    while httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["status"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_gate_admits_unbounded_waiters_for_work_bounded_elsewhere() -> None:
+    async def scenario() -> None:
+        gate = Gate("model", slots=1, queue=1, per_tenant=1)
+        held = [gate.enter("a"), gate.enter("a")]  # one runs, one waits: all it queues
+        with pytest.raises(Overloaded):
+            gate.enter("a")
+        extra = [gate.enter("a", bounded=False) for _ in range(3)]  # jobs, bounded by theirs
+        assert gate.waiting == 4
+        for ticket in [*held, *extra]:
+            ticket.release()
+        assert gate.running == 0 and gate.waiting == 0
+
+    asyncio.run(scenario())
+
+
 def test_work_too_slow_because_the_server_is_busy_is_a_429_not_a_504() -> None:
     async def scenario() -> None:
         gate = Gate("model", slots=2, queue=1, per_tenant=1)
