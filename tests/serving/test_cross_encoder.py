@@ -15,7 +15,21 @@ from serving.cross_encoder import CrossEncoderScorer
 from serving.errors import ModelNotAvailable
 from tests.fakes import HashEmbedder
 
-WORDS = "the keeper polished lens storm kite zeppelin pilot sold a to lantern maker".split()
+WORDS = [
+    "the",
+    "keeper",
+    "polished",
+    "lens",
+    "storm",
+    "kite",
+    "zeppelin",
+    "pilot",
+    "sold",
+    "a",
+    "to",
+    "lantern",
+    "maker",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +56,7 @@ def test_a_local_cross_encoder_scores_pairs(tiny_cross_encoder: Path) -> None:
 
 
 def test_a_folder_that_is_no_model_is_named_with_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotAvailable, match="MNEME_CROSS_ENCODER=.*no config.json"):
+    with pytest.raises(ModelNotAvailable, match=r"MNEME_CROSS_ENCODER=.*no config\.json"):
         CrossEncoderScorer(tmp_path).score("q", ["p"])
 
 
