@@ -190,6 +190,8 @@ _CONTEXT_MARGIN = 48
 """Tokens kept free of a model's context for its chat template and counting differences."""
 _NOTES_LEAST_S = 15.0
 """The first notes try runs at least this long, however long the paragraph took."""
+_STORING_S = 2.0
+"""Seconds of a step's target kept for what follows the notes (storing the node)."""
 _DEGENERATE_AFTER_WORDS = 48
 """A paragraph still streaming is checked for a repetition loop once it has this many words."""
 
@@ -672,6 +674,7 @@ class RecurrentWriter(StoryTree):
         prompt = Prompt([ChatMessage("system", NOTES), ChatMessage("user", body)], sizes)
         problem = "the notes were unusable"
         last_s = 0.0
+        target = None if target is None else target - _STORING_S
         for attempt in range(1, self.config.notes_attempts + 1):
             if attempt > 1 and target is not None and time.monotonic() + last_s > target:
                 log.info("no time for notes try %d within the step's target", attempt)

@@ -79,13 +79,18 @@ class Run:
     first_token_s: list[float] = field(default_factory=list)
     step_s: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    leaks: list[str] = field(default_factory=list)
 
 
-def leaked(texts: list[str]) -> bool:
-    return any(
-        echoes(t, INSTRUCTION_TEXTS) is not None or any(p in t.lower() for p in REPAIR_PHRASES)
-        for t in texts
-    )
+def leaked(texts: list[str]) -> list[str]:
+    """Each stored text with instruction or repair language, with what was found in it."""
+    found = []
+    for text in texts:
+        echo = echoes(text, INSTRUCTION_TEXTS)
+        phrases = [p for p in REPAIR_PHRASES if p in text.lower()]
+        if echo is not None or phrases:
+            found.append(f"{echo or ', '.join(phrases)!r} in {text!r}")
+    return found
 
 
 async def timed(work: Any, run: Run) -> Any:
@@ -139,7 +144,9 @@ async def story(writing: Writing, premise: tuple[str, str, str], steps: int, run
     count = writer.memory_for(story_.namespace).count_tokens
     for i, stored in enumerate(nodes):
         texts = [stored.paragraph, stored.short_term_memory, *stored.plans]
-        run.leaked += leaked(texts)
+        if found := leaked(texts):
+            run.leaked += 1
+            run.leaks.extend(found)
         run.kept_notes += stored.memory_reason.startswith("Not updated")
         run.degenerate += prose_problem(stored.paragraph, min_words=0) is not None
         run.paragraphs.append(stored.paragraph)
@@ -231,6 +238,8 @@ def main() -> None:
     for name, run in results.items():
         for failure in run.failures[:5]:
             print(f"\n- {name}: {failure}")
+        for leak in run.leaks:
+            print(f"\n- {name}, leaked: {leak}")
 
 
 if __name__ == "__main__":
