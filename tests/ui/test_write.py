@@ -159,3 +159,18 @@ def test_an_empty_premise_is_refused_before_the_model_loads(studio: Studio) -> N
     app.sidebar.button[0].click().run()
     assert "give both" in app.error[0].value
     assert studio.reading._llm.prompts == []  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_with_no_plans_left_the_page_offers_to_continue(studio: Studio) -> None:
+    app = started(studio)
+    story = studio.writing.stories.all()[0]
+    assert story.head_node_id is not None
+    studio.writing.stories.update_node(story.id, story.head_node_id, plans=[])  # none left
+    app.run()
+    assert not [t for t in app.text_area if t.label.startswith("Option")]
+    assert any("no options" in c.value for c in app.caption)
+    next(b for b in app.button if b.label == "Continue the story").click().run()
+    assert not app.exception and not app.error
+    head = studio.writing.stories.node(story.id, studio.writing.stories.get(story.id).head_node_id)
+    assert head.parent_id == story.head_node_id and head.instruction == "Continue the story."
