@@ -11,8 +11,9 @@ class ToolDefinitionError(AgentError):
     """A tool cannot be offered to a model (no type hints, a clashing name, *args); fix the code."""
 
 
-class AgentConfigError(AgentError):
-    """An agent is configured so it cannot run (a prompt budget smaller than its instructions)."""
+class AgentConfigError(AgentError, ValueError):
+    """An agent is configured so it cannot run (a prompt budget smaller than its instructions,
+    a writer setting out of range). A ``ValueError`` too, as configuration errors are."""
 
 
 class TrajectoryNotResumable(AgentError):

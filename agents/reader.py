@@ -25,6 +25,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, create_model
 
+from agents.errors import AgentConfigError
 from memory.episodic import EpisodicMemory, Ingested, OnProgress
 from memory.errors import InvalidQuery, NotFound
 from memory.records import Document, Episode
@@ -89,7 +90,7 @@ class ReaderConfig:
         if not 0.0 <= self.temperature <= 2.0:
             problems.append(f"temperature={self.temperature} must be in [0, 2]")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise AgentConfigError("; ".join(problems))
 
     @property
     def reply_tokens(self) -> int:
@@ -181,7 +182,7 @@ class DocumentReader:
     def __init__(
         self, memory: EpisodicMemory, llm: LLM, config: ReaderConfig = ReaderConfig()
     ) -> None:
-        """Raises ``ValueError`` when ``max_prompt_tokens`` cannot hold a section of
+        """Raises :class:`AgentConfigError` when ``max_prompt_tokens`` cannot hold a section of
         ``section_tokens`` with the summary instructions."""
         self.memory = memory
         self.llm = llm
@@ -189,7 +190,7 @@ class DocumentReader:
         self._reply = _reply_schema(config.answer_tokens)
         overhead = max(self._prompt_tokens(self._summary_prompt("", level)) for level in (0, 1))
         if overhead + config.section_tokens > config.max_prompt_tokens:
-            raise ValueError(
+            raise AgentConfigError(
                 f"max_prompt_tokens={config.max_prompt_tokens} cannot hold a section of "
                 f"section_tokens={config.section_tokens} plus {overhead} tokens of summary "
                 f"instructions; raise max_prompt_tokens to at least "

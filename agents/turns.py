@@ -11,11 +11,12 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
+from agents.agent_config import AgentConfig
 from agents.events import (
     CloseReason,
     Event,
@@ -28,16 +29,24 @@ from agents.events import (
 )
 from agents.prompt import SubgoalSummary, ToolCall
 from agents.tools import Tool
+from memory.episodic import EpisodicMemory
 from memory.errors import NotFound, StoreError
 from memory.trajectory import Subgoal, SubgoalStatus, Trajectory, TrajectoryStatus
 from memory.window import step_lines
 from memory.working import WorkingMemory
 from serving.errors import LLMError
-from serving.llm import ChatMessage, SamplingParams
+from serving.llm import LLM, ChatMessage, SamplingParams
 from serving.structured import describe_validation_error
 
-if TYPE_CHECKING:
-    from agents.hiagent import Agent
+
+class TurnHost(Protocol):
+    """What a turn needs of the agent that runs it (:class:`agents.hiagent.Agent`)."""
+
+    llm: LLM
+    memory: EpisodicMemory | None
+    config: AgentConfig
+    tools: dict[str, Tool]
+    count_tokens: Callable[[str], int]
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +145,7 @@ def transcript(trajectory: Trajectory, observation_chars: int = 300) -> str:
 class Turns:
     """Carries out the model's tool calls on one trajectory's working memory."""
 
-    def __init__(self, agent: Agent, working: WorkingMemory) -> None:
+    def __init__(self, agent: TurnHost, working: WorkingMemory) -> None:
         self.agent = agent
         self.working = working
         self.finished = False

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Literal, cast
 
-from agents.errors import StepFailed
+from agents.errors import AgentConfigError, StepFailed
 from agents.quality import plans_problem, prose_problem, words
 from agents.replies import BibleItem, ImportFrame, OpeningNotes, StepNotes, StoryFrame
 from agents.story_prompt import (
@@ -140,17 +140,17 @@ class WriterConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.attempts <= 5 or not 1 <= self.notes_attempts <= 5:
-            raise InvalidRecord(
+            raise AgentConfigError(
                 f"attempts={self.attempts} and notes_attempts={self.notes_attempts} must be in "
                 "[1, 5]"
             )
         if self.step_timeout_s <= 0 or self.step_target_s <= 0:
-            raise InvalidRecord(
+            raise AgentConfigError(
                 f"step_timeout_s={self.step_timeout_s} and step_target_s={self.step_target_s} "
                 "must be positive"
             )
         if self.paragraph_tokens < 16:
-            raise InvalidRecord(f"paragraph_tokens={self.paragraph_tokens} must be at least 16")
+            raise AgentConfigError(f"paragraph_tokens={self.paragraph_tokens} must be at least 16")
 
     def sampling(self, max_tokens: int, *, notes: bool = False) -> SamplingParams:
         """How the writer samples prose, or ``notes``: cooler, and with only a mild repetition
@@ -277,7 +277,7 @@ class RecurrentWriter(StoryTree):
         reranker: Reranker | None = None,
     ) -> None:
         if not 1 <= config.candidates <= 16:
-            raise InvalidRecord(f"candidates={config.candidates} must be in [1, 16]")
+            raise AgentConfigError(f"candidates={config.candidates} must be in [1, 16]")
         super().__init__(stories)
         self.memory_for = memory_for
         self.llm = llm

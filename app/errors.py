@@ -6,7 +6,13 @@ Library errors (``memory``, ``serving``) become user-facing messages only here, 
 
 from __future__ import annotations
 
-from agents.errors import AgentError, StepFailed
+from agents.errors import (
+    AgentConfigError,
+    AgentError,
+    StepFailed,
+    ToolDefinitionError,
+    TrajectoryNotResumable,
+)
 from memory.errors import (
     InvalidQuery,
     InvalidRecord,
@@ -94,6 +100,9 @@ _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (ModelNotAvailable, EXIT_MODEL),
     (ServingError, EXIT_MODEL),
     (StepFailed, EXIT_MODEL),
+    (AgentConfigError, EXIT_USAGE),
+    (ToolDefinitionError, EXIT_USAGE),
+    (TrajectoryNotResumable, EXIT_USAGE),
 )
 
 KNOWN_ERRORS = (MnemeError, StoreError, ServingError, AgentError)
@@ -130,6 +139,9 @@ _HTTP_STATUSES: tuple[tuple[type[Exception], int, str], ...] = (
     (LLMUnavailable, 503, "model_unavailable"),
     (ServingError, 502, "model_error"),
     (StepFailed, 502, "model_error"),
+    (TrajectoryNotResumable, 409, "conflict"),
+    (AgentConfigError, 500, "configuration_error"),
+    (ToolDefinitionError, 500, "configuration_error"),
 )
 
 

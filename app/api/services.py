@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from agents.errors import AgentConfigError
 from agents.reader import DocumentReader
 from app.api.admission import Gate
 from app.api.ids import PublicIds
@@ -110,7 +111,7 @@ class ApiServices:
         await self.load_llm()
         try:
             return await asyncio.to_thread(self.reading.reader, namespace)
-        except ValueError as err:  # the model's context cannot hold the reader's prompts
+        except AgentConfigError as err:  # the model's context cannot hold the reader's prompts
             raise SettingsError(
                 f"the LLM cannot answer from documents: {err}; configure a model with a longer "
                 "context (MNEME_LLM_MODEL, MNEME_LLM_CONTEXT_TOKENS)"

@@ -4,13 +4,12 @@
 to the function registered under ``config._attn_implementation``. The engine registers
 ``mneme`` there: it writes the new keys/values into the engine's own KV cache
 (``serving.engine.cache``) and asks the active :class:`AttentionMode` to attend over the cached
-context. Modes (dense here; the long-context kernels add block selection and retrieval) see the
-whole padded batch and return one output per query.
+context. Modes (dense here; block selection and retrieval beside it, all named in
+``serving.engine.modes``) see the whole padded batch and return one output per query.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -93,38 +92,7 @@ class DenseAttention:
         )
 
 
-def _blocks(context: ModeContext) -> AttentionMode:
-    from serving.engine.selection import BlockAttention
-
-    return BlockAttention(context)
-
-
-def _retrieval(context: ModeContext) -> AttentionMode:
-    from serving.engine.retrieval import RetrievalAttention
-
-    return RetrievalAttention(context)
-
-
-MODES: dict[str, Callable[[ModeContext], AttentionMode]] = {
-    "dense": lambda context: DenseAttention(),
-    "blocks": _blocks,
-    "retrieval": _retrieval,
-}
-"""Attention modes by name; other modules add theirs with :func:`register_mode`."""
-
 CURRENT: ContextVar[ForwardBatch | None] = ContextVar("mneme_forward_batch", default=None)
-
-
-def register_mode(name: str, factory: Callable[[ModeContext], AttentionMode]) -> None:
-    MODES[name] = factory
-
-
-def make_mode(name: str, context: ModeContext) -> AttentionMode:
-    try:
-        factory = MODES[name]
-    except KeyError:
-        raise ValueError(f"attention mode {name!r} is unknown; known: {sorted(MODES)}") from None
-    return factory(context)
 
 
 def rotary_of(model: Any) -> tuple[torch.Tensor | None, str]:

@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
-from serving.engine.attention import CURRENT, ForwardBatch, ModeContext, make_mode, rotary_of
+from serving.engine.attention import CURRENT, ForwardBatch, ModeContext, rotary_of
 from serving.engine.cache import SlotKVCache, SlotObserver
 from serving.engine.config import EngineConfig
 from serving.engine.detokenizer import Detokenizer
 from serving.engine.grammar import GrammarCompiler, GrammarMatcher
 from serving.engine.loading import LoadedModel, load_model
+from serving.engine.modes import make_mode
 from serving.engine.prefixes import PrefixCache, worth_waiting
 from serving.engine.sampling import Sampler, logprobs_of, prompt_mask_of, sample_tokens
 from serving.errors import EngineFailed, RequestRejected

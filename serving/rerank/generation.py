@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Sequence
 from typing import cast
 
 from serving.llm import LLM, ChatMessage
 from serving.rerank.config import RerankConfig
 from serving.rerank.decoders import Generator, RerankResult, decode
-from serving.rerank.generators import EngineGenerator, ProtocolGenerator
+from serving.rerank.generators import EngineBacked, EngineGenerator, ProtocolGenerator
 from serving.rerank.reranker import Reranker
 from serving.rerank.scorers import RerankerPool
 
@@ -31,8 +30,7 @@ def prefix_text(prompt: str | Sequence[ChatMessage]) -> str:
 
 def generator_for(llm: LLM, prompt: str | Sequence[ChatMessage], max_tokens: int) -> Generator:
     """The built-in engine's token-level generator for a ``LocalLLM``, else the Protocol one."""
-    local = sys.modules.get("serving.local")  # not loaded = llm cannot be a LocalLLM
-    if local is not None and isinstance(llm, local.LocalLLM):
+    if isinstance(llm, EngineBacked):
         generator = EngineGenerator.for_prompt(llm, prompt)
         generator.check(max_tokens)
         return generator

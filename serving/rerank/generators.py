@@ -11,15 +11,29 @@ a beam share one prefill of its prompt (the engine forks the prompt's KV cache s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from serving.llm import ChatMessage, Completion, SamplingParams
 from serving.rerank.decoders import Beam, Sample, Step, gather_all
 from serving.rerank.errors import RerankUnsupported
 
 if TYPE_CHECKING:
+    from serving.engine.engine import TorchEngine
     from serving.llm import LLM
-    from serving.local import LocalLLM
+
+
+@runtime_checkable
+class EngineBacked(Protocol):
+    """An LLM served by the built-in engine in this process (``serving.local.LocalLLM``): it
+    takes token ids, so beams continue token by token and share their prompt's KV cache."""
+
+    engine: TorchEngine
+    tokenizer: Any
+
+    def encode(self, text: str, *, special: bool = True) -> list[int]: ...
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]: ...
+
 
 MAX_CHOICES = 64  # SamplingParams.n's limit
 
@@ -57,12 +71,12 @@ class ProtocolGenerator:
 class EngineGenerator:
     """Candidates from the built-in engine, continuing each beam from its token ids."""
 
-    def __init__(self, llm: LocalLLM, prompt_ids: Sequence[int]) -> None:
+    def __init__(self, llm: EngineBacked, prompt_ids: Sequence[int]) -> None:
         self.llm = llm
         self.prompt_ids = tuple(prompt_ids)
 
     @classmethod
-    def for_prompt(cls, llm: LocalLLM, prompt: str | Sequence[ChatMessage]) -> EngineGenerator:
+    def for_prompt(cls, llm: EngineBacked, prompt: str | Sequence[ChatMessage]) -> EngineGenerator:
         ids = llm.encode(prompt) if isinstance(prompt, str) else llm.encode_chat(prompt)
         return cls(llm, ids)
 

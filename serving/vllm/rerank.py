@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from serving.errors import ModelNotAvailable
+from serving.errors import ModelNotAvailable, ServingError
 from serving.llm import ChatMessage, SamplingParams
 from serving.rerank.config import RerankConfig
 from serving.rerank.decoders import Beam, RerankResult, Sample, Step, decode, gather_all
@@ -66,7 +66,7 @@ FORWARDED_HEADERS = ("authorization", "x-request-id")
 _NOT_FORWARDED = ("rerank", "stream", "stream_options", "max_completion_tokens", "echo")
 
 
-class Refused(Exception):
+class Refused(ServingError):
     """A reply to send instead of a reranked completion: an error status and body."""
 
     def __init__(self, status: int, body: Any) -> None:

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from agents.errors import AgentConfigError
 from agents.writer import WriterConfig
 from memory import MemoryStore
-from memory.errors import InvalidRecord
 from tests.agents.test_writer import echo, run, writer_for
 from tests.fakes import ScriptedLLM
 
@@ -154,7 +154,7 @@ def test_reranking_keeps_the_best_of_several_drafts(store: MemoryStore) -> None:
 
 
 def test_candidates_out_of_range_are_refused(store: MemoryStore) -> None:
-    with pytest.raises(InvalidRecord, match="candidates=0 must be in"):
+    with pytest.raises(AgentConfigError, match="candidates=0 must be in"):
         writer_for(store, ScriptedLLM(echo), WriterConfig(candidates=0))
 
 

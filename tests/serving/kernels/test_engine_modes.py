@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from serving.engine.attention import ModeContext, make_mode
+from serving.engine.attention import ModeContext
 from serving.engine.config import EngineConfig
 from serving.engine.engine import EngineOutput, EngineRequest, PromptResult, TorchEngine
+from serving.engine.modes import make_mode
 from serving.engine.sparsity import rotate
 from serving.kernels.errors import AttentionSettingsError
 from serving.llm import SamplingParams
