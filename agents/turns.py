@@ -48,6 +48,7 @@ class TurnHost(Protocol):
     tools: dict[str, Tool]
     count_tokens: Callable[[str], int]
 
+
 log = logging.getLogger(__name__)
 
 
