@@ -126,8 +126,9 @@ class Settings(BaseSettings):
     )
     writer_step_target_s: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
         default=60.0,
-        description="Seconds a writer step aims for: another try of the notes starts only if it "
-        "should end within them; else the step keeps its paragraph with the previous notes.",
+        description="Seconds a writer step aims for: its notes are stopped when they pass (the "
+        "first try gets at least 15 s) and another try starts only if it should end within "
+        "them; else the step keeps its paragraph with the previous notes.",
     )
     rerank_scorer: str = Field(
         default="embedder",
