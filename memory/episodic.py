@@ -457,18 +457,17 @@ class EpisodicMemory:
         )
         ranked = [(episodes[i], score) for i, score in fused]
         if self.scorer is not None and ranked:
-            ranked = self._reranked(query, ranked)
+            ranked = self._reranked(self.scorer, query, ranked)
         return ranked[:k]
 
     def _reranked(
-        self, query: str, ranked: list[tuple[Episode, float]]
+        self, scorer: PassageScorer, query: str, ranked: list[tuple[Episode, float]]
     ) -> list[tuple[Episode, float]]:
         """The first ``rerank_depth`` reordered by the cross-encoder. They keep the fused
         scores by position (the best gets the best fused score), so the second stage's
         score-gated contiguity weighs neighbours on the scale it was tuned on."""
-        assert self.scorer is not None
         head = ranked[: self.defaults.rerank_depth]
-        scores = self.scorer.score(query, [episode.text for episode, _ in head])
+        scores = scorer.score(query, [episode.text for episode, _ in head])
         order = sorted(range(len(head)), key=lambda i: (-scores[i], i))
         places = [score for _, score in head]  # descending
         return [(head[j][0], places[at]) for at, j in enumerate(order)] + ranked[len(head) :]

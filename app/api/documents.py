@@ -13,6 +13,7 @@ import asyncio
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, get_args
 
@@ -313,10 +314,9 @@ async def upload(request: Request, api: Services, caller: Authenticated) -> Acce
             progress(int(_UNITS * (start + share * min(fraction, 1.0))), _UNITS)
 
         memory = api.reading.memory(space.name, segmenter)
-        if segmenter in ("surprise", "auto"):  # scored by the model: it shares the model's slots
-            async with api.model_gate.enter(caller.tenant, bounded=False):
-                done = await memory.ingest(body.text, name=body.name, on_progress=report)
-        else:
+        scored = segmenter in ("surprise", "auto")  # by the model: it shares the model's slots
+        slot = api.model_gate.enter(caller.tenant, bounded=False) if scored else nullcontext()
+        async with slot:
             done = await memory.ingest(body.text, name=body.name, on_progress=report)
         return {
             "document_id": space.id,  # a row id, as every job result holds: jobs.py shows it

@@ -68,7 +68,11 @@ def upgrade() -> None:
     elif dialect == "postgresql":
         _run(_POSTGRES_UP)
     else:
-        raise NotImplementedError(f"no lexical index for the {dialect} dialect")
+        # Settings accept only these two; a Database opened on another URL stops here, clearly.
+        raise ValueError(
+            f"the {dialect} database is not supported: Mneme's lexical index needs SQLite "
+            "(FTS5) or PostgreSQL (full-text search); use one of them"
+        )
 
 
 def downgrade() -> None:
