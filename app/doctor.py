@@ -42,7 +42,7 @@ def _database(settings: Settings) -> str:
 def _vector_store(settings: Settings) -> str:
     index = open_vector_index(settings)
     index.ping()
-    return f"Chroma at {index.location}, {len(index.namespace_ids())} namespace collection(s)"
+    return f"Chroma at {index.location}, {len(index.namespace_ids())} namespace(s) with vectors"
 
 
 def _embedder(settings: Settings) -> str:

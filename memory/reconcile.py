@@ -32,7 +32,8 @@ class ReconcileReport:
     restored: int = 0  # missing from the index, written from SQL
     refreshed: int = 0  # stale version in the index, rewritten
     removed: int = 0  # in the index with no episode in SQL
-    dropped_namespaces: list[int] = field(default_factory=list)  # collections with no namespace
+    dropped_namespaces: list[int] = field(default_factory=list)  # vectors of no namespace
+    retired_collections: int = 0  # collections of an older index layout, rebuilt from SQL
     lexical_drift: int = 0  # episodes the lexical index missed or held in excess (rebuilt)
 
     @property
@@ -42,6 +43,7 @@ class ReconcileReport:
             or self.refreshed
             or self.removed
             or self.dropped_namespaces
+            or self.retired_collections
             or self.lexical_drift
         )
 
@@ -56,13 +58,15 @@ def reconcile(
     if lexical is not None and (drift := lexical.drift()):
         lexical.rebuild()
         report.lexical_drift = drift
+    report.retired_collections = index.retire_legacy()
     known = {namespace.id for namespace in namespaces.all()}
-    for orphan in sorted(set(index.namespace_ids()) - known):
+    inventory = index.inventory()
+    for orphan in sorted(set(inventory) - known):
         index.drop(orphan)
         report.dropped_namespaces.append(orphan)
     for namespace_id in sorted(known):
         wanted = episodes.vector_state(namespace_id)
-        held = index.entries(namespace_id)
+        held = inventory.get(namespace_id, {})
         extra = sorted(set(held) - set(wanted))
         missing = sorted(set(wanted) - set(held))
         stale = sorted(i for i in set(wanted) & set(held) if held[i] != wanted[i])

@@ -1,12 +1,15 @@
-"""The vector index: a derived copy of SQL's embeddings, one collection per namespace.
+"""The vector index: a derived copy of SQL's embeddings, partitioned by namespace.
 
-Ids in the index are SQL episode ids; each entry carries the episode's version so drift (a
-missing, stale or extra vector) can be found and repaired from SQL (see ``memory.reconcile``).
+Ids in the index are SQL episode ids; each entry carries its namespace and the episode's version,
+so drift (a missing, stale or extra vector) can be found and repaired from SQL (see
+``memory.reconcile``). Chroma holds up to :data:`NAMESPACES_PER_COLLECTION` namespaces per
+collection; every read filters by namespace.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,8 +45,16 @@ class VectorIndex(Protocol):
         """id → version of every vector held for the namespace."""
         ...
 
+    def inventory(self) -> dict[int, dict[int, int]]:
+        """namespace id → (id → version) of every vector held, in one pass."""
+        ...
+
     def namespace_ids(self) -> list[int]:
-        """Namespaces that have a collection."""
+        """Namespaces that hold at least one vector."""
+        ...
+
+    def retire_legacy(self) -> int:
+        """Delete collections of an older layout (SQL rebuilds them); returns how many."""
         ...
 
     def drop(self, namespace_id: int) -> None: ...
@@ -51,20 +62,34 @@ class VectorIndex(Protocol):
     def ping(self) -> None: ...
 
 
-def collection_name(namespace_id: int) -> str:
-    return f"mneme-ns-{namespace_id}"
+NAMESPACES_PER_COLLECTION = 64
+"""Namespaces that share one Chroma collection (told apart by an ``ns`` metadata filter).
+
+Chroma keeps every loaded collection's HNSW index in memory, preallocated (about 2.7 MB even for
+ten vectors), so one collection per namespace made a server holding many small documents grow
+by megabytes per upload and never shrink. Sharing bounds that; the filter adds a few
+milliseconds to a query in a collection shared with a large namespace (benchmarks/store.py)."""
 
 
-def _namespace_id(name: str) -> int | None:
-    prefix = "mneme-ns-"
-    if name.startswith(prefix) and name[len(prefix) :].isdigit():
-        return int(name[len(prefix) :])
-    return None
+def collection_name(namespace_id: int, dimension: int) -> str:
+    """The collection holding ``namespace_id``'s vectors of ``dimension`` floats."""
+    return f"mneme-b{namespace_id // NAMESPACES_PER_COLLECTION}-d{dimension}"
+
+
+def _bucket(name: str) -> int | None:
+    """The bucket number of a collection name written by :func:`collection_name`."""
+    match = re.fullmatch(r"mneme-b(\d+)-d\d+", name)
+    return int(match.group(1)) if match else None
+
+
+def _legacy(name: str) -> bool:
+    """A collection of the old one-per-namespace layout (``retire_legacy`` deletes them)."""
+    return re.fullmatch(r"mneme-ns-\d+", name) is not None
 
 
 @dataclass(frozen=True, slots=True)
 class HnswConfig:
-    """Chroma's HNSW graph settings, fixed when a namespace's collection is created.
+    """Chroma's HNSW graph settings, fixed when a collection is created.
 
     Chroma's defaults (16 / 100 / 100) found the true top-10 for only a third of queries on
     random 384-d vectors at 20k; these trade insert speed for recall (benchmarks/store.py).
@@ -113,7 +138,7 @@ class ChromaVectorIndex:
             ) from err
         except Exception as err:  # chromadb raises bare Exceptions on connect / open
             raise self._error("open", err) from err
-        self._collections: dict[int, Any] = {}
+        self._collections: dict[str, Any] = {}  # opened collections by name
 
     def _error(self, action: str, err: Exception) -> StoreUnavailable | StoreCorrupt:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -127,12 +152,15 @@ class ChromaVectorIndex:
             "(MNEME_CHROMA_URL) or that the folder is readable"
         )
 
-    def _collection(self, namespace_id: int) -> Any:
-        collection = self._collections.get(namespace_id)
-        if collection is None:
-            try:
+    def _open(self, name: str, *, create: bool) -> Any | None:
+        """The collection ``name`` (created if ``create``), or None if it does not exist."""
+        collection = self._collections.get(name)
+        if collection is not None:
+            return collection
+        try:
+            if create:
                 collection = self.client.get_or_create_collection(
-                    collection_name(namespace_id),
+                    name,
                     embedding_function=None,
                     configuration={
                         "hnsw": {
@@ -143,25 +171,44 @@ class ChromaVectorIndex:
                         }
                     },
                 )
-            except Exception as err:
-                raise self._error("open a collection", err) from err
-            self._collections[namespace_id] = collection
+            else:
+                collection = self.client.get_collection(name, embedding_function=None)
+        except Exception as err:
+            if not create and "does not exist" in str(err):
+                return None
+            raise self._error("open a collection", err) from err
+        self._collections[name] = collection
         return collection
+
+    def _names(self) -> list[str]:
+        try:
+            return [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
+        except Exception as err:
+            raise self._error("list collections", err) from err
+
+    def _holding(self, namespace_id: int) -> list[Any]:
+        """The collections that may hold ``namespace_id``'s vectors (one per dimension seen)."""
+        bucket = namespace_id // NAMESPACES_PER_COLLECTION
+        names = [n for n in self._names() if _bucket(n) == bucket]
+        return [c for n in names if (c := self._open(n, create=False)) is not None]
 
     def upsert(
         self, namespace_id: int, ids: Sequence[int], vectors: Vectors, versions: Sequence[int]
     ) -> None:
         if not ids:
             return
-        collection = self._collection(namespace_id)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        collection = self._open(collection_name(namespace_id, vectors.shape[1]), create=True)
         step = 5000  # below Chroma's max batch size
         try:
             for start in range(0, len(ids), step):
                 stop = start + step
                 collection.upsert(
                     ids=[str(i) for i in ids[start:stop]],
-                    embeddings=np.asarray(vectors[start:stop], dtype=np.float32),
-                    metadatas=[{"version": int(v)} for v in versions[start:stop]],
+                    embeddings=vectors[start:stop],
+                    metadatas=[
+                        {"ns": namespace_id, "version": int(v)} for v in versions[start:stop]
+                    ],
                 )
         except Exception as err:
             raise self._error("write vectors", err) from err
@@ -170,57 +217,96 @@ class ChromaVectorIndex:
         if not ids:
             return
         try:
-            self._collection(namespace_id).delete(ids=[str(i) for i in ids])
+            for collection in self._holding(namespace_id):
+                collection.delete(ids=[str(i) for i in ids], where={"ns": namespace_id})
         except Exception as err:
             raise self._error("delete vectors", err) from err
 
     def query(self, namespace_id: int, vector: Vectors, k: int) -> list[VectorHit]:
-        collection = self._collection(namespace_id)
+        vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        collection = self._open(collection_name(namespace_id, vector.shape[1]), create=False)
+        if collection is None or k <= 0:
+            return []
         try:
-            count = collection.count()
-            if count == 0 or k <= 0:
-                return []
+            # Unfiltered first: when the namespace fills its collection (one large document) this
+            # is the plain HNSW search. At least k of its own among the 2k nearest are exactly its
+            # top k; otherwise Chroma's filtered search, which costs more on a large collection.
             result = collection.query(
-                query_embeddings=np.asarray(vector, dtype=np.float32).reshape(1, -1),
-                n_results=min(k, count),
+                query_embeddings=vector, n_results=2 * k, include=["distances", "metadatas"]
+            )
+            found = [
+                VectorHit(int(i), 1.0 - float(d))  # Chroma's cosine distance is 1 - similarity
+                for i, d, meta in zip(
+                    result["ids"][0], result["distances"][0], result["metadatas"][0], strict=True
+                )
+                if (meta or {}).get("ns") == namespace_id
+            ]
+            if len(found) >= k:
+                return found[:k]
+            result = collection.query(
+                query_embeddings=vector,
+                n_results=k,
+                where={"ns": namespace_id},
                 include=["distances"],
             )
         except Exception as err:
             raise self._error("search", err) from err
         ids, distances = result["ids"][0], result["distances"][0]
-        # Chroma's cosine "distance" is 1 - cosine similarity.
         return [VectorHit(int(i), 1.0 - float(d)) for i, d in zip(ids, distances, strict=True)]
 
-    def entries(self, namespace_id: int) -> dict[int, int]:
-        collection = self._collection(namespace_id)
-        held: dict[int, int] = {}
+    def _pages(self, collection: Any, where: dict[str, int] | None) -> Iterator[tuple[str, Any]]:
+        """(id, metadata) of every entry of ``collection`` matching ``where``, a page at a time."""
         offset = 0
         try:
             while True:
-                page = collection.get(include=["metadatas"], limit=_PAGE, offset=offset)
-                for raw_id, meta in zip(page["ids"], page["metadatas"], strict=True):
-                    held[int(raw_id)] = int((meta or {}).get("version", 0))
+                page = collection.get(
+                    include=["metadatas"], where=where, limit=_PAGE, offset=offset
+                )
+                yield from zip(page["ids"], page["metadatas"], strict=True)
                 if len(page["ids"]) < _PAGE:
-                    return held
+                    return
                 offset += _PAGE
         except Exception as err:
             raise self._error("list vectors", err) from err
 
+    def entries(self, namespace_id: int) -> dict[int, int]:
+        return {
+            int(raw_id): int((meta or {}).get("version", 0))
+            for collection in self._holding(namespace_id)
+            for raw_id, meta in self._pages(collection, {"ns": namespace_id})
+        }
+
+    def inventory(self) -> dict[int, dict[int, int]]:
+        held: dict[int, dict[int, int]] = {}
+        for name in self._names():
+            if _bucket(name) is None or (collection := self._open(name, create=False)) is None:
+                continue
+            for raw_id, meta in self._pages(collection, None):
+                meta = meta or {}
+                if "ns" in meta:  # an entry without one cannot be placed: left to be overwritten
+                    held.setdefault(int(meta["ns"]), {})[int(raw_id)] = int(meta.get("version", 0))
+        return held
+
     def namespace_ids(self) -> list[int]:
-        try:
-            names = [c if isinstance(c, str) else c.name for c in self.client.list_collections()]
-        except Exception as err:
-            raise self._error("list collections", err) from err
-        return sorted(i for i in map(_namespace_id, names) if i is not None)
+        return sorted(self.inventory())
 
     def drop(self, namespace_id: int) -> None:
-        self._collections.pop(namespace_id, None)
         try:
-            self.client.delete_collection(collection_name(namespace_id))
+            for collection in self._holding(namespace_id):
+                collection.delete(where={"ns": namespace_id})
         except Exception as err:
-            if "does not exist" in str(err):
-                return
-            raise self._error("delete a collection", err) from err
+            raise self._error("delete a namespace's vectors", err) from err
+
+    def retire_legacy(self) -> int:
+        retired = 0
+        for name in filter(_legacy, self._names()):
+            try:
+                self.client.delete_collection(name)
+            except Exception as err:
+                if "does not exist" not in str(err):  # another process retired it first
+                    raise self._error("delete a collection", err) from err
+            retired += 1
+        return retired
 
     def ping(self) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from memory import ChromaVectorIndex, Database, InvalidRecord, MemoryStore, NewEpisode, NotFound
@@ -84,3 +85,50 @@ def test_reconcile_repairs_missing_stale_extra_and_orphans(
     assert reopened.index.entries(space.id) == {i: 1 for i in ids}
     assert reopened.search("book", TEXTS[1], k=1)[0].episode.id == ids[1]
     assert reopened.reconcile().repaired is False
+
+
+def test_many_namespaces_share_few_collections(
+    store: MemoryStore, chroma: ChromaVectorIndex
+) -> None:
+    for n in range(70):
+        add_texts(store, f"doc-{n}", [f"document {n} talks of lighthouses", f"and of bread {n}"])
+    names = chroma.client.list_collections()
+    assert len(names) == 2  # 70 namespaces: two buckets of NAMESPACES_PER_COLLECTION
+    for n in (0, 42, 69):  # every search stays inside its namespace
+        space = store.namespaces.get(f"doc-{n}")
+        hits = store.search(f"doc-{n}", "lighthouses and bread", k=10)
+        assert {h.episode.namespace_id for h in hits} == {space.id} and len(hits) == 2
+
+
+def test_collections_of_the_old_layout_are_rebuilt_from_sql(
+    database: Database, chroma: ChromaVectorIndex, embedder: HashEmbedder, tmp_path: Path
+) -> None:
+    store = MemoryStore(database, chroma, embedder)
+    ids = add_texts(store, "book", TEXTS)
+    space = store.namespaces.get("book")
+    chroma.drop(space.id)  # as if the vectors lived only in an old one-per-namespace collection
+    old = chroma.client.create_collection(f"mneme-ns-{space.id}", embedding_function=None)
+    old.upsert(ids=[str(i) for i in ids], embeddings=embedder.embed(TEXTS))
+    calls = embedder.calls
+    reopened, report = MemoryStore.open(
+        database, ChromaVectorIndex(path=tmp_path / "chroma"), embedder
+    )
+    assert (report.retired_collections, report.restored) == (1, len(ids))
+    assert embedder.calls == calls  # from SQL's embeddings
+    assert all(not n.startswith("mneme-ns-") for n in reopened.index._names())
+    assert reopened.search("book", TEXTS[2], k=1)[0].episode.id == ids[2]
+    assert reopened.reconcile().repaired is False
+
+
+def test_shared_collection_search_is_exact_for_large_and_small_namespaces(
+    chroma: ChromaVectorIndex,
+) -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((43, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    chroma.upsert(1, list(range(40)), vectors[:40], [1] * 40)  # fills the collection
+    chroma.upsert(2, [40, 41, 42], vectors[40:], [1] * 3)  # shares it
+    query = vectors[7] + 0.3 * vectors[41]
+    for namespace, rows in ((1, range(40)), (2, range(40, 43))):
+        exact = sorted(rows, key=lambda i: -float(vectors[i] @ query))[:5]
+        assert [h.id for h in chroma.query(namespace, query, k=5)] == exact
