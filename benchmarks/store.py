@@ -6,7 +6,9 @@ each size in ``--sizes``; at each size it measures
 1. insert throughput through ``MemoryStore.add`` with precomputed embeddings, against the same
    batches upserted into a second Chroma folder alone (what SQL-first durability costs);
 2. search latency of ``MemoryStore.search`` (Chroma query + episodes loaded from SQL) against
-   exact brute-force top-k in numpy, and the store's recall@k against that exact top-k;
+   exact brute-force top-k in numpy, and the store's recall@k against that exact top-k; and the
+   latency of a search in a small namespace that shares the large one's Chroma collection
+   (Chroma's namespace filter);
 3. reconcile time of ``MemoryStore.open`` with nothing to repair, and after 1 % of the vectors
    were deleted from the index behind the store's back.
 
@@ -37,6 +39,8 @@ from memory import ChromaVectorIndex, Database, MemoryStore, NewEpisode, Reconci
 
 Vectors = npt.NDArray[np.float32]
 NAMESPACE = "bench"
+BESIDE = "beside"  # a small namespace sharing the large one's Chroma collection
+BESIDE_SIZE = 20
 K = 10  # results per search
 NEAR_NOISE = 0.75  # norm of the noise added to a stored vector to make a "near" query
 WARMUP = 5  # queries run before timing starts
@@ -199,6 +203,11 @@ class Bench:
         for query in unit_vectors(self.rng, WARMUP, dim):
             self.store.search(NAMESPACE, query, k=K)
         random_recall, store_times, exact_times = self.recall(random_queries)
+        beside_times = []
+        for query in random_queries:
+            began = time.perf_counter()
+            self.store.search(BESIDE, query, k=K)
+            beside_times.append(time.perf_counter() - began)
         found = [
             self.ids[int(row)] in {h.episode.id for h in self.store.search(NAMESPACE, query, k=K)}
             for row, query in zip(sources, near, strict=True)
@@ -207,6 +216,7 @@ class Bench:
             f"{size:,}",
             *(f"{ms:.2f}" for ms in percentiles(store_times)),
             *(f"{ms:.2f}" for ms in percentiles(exact_times)),
+            *(f"{ms:.2f}" for ms in percentiles(beside_times)),
             f"{random_recall:.3f}",
             f"{sum(found) / count:.3f}",
         ]
@@ -238,6 +248,9 @@ def run(options: Options, folder: Path) -> None:
     database.upgrade()
     index = ChromaVectorIndex(path=folder / "chroma")
     store, _ = MemoryStore.open(database, index, PrecomputedEmbedder(dimension=options.dim))
+    store.namespace(NAMESPACE)  # the large namespace first: the small one then shares its bucket
+    beside = episodes(rng, vocabulary(rng), BESIDE_SIZE)
+    store.add(BESIDE, beside, embeddings=unit_vectors(rng, BESIDE_SIZE, options.dim))
     bench = Bench(
         options,
         rng,
@@ -261,6 +274,7 @@ def run(options: Options, folder: Path) -> None:
     print(table([*header, "Chroma MB"], inserts))
     print(f"\n## Search (k={K}, {options.queries} queries; latency on the random ones)\n")
     header = ["stored", "store p50 ms", "store p99 ms", "exact p50 ms", "exact p99 ms"]
+    header += [f"{BESIDE_SIZE} beside it p50 ms", "p99 ms"]
     print(table([*header, "recall@10 random", "near: source found"], searches))
     print("\n## Reconcile on open (then again after deleting 1 % of the index's vectors)\n")
     header = ["stored", "clean ms", "deleted", "restored", "repair ms", "all back"]

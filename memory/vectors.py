@@ -22,6 +22,8 @@ from memory.errors import StoreCorrupt, StoreUnavailable
 
 Vectors = npt.NDArray[np.float32]
 _PAGE = 5000  # entries per read when listing a collection
+_EXACT_LIMIT = 4000
+"""A namespace with at most this many vectors in a shared collection is searched exactly."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,17 @@ def _bucket(name: str) -> int | None:
     """The bucket number of a collection name written by :func:`collection_name`."""
     match = re.fullmatch(r"mneme-b(\d+)-d\d+", name)
     return int(match.group(1)) if match else None
+
+
+def _exact(ids: Sequence[str], embeddings: Any, query: Vectors, k: int) -> list[VectorHit]:
+    """The ``k`` of ``embeddings`` nearest ``query`` by cosine similarity, best first."""
+    if len(ids) == 0:
+        return []
+    stored = np.asarray(embeddings, dtype=np.float32)
+    norms = np.linalg.norm(stored, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
+    scores = np.clip(stored @ query / np.maximum(norms, 1e-12), -1.0, 1.0)
+    top = np.argsort(-scores, kind="stable")[:k]
+    return [VectorHit(int(ids[i]), float(scores[i])) for i in top]
 
 
 def _legacy(name: str) -> bool:
@@ -243,6 +256,13 @@ class ChromaVectorIndex:
             ]
             if len(found) >= k:
                 return found[:k]
+            # A small namespace beside a large one: its vectors, scored exactly (cheaper than
+            # Chroma's filtered graph search, which walks the whole collection's graph).
+            own = collection.get(
+                where={"ns": namespace_id}, include=["embeddings"], limit=_EXACT_LIMIT + 1
+            )
+            if len(own["ids"]) <= _EXACT_LIMIT:
+                return _exact(own["ids"], own["embeddings"], vector[0], k)
             result = collection.query(
                 query_embeddings=vector,
                 n_results=k,

@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memory import ChromaVectorIndex, Database, InvalidRecord, MemoryStore, NewEpisode, NotFound
+import memory.vectors as vector_layout
+from memory import (
+    ChromaVectorIndex,
+    Database,
+    InvalidRecord,
+    MemoryStore,
+    NewEpisode,
+    NotFound,
+)
 from tests.fakes import HashEmbedder
 
 TEXTS = [
@@ -120,9 +128,11 @@ def test_collections_of_the_old_layout_are_rebuilt_from_sql(
     assert reopened.reconcile().repaired is False
 
 
+@pytest.mark.parametrize("exact_limit", [4000, 2])  # 2: the small one takes Chroma's filter
 def test_shared_collection_search_is_exact_for_large_and_small_namespaces(
-    chroma: ChromaVectorIndex,
+    chroma: ChromaVectorIndex, exact_limit: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(vector_layout, "_EXACT_LIMIT", exact_limit)
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((43, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
