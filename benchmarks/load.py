@@ -9,8 +9,9 @@ counted as a *silent timeout* — the goal is none. Then:
 
 - requests by route and status, p50/p99 per route; asks answered / refused (429) / over their
   deadline (504) / silent;
-- server memory (RSS of the process) before the load (model loaded), at its peak, and after the
-  load once its jobs have ended;
+- server memory (RSS of the process) before the load (model loaded, idle), at its peak, and after
+  the load once its jobs have ended: quiet for 6 s, then idle as long as before the load (the
+  engine drops the prompt prefixes it keeps for speed after ``prefix_idle_s``);
 - decompression bombs (a DOCX and an EPUB that unpack to 300 MB) uploaded after the load: the
   answer, seconds, and the server's extra memory;
 - seconds from SIGTERM to exit, with model work still running.
@@ -46,6 +47,7 @@ from app.settings import load_settings
 from benchmarks.api import EVAL, MNEME, QUERIES, environment, wait_ready
 from memory import Database
 from memory.keys import SqlKeyStore
+from serving.engine.config import EngineConfig
 
 MIX = ("search", "search", "ask", "search", "ask-stream", "ingest", "search", "step")
 """Each client's requests, in turn (starting at its own offset): half of them searches."""
@@ -217,7 +219,10 @@ def table(load: Load) -> None:
 
 
 QUIET_S = 6.0
-"""Seconds without requests before memory is read (the API trims its heap after 2 s quiet)."""
+"""Seconds without requests before a first reading (the API trims its heap after 2 s quiet)."""
+IDLE_S = (EngineConfig().prefix_idle_s or 0.0) + 5.0
+"""Seconds without requests before the compared readings: the engine has then also dropped the
+prompt prefixes it keeps for speed (``prefix_idle_s``), before the load as after it."""
 
 
 def main() -> None:
@@ -268,13 +273,15 @@ def main() -> None:
             tenant["story"] = story.json().get("id") if story.status_code == 201 else None
             print(f"warm-up: ask {ask.status_code}, story {story.status_code}", flush=True)
         setup_s = time.monotonic() - began
-        time.sleep(QUIET_S)  # as after the load: the server gives memory back once quiet
+        time.sleep(IDLE_S)  # as after the load: the server gives memory back once idle
         before = sampler.reset()
         timeout_s = settings.api_request_timeout_s + 15
         load = asyncio.run(run_load(url, tenants, args.clients, args.seconds, timeout_s))
         peak = sampler.peak
         settle(url, tenants)
         time.sleep(QUIET_S)
+        after_quiet = sampler.now()
+        time.sleep(IDLE_S - QUIET_S)
         after = sampler.now()
 
         bombs = []
@@ -335,10 +342,13 @@ def main() -> None:
         print("\nErrors by route, status and type: "
               + ", ".join(f"{k}: {v}" for k, v in sorted(load.errors.items())))  # fmt: skip
     print("\n| server memory | MB |\n| --- | ---: |")
-    print(f"| before the load (model loaded) | {before / mb:,.0f} |")
+    print(f"| before the load (model loaded), idle {IDLE_S:.0f} s | {before / mb:,.0f} |")
     print(f"| peak | {peak / mb:,.0f} |")
+    change = 100 * (after_quiet - before) / before
+    print(f"| after the load, jobs ended, quiet {QUIET_S:.0f} s | {after_quiet / mb:,.0f} "
+          f"({change:+.1f} %) |")  # fmt: skip
     change = 100 * (after - before) / before
-    print(f"| after the load, jobs ended | {after / mb:,.0f} ({change:+.1f} %) |")
+    print(f"| after the load, idle {IDLE_S:.0f} s | {after / mb:,.0f} ({change:+.1f} %) |")
     print("\n| bomb | size | status | seconds | extra MB | message |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     for suffix, size, code, seconds, extra, message in bombs:

@@ -20,6 +20,9 @@ class EngineConfig:
     prefix_cache_tokens: int = 4096
     """Prompt tokens whose KV is kept for later prompts that share a prefix (dense attention
     only; serving/engine/prefixes.py); 0 = off."""
+    prefix_idle_s: float | None = 30.0
+    """Kept prefixes are dropped after this many seconds with no request, so an idle process
+    gives their memory back (up to ~190 MB for SmolLM2 in float32); None keeps them."""
     max_context: int | None = None
     """Longest prompt + completion in tokens; None = the model's max_position_embeddings."""
     attention: str = "dense"

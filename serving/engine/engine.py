@@ -12,6 +12,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,7 +121,12 @@ class TorchEngine:
             if self.config.prefix_cache_tokens and self.config.attention == "dense"
             else None
         )
+        if self.config.prefix_idle_s is not None and self.config.prefix_idle_s <= 0:
+            raise ValueError(
+                f"prefix_idle_s={self.config.prefix_idle_s} must be > 0 (None = keep prefixes)"
+            )
         self._clear_prefixes = threading.Event()
+        self._last_busy = time.monotonic()  # when a request was last waiting or running
         self._stop_ids = torch.tensor(
             self.loaded.stop_token_ids, dtype=torch.long, device=self._device
         )
@@ -205,6 +211,10 @@ class TorchEngine:
             while not self._stopped.is_set():
                 idle = not self._waiting and not self._running
                 self._admit(block=idle)
+                if self._waiting or self._running:
+                    self._last_busy = time.monotonic()
+                elif self._idle_too_long():
+                    self._clear_prefixes.set()
                 if self._clear_prefixes.is_set() and self.prefixes is not None:
                     self._clear_prefixes.clear()
                     self.prefixes.clear()  # here: only this thread touches the prefix cache
@@ -227,6 +237,16 @@ class TorchEngine:
                 item = self._inbox.get_nowait()
         except queue.Empty:
             return
+
+    def _idle_too_long(self) -> bool:
+        """Prefixes are kept and no request came for ``prefix_idle_s``."""
+        limit = self.config.prefix_idle_s
+        return (
+            limit is not None
+            and self.prefixes is not None
+            and len(self.prefixes) > 0
+            and time.monotonic() - self._last_busy > limit
+        )
 
     def _drop_cancelled(self) -> None:
         for request in [r for r in self._waiting if r.cancelled.is_set()]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,3 +205,24 @@ def test_prompts_the_cache_cannot_serve_are_not_held_back(tiny_llama: Path) -> N
     # 16 kept tokens are under half of each prompt: the four prefill side by side (5 chunks of
     # 8 each, ~5 steps, a few more if they arrive a step apart), not one after another (20)
     assert steps <= 10
+
+
+def test_an_idle_engine_drops_its_kept_prefixes(tiny_llama: Path) -> None:
+    engine = TorchEngine(EngineConfig(model=str(tiny_llama), prefix_idle_s=0.3))
+    try:
+        assert engine.prefixes is not None
+        prompt = ids_of(engine, STORY)
+        first, _ = run(engine, prompt, temperature=0.0)
+        deadline = time.monotonic() + 30  # a bound on waiting, not a speed assertion
+        while len(engine.prefixes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(engine.prefixes) == 0
+        again, _ = run(engine, prompt, temperature=0.0)  # serves as before, and keeps it again
+        assert again == first and engine.prefixes.stats.kept_tokens > 0
+    finally:
+        engine.shutdown()
+
+
+def test_prefix_idle_must_be_positive(tiny_llama: Path) -> None:
+    with pytest.raises(ValueError, match="prefix_idle_s=0"):
+        TorchEngine(EngineConfig(model=str(tiny_llama), prefix_idle_s=0))
