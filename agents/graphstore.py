@@ -1,10 +1,11 @@
 """``MnemeStore``: a LangGraph ``BaseStore`` over Mneme's stores.
 
-LangGraph namespaces (tuples of labels) and keys map to items in SQL (:mod:`memory.items`) inside
-one Mneme namespace; an indexed item's text is also an episode in that namespace, embedded by
-Mneme's embedder and searched through its vector index, so ``search(prefix, query=…)`` ranks by
-meaning. Values are JSON objects; filters follow LangGraph's (equality, nested objects, ``$eq``
-``$ne`` ``$gt`` ``$gte`` ``$lt`` ``$lte``). TTLs are not supported (``supports_ttl = False``).
+LangGraph namespaces (tuples of labels) and keys map to items of an :class:`ItemStore`
+(:mod:`memory.items`; ``app`` passes the SQL one) inside one Mneme namespace; an indexed item's
+text is also an episode in that namespace, embedded by Mneme's embedder and searched through its
+vector index, so ``search(prefix, query=…)`` ranks by meaning. Values are JSON objects; filters
+follow LangGraph's (equality, nested objects, ``$eq`` ``$ne`` ``$gt`` ``$gte`` ``$lt`` ``$lte``).
+TTLs are not supported (``supports_ttl = False``).
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ from langgraph.store.base import (
     tokenize_path,
 )
 
-from memory.items import SqlItemStore, StoredItem
-from memory.records import NewEpisode
-from memory.store import MemoryStore
+from memory import ItemStore, MemoryStore, NewEpisode, StoredItem
 
 SEARCH_OVERFETCH = 4
 """Vector hits fetched per result wanted, since a prefix or a filter drops some."""
@@ -102,19 +101,25 @@ def _matches(condition: MatchCondition, path: tuple[str, ...]) -> bool:
 
 
 class MnemeStore(BaseStore):
-    """LangGraph long-term memory in Mneme's SQL + vector stores, under Mneme namespace
-    ``namespace`` (created on first use). ``index_fields`` are the JSON paths embedded for search
-    by default (``["$"]``: the whole value); ``put(..., index=[...])`` overrides them per item and
-    ``index=False`` stores an item that only ``get`` and filters find."""
+    """LangGraph long-term memory in Mneme's stores, under Mneme namespace ``namespace``
+    (created on first use): values in ``items``, their indexed text as episodes of ``store``.
+    ``index_fields`` are the JSON paths embedded for search by default (``["$"]``: the whole
+    value); ``put(..., index=[...])`` overrides them per item and ``index=False`` stores an item
+    that only ``get`` and filters find. ``app.agent.Agents.graph_store`` wires one."""
 
     supports_ttl = False
 
     def __init__(
-        self, store: MemoryStore, namespace: str, *, index_fields: Sequence[str] = ("$",)
+        self,
+        store: MemoryStore,
+        namespace: str,
+        *,
+        items: ItemStore,
+        index_fields: Sequence[str] = ("$",),
     ) -> None:
         self.store = store
         self.namespace = namespace
-        self.items = SqlItemStore(store.database)
+        self.items = items
         self.index_fields = list(index_fields)
         self._ready = False
 

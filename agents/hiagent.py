@@ -50,7 +50,7 @@ from memory.errors import NotFound, StoreError
 from memory.segmentation import approximate_tokens
 from memory.store import MemoryStore
 from memory.trajectory import SubgoalStatus, Trajectory, TrajectoryStatus
-from memory.working import WorkingMemory
+from memory.working import TrajectoryStore, WorkingMemory
 from serving.errors import StructuredOutputError
 from serving.llm import LLM, SamplingParams
 
@@ -75,7 +75,8 @@ class AgentResult:
 class Agent:
     """A HiAgent over ``tools`` (typed functions, LangChain tools or :class:`Tool`).
 
-    ``store`` holds the working memory (in namespace ``namespace``, created if needed);
+    ``trajectories`` holds the working memory of each task, in namespace ``namespace`` of
+    ``store`` (created if needed; ``app.agent.Agents`` passes the SQL trajectory store);
     ``memory`` is the episodic memory finished trajectories go to and ``recall`` searches
     (None: no long-term memory). ``count_tokens`` is the tokenizer budgets are counted with.
     """
@@ -87,12 +88,14 @@ class Agent:
         namespace: str,
         tools: Iterable[Tool | Callable[..., Any] | Any] = (),
         *,
+        trajectories: TrajectoryStore,
         memory: EpisodicMemory | None = None,
         count_tokens: Callable[[str], int] = approximate_tokens,
         config: AgentConfig = AgentConfig(),
     ) -> None:
         self.llm = llm
         self.store = store
+        self.trajectories = trajectories
         self.namespace = namespace
         self.memory = memory
         self.count_tokens = count_tokens
@@ -129,7 +132,7 @@ class Agent:
         """Run ``task`` as a new trajectory, yielding events as they happen."""
         await asyncio.to_thread(self.store.namespace, self.namespace)
         working = await asyncio.to_thread(
-            WorkingMemory.start, self.store.database, self.namespace, task, metadata=metadata
+            self.trajectories.start, self.namespace, task, metadata=metadata
         )
         async for event in self._drive(working, cancel, resumed=False):
             yield event
@@ -142,7 +145,7 @@ class Agent:
         Turns already taken count towards ``max_turns``; a ``step_limit`` trajectory needs an
         agent with a higher limit. A finished one raises :class:`TrajectoryNotResumable`.
         """
-        working = await asyncio.to_thread(WorkingMemory.resume, self.store.database, trajectory_id)
+        working = await asyncio.to_thread(self.trajectories.resume, trajectory_id)
         if working.trajectory.namespace != self.namespace:
             raise NotFound(
                 f"trajectory {trajectory_id} belongs to namespace "
@@ -186,7 +189,7 @@ class Agent:
             if on_event is not None:
                 on_event(event)
         trajectory_id = seen[0].trajectory_id
-        working = await asyncio.to_thread(WorkingMemory.resume, self.store.database, trajectory_id)
+        working = await asyncio.to_thread(self.trajectories.resume, trajectory_id)
         return AgentResult(working.trajectory, tuple(seen))
 
     async def _drive(
@@ -310,5 +313,5 @@ class Agent:
 
     async def remember(self, trajectory_id: int) -> list[Event]:
         """Write a finished trajectory to episodic memory (again, after a ``RememberFailed``)."""
-        working = await asyncio.to_thread(WorkingMemory.resume, self.store.database, trajectory_id)
+        working = await asyncio.to_thread(self.trajectories.resume, trajectory_id)
         return [event async for event in self._remember(working)]

@@ -1,18 +1,20 @@
 """Composition of HiAgent from settings: the store, token counter and LLM that ``Reading`` owns,
-plus an episodic memory per agent namespace (each finished trajectory one document)."""
+the SQL trajectory store for working memory, plus an episodic memory per agent namespace (each
+finished trajectory one document); and LangGraph stores over the SQL item store."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from agents.errors import AgentConfigError
+from agents.graphstore import MnemeStore
 from agents.hiagent import Agent, AgentConfig
 from agents.sync import SyncAgent
 from app.reading import Reading
 from app.settings import Settings
-from memory import MemoryStore
+from memory import MemoryStore, SqlItemStore, SqlTrajectoryStore
 from memory.episodic import EpisodicMemory, RecallDefaults
 from memory.segmentation import SegmenterConfig
 from memory.segmenters import FixedSegmenter
@@ -71,6 +73,7 @@ class Agents:
             self.reading.store,
             namespace,
             tools,
+            trajectories=SqlTrajectoryStore(self.reading.store.database),
             memory=self.memory(namespace),
             count_tokens=self.reading.count_tokens,
             config=chosen,
@@ -80,6 +83,14 @@ class Agents:
         self, namespace: str, tools: Iterable[Any] = (), config: AgentConfig | None = None
     ) -> SyncAgent:
         return SyncAgent(self.agent(namespace, tools, config))
+
+    def graph_store(self, namespace: str, index_fields: Sequence[str] = ("$",)) -> MnemeStore:
+        """A LangGraph ``BaseStore`` in ``namespace``: items in SQL, searched by meaning through
+        the store's embedder (``index_fields``: the JSON paths embedded; ``"$"``: all the value)."""
+        store = self.reading.store
+        return MnemeStore(
+            store, namespace, items=SqlItemStore(store.database), index_fields=index_fields
+        )
 
     def close(self) -> None:
         self.reading.close()

@@ -39,7 +39,7 @@ from memory.episodic import EpisodicMemory
 from memory.segmentation import SegmenterConfig
 from memory.segmenters import FixedSegmenter
 from memory.trajectory import SubgoalStatus
-from memory.working import WorkingMemory
+from memory.working import SqlTrajectoryStore
 from serving.tokens import TiktokenCounter
 from tests.fakes import HashEmbedder
 
@@ -61,7 +61,7 @@ def replay(folder: Path) -> dict[str, Any]:
     database.upgrade()
     store = MemoryStore(database, ChromaVectorIndex(path=folder / "chroma"), HashEmbedder())
     store.namespace("replay")
-    working = WorkingMemory.start(database, "replay", world.task)
+    working = SqlTrajectoryStore(database).start("replay", world.task)
     system = system_prompt([*specs(recall=True), *world.tools()])
     budget = 8192  # large: HiAgent's saving must come from subgoals, not from truncation
     rows: dict[int, dict[str, int]] = {}
@@ -157,7 +157,14 @@ async def live(
         prompt_mode=mode,  # type: ignore[arg-type]
     )
     agent = Agent(
-        llm, store, "agent", world.tools(), memory=memory, count_tokens=count, config=config
+        llm,
+        store,
+        "agent",
+        world.tools(),
+        memory=memory,
+        count_tokens=count,
+        config=config,
+        trajectories=SqlTrajectoryStore(store.database),
     )
     events: list[Event] = []
     began = time.perf_counter()

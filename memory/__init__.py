@@ -1,8 +1,9 @@
 """Mneme's memory: episodes in SQL (the truth) and a vector index derived from it.
 
 Public API: :class:`MemoryStore` over a :class:`Database`, a :class:`VectorIndex` and an
-:class:`Embedder`; :class:`SqlStoryStore` for the writer's story trees; the record types; the
-errors.
+:class:`Embedder`; :class:`SqlStoryStore` for the writer's story trees; an agent's
+:class:`TrajectoryStore` of :class:`WorkingMemory` and a LangGraph store's :class:`ItemStore`,
+with their SQL implementations; the record types; the errors.
 """
 
 from memory.database import Database
@@ -15,6 +16,7 @@ from memory.errors import (
     StoreError,
     StoreUnavailable,
 )
+from memory.items import ItemStore, SqlItemStore, StoredItem
 from memory.reconcile import ReconcileReport
 from memory.records import (
     BibleEntry,
@@ -35,6 +37,7 @@ from memory.records import (
 from memory.store import MemoryStore
 from memory.stories import SqlStoryStore
 from memory.vectors import ChromaVectorIndex, VectorHit, VectorIndex
+from memory.working import SqlTrajectoryStore, SqlWorkingMemory, TrajectoryStore, WorkingMemory
 
 __all__ = [
     "BibleEntry",
@@ -46,6 +49,7 @@ __all__ = [
     "Episode",
     "EpisodeVersion",
     "InvalidRecord",
+    "ItemStore",
     "Job",
     "JobStatus",
     "MemoryStore",
@@ -56,13 +60,19 @@ __all__ = [
     "ReconcileReport",
     "SchemaOutOfDate",
     "SearchHit",
+    "SqlItemStore",
     "SqlStoryStore",
+    "SqlTrajectoryStore",
+    "SqlWorkingMemory",
     "StoreCorrupt",
     "StoreError",
     "StoreUnavailable",
+    "StoredItem",
     "Story",
     "StoryMode",
     "StoryNode",
+    "TrajectoryStore",
     "VectorHit",
     "VectorIndex",
+    "WorkingMemory",
 ]

@@ -3,6 +3,8 @@
 An item is a JSON object at ``(path, key)``; ``path`` is a tuple of labels (no label holds a
 period). An item may point at the episode that makes it searchable by meaning; the episode lives
 in the same namespace and is managed by the caller (``agents.graphstore``).
+
+:class:`ItemStore` is what the caller needs; :class:`SqlItemStore` keeps the items in SQL.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
@@ -33,6 +35,41 @@ class StoredItem:
     episode_id: int | None
     created_at: datetime
     updated_at: datetime
+
+
+class ItemStore(Protocol):
+    """Items of one namespace at a time; every method names the namespace (which must exist:
+    :class:`NotFound` otherwise). Bad paths, keys and values raise :class:`InvalidRecord`."""
+
+    def get(self, namespace: str, path: Sequence[str], key: str) -> StoredItem | None: ...
+
+    def put(
+        self,
+        namespace: str,
+        path: Sequence[str],
+        key: str,
+        value: Mapping[str, Any],
+        episode_id: int | None,
+    ) -> tuple[StoredItem, int | None]:
+        """Insert or overwrite an item; also returns the episode the old value pointed at
+        (the caller deletes it)."""
+        ...
+
+    def delete(self, namespace: str, path: Sequence[str], key: str) -> int | None:
+        """Delete an item if it exists; returns the episode it pointed at."""
+        ...
+
+    def under(self, namespace: str, prefix: Sequence[str]) -> list[StoredItem]:
+        """Every item whose path starts with ``prefix``, oldest first."""
+        ...
+
+    def by_episodes(self, namespace: str, episode_ids: Sequence[int]) -> dict[int, StoredItem]:
+        """The items that point at these episodes, by episode id."""
+        ...
+
+    def paths(self, namespace: str) -> list[tuple[str, ...]]:
+        """Every distinct path holding an item."""
+        ...
 
 
 def _to_item(row: StoreItemRow) -> StoredItem:
@@ -79,7 +116,8 @@ def _like(prefix: str) -> str:
 
 
 class SqlItemStore:
-    """Items of one namespace in SQL; every method names the namespace, none crosses two."""
+    """:class:`ItemStore` in SQL (table ``store_items``); every method names the namespace,
+    none crosses two."""
 
     def __init__(self, database: Database) -> None:
         self.database = database

@@ -165,7 +165,7 @@ class ChromaVectorIndex:
             "(MNEME_CHROMA_URL) or that the folder is readable"
         )
 
-    def _open(self, name: str, *, create: bool) -> Any | None:
+    def _open(self, name: str, *, create: bool) -> Any:
         """The collection ``name`` (created if ``create``), or None if it does not exist."""
         collection = self._collections.get(name)
         if collection is not None:

@@ -3,15 +3,18 @@
 A trajectory holds subgoals in order; at most one is open and takes the action/observation
 pairs. Closing a subgoal stores its result and a summary, once; the prompt view
 (:func:`memory.window.render`) shows it as that one line from then on, never regenerating it.
-Every change is its own SQL transaction, so an agent that stops (crash, cancellation, step limit)
-resumes from exactly what was recorded: ``WorkingMemory.resume(database, trajectory_id)``.
+
+The agent sees the :class:`TrajectoryStore` and :class:`WorkingMemory` Protocols;
+:class:`SqlTrajectoryStore` and :class:`SqlWorkingMemory` implement them. Every change is its
+own SQL transaction, so an agent that stops (crash, cancellation, step limit) resumes from
+exactly what was recorded: ``SqlTrajectoryStore(database).resume(trajectory_id)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -86,32 +89,81 @@ def _load(session: Session, row: TrajectoryRow, namespace: str) -> Trajectory:
     )
 
 
-class WorkingMemory:
-    """The working memory of one trajectory. Build it with :meth:`start` or :meth:`resume`.
+class WorkingMemory(Protocol):
+    """The working memory of one trajectory: the trajectory as a value, changed only through
+    these methods. A change the state does not allow (acting with no open subgoal, opening a
+    second one) raises :class:`InvalidRecord` naming what to do instead."""
 
-    Holds the trajectory as a value (:attr:`trajectory`) and writes every change to SQL first.
-    One writer per trajectory: two ``WorkingMemory`` objects on the same trajectory would each
-    keep their own view. Raises :class:`InvalidRecord` for an operation the state does not allow
-    (acting with no open subgoal, opening a second one), naming what to do instead.
-    """
+    @property
+    def trajectory(self) -> Trajectory: ...
 
-    def __init__(self, database: Database, trajectory: Trajectory) -> None:
-        self.database = database
-        self._trajectory = trajectory
-        self._cache: TokenCache | None = None
+    def open(self, goal: str) -> Subgoal:
+        """Open a new subgoal; the previous one must be closed first."""
+        ...
 
-    @classmethod
-    def start(
-        cls,
-        database: Database,
-        namespace: str,
-        task: str,
+    def record(
+        self, action: str, observation: str, *, metadata: Mapping[str, Any] | None = None
+    ) -> Step:
+        """Add an action and its observation to the open subgoal."""
+        ...
+
+    def close(self, status: SubgoalStatus, result: str, summary: str) -> Subgoal:
+        """Close the open subgoal as done or failed, storing its result and summary (once)."""
+        ...
+
+    def expand(self, subgoal_ids: Sequence[int]) -> tuple[int, ...]:
+        """Show these finished subgoals in full until the next subgoal opens; returns them all
+        (:class:`NotFound` for ids that are not subgoals of this trajectory)."""
+        ...
+
+    def turn(self, count: int = 1) -> int:
+        """Count model turns taken; the new total."""
+        ...
+
+    def update(
+        self,
         *,
+        status: TrajectoryStatus | None = None,
+        answer: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+    ) -> Trajectory:
+        """Set the trajectory's status, answer or metadata (metadata is merged, not replaced)."""
+        ...
+
+    def render(self, budget_tokens: int, count_tokens: CountTokens) -> WorkingView:
+        """The prompt view within ``budget_tokens`` counted by ``count_tokens``."""
+        ...
+
+
+class TrajectoryStore(Protocol):
+    """Where an agent's trajectories live: a new one per task, a stopped one resumed."""
+
+    def start(
+        self, namespace: str, task: str, *, metadata: Mapping[str, Any] | None = None
     ) -> WorkingMemory:
+        """A new, running trajectory for ``task`` in the existing ``namespace`` (:class:`NotFound`
+        if it does not exist, :class:`InvalidRecord` for an empty task)."""
+        ...
+
+    def resume(self, trajectory_id: int) -> WorkingMemory:
+        """The working memory of a stored trajectory, exactly as it was last recorded
+        (:class:`NotFound` if there is none)."""
+        ...
+
+
+class SqlTrajectoryStore:
+    """:class:`TrajectoryStore` in SQL (tables ``trajectories``, ``subgoals``,
+    ``subgoal_steps``)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def start(
+        self, namespace: str, task: str, *, metadata: Mapping[str, Any] | None = None
+    ) -> SqlWorkingMemory:
         """A new, running trajectory for ``task`` in the existing ``namespace``."""
         _text(task, "the task")
-        with database.session() as session:
+        with self.database.session() as session:
             space = namespace_row(session, namespace)
             row = TrajectoryRow(
                 namespace_id=space.id,
@@ -123,31 +175,44 @@ class WorkingMemory:
             )
             session.add(row)
             session.flush()
-            return cls(database, _load(session, row, space.name))
+            return SqlWorkingMemory(self.database, _load(session, row, space.name))
 
-    @classmethod
-    def resume(cls, database: Database, trajectory_id: int) -> WorkingMemory:
+    def resume(self, trajectory_id: int) -> SqlWorkingMemory:
         """The working memory of a stored trajectory, exactly as it was last recorded."""
-        with database.session() as session:
+        with self.database.session() as session:
             row = session.get(TrajectoryRow, trajectory_id)
             if row is None:
                 raise NotFound(f"trajectory {trajectory_id} does not exist")
             space = session.get(NamespaceRow, row.namespace_id)
             assert space is not None  # a foreign key with ON DELETE CASCADE
-            return cls(database, _load(session, row, space.name))
+            return SqlWorkingMemory(self.database, _load(session, row, space.name))
 
-    @staticmethod
     def trajectories(
-        database: Database, namespace: str, *, status: TrajectoryStatus | None = None
+        self, namespace: str, *, status: TrajectoryStatus | None = None
     ) -> list[Trajectory]:
         """The namespace's trajectories, oldest first (optionally only those in ``status``)."""
-        with database.session() as session:
+        with self.database.session() as session:
             space = namespace_row(session, namespace)
             query = select(TrajectoryRow).where(TrajectoryRow.namespace_id == space.id)
             if status is not None:
                 query = query.where(TrajectoryRow.status == status.value)
             rows = session.scalars(query.order_by(TrajectoryRow.id))
             return [_load(session, row, space.name) for row in rows]
+
+
+class SqlWorkingMemory:
+    """:class:`WorkingMemory` in SQL. Build it with :class:`SqlTrajectoryStore`.
+
+    Holds the trajectory as a value (:attr:`trajectory`) and writes every change to SQL first.
+    One writer per trajectory: two ``SqlWorkingMemory`` objects on the same trajectory would each
+    keep their own view. Raises :class:`InvalidRecord` for an operation the state does not allow
+    (acting with no open subgoal, opening a second one), naming what to do instead.
+    """
+
+    def __init__(self, database: Database, trajectory: Trajectory) -> None:
+        self.database = database
+        self._trajectory = trajectory
+        self._cache: TokenCache | None = None
 
     @property
     def trajectory(self) -> Trajectory:

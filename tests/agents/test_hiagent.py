@@ -35,7 +35,7 @@ from memory.episodic import EpisodicMemory
 from memory.segmentation import SegmenterConfig
 from memory.segmenters import FixedSegmenter
 from memory.trajectory import SubgoalStatus, TrajectoryStatus
-from memory.working import WorkingMemory
+from memory.working import SqlTrajectoryStore
 from tests.fakes import HashEmbedder, ScriptedLLM
 
 Call = dict[str, Any] | str
@@ -105,6 +105,7 @@ def agent(
         store,
         "agent",
         tools,
+        trajectories=SqlTrajectoryStore(store.database),
         memory=memory,
         count_tokens=words,
         config=AgentConfig(**settings),
@@ -263,7 +264,13 @@ def test_run_limit_then_resume(store: MemoryStore) -> None:
     assert resumed.status is TrajectoryStatus.DONE and resumed.trajectory.turns == 4
     with pytest.raises(TrajectoryNotResumable, match="already finished"):
         run(more.resume(result.trajectory.id))
-    elsewhere = Agent(ScriptedLLM(lambda *_: ""), store, "other", count_tokens=words)
+    elsewhere = Agent(
+        ScriptedLLM(lambda *_: ""),
+        store,
+        "other",
+        trajectories=SqlTrajectoryStore(store.database),
+        count_tokens=words,
+    )
     with pytest.raises(NotFound, match="not this agent's 'other'"):
         run(elsewhere.resume(result.trajectory.id))
 
@@ -324,7 +331,7 @@ def test_task_cancelled_mid_tool_is_resumable(store: MemoryStore) -> None:
         return seen[0].trajectory_id
 
     trajectory_id = run(main())
-    stored = WorkingMemory.resume(store.database, trajectory_id).trajectory
+    stored = SqlTrajectoryStore(store.database).resume(trajectory_id).trajectory
     assert stored.status is TrajectoryStatus.CANCELLED and stored.turns == 2
     assert stored.open_subgoal is not None and stored.open_subgoal.steps == ()
     resumed = run(agent(store, [call("finish", answer="ok")]).resume(trajectory_id))
@@ -434,7 +441,15 @@ def test_a_real_engine_drives_the_loop(store: MemoryStore, tmp_path: Path) -> No
 
         world = Blocksworld(8, seed=3)
         config = AgentConfig(max_turns=3, prompt_tokens=1200, reply_tokens=48, summarize=False)
-        the_agent = Agent(llm, store, "real", world.tools(), count_tokens=count, config=config)
+        the_agent = Agent(
+            llm,
+            store,
+            "real",
+            world.tools(),
+            trajectories=SqlTrajectoryStore(store.database),
+            count_tokens=count,
+            config=config,
+        )
         result = run(the_agent.run(world.task))
     finally:
         llm.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -23,7 +24,7 @@ from langgraph.store.memory import InMemoryStore
 from agents.graphstore import MnemeStore
 from agents.hiagent import Agent, AgentConfig
 from agents.langchain import EpisodicRetriever, LangChainLLM, blocking, memory_tools
-from memory import ChromaVectorIndex, Database, MemoryStore
+from memory import ChromaVectorIndex, Database, MemoryStore, SqlItemStore, SqlTrajectoryStore
 from memory.episodic import EpisodicMemory
 from memory.segmentation import SegmenterConfig
 from memory.segmenters import FixedSegmenter
@@ -46,6 +47,11 @@ def open_store(folder: Path) -> MemoryStore:
     database = Database(f"sqlite:///{folder / 'mneme.db'}")
     database.upgrade()
     return MemoryStore(database, ChromaVectorIndex(path=folder / "chroma"), HashEmbedder())
+
+
+def graph_store(store: MemoryStore, *, index_fields: Sequence[str] = ("$",)) -> MnemeStore:
+    """A LangGraph store in namespace ``graph``, over the SQL item store."""
+    return MnemeStore(store, "graph", items=SqlItemStore(store.database), index_fields=index_fields)
 
 
 def episodic(store: MemoryStore, namespace: str = "notes") -> EpisodicMemory:
@@ -198,17 +204,17 @@ def exercise(store: BaseStore) -> list[Any]:
 
 
 def test_mneme_store_behaves_like_langgraphs_own(tmp_path: Path) -> None:
-    ours = exercise(MnemeStore(open_store(tmp_path), "graph"))
+    ours = exercise(graph_store(open_store(tmp_path)))
     theirs = exercise(InMemoryStore())
     assert ours == theirs
 
 
 def test_mneme_store_on_sqlite_and_postgresql(store: MemoryStore) -> None:
-    assert exercise(MnemeStore(store, "graph")) == exercise(InMemoryStore())
+    assert exercise(graph_store(store)) == exercise(InMemoryStore())
 
 
 def test_mneme_store_searches_by_meaning_and_persists(tmp_path: Path) -> None:
-    store = MnemeStore(open_store(tmp_path), "graph", index_fields=["text"])
+    store = graph_store(open_store(tmp_path), index_fields=["text"])
     store.put(("mem",), "a", {"text": "the red lantern hangs in the tower"})
     store.put(("mem",), "b", {"text": "bread is baked every morning"})
     store.put(("mem",), "c", {"text": "notes without an index"}, index=False)
@@ -220,7 +226,7 @@ def test_mneme_store_searches_by_meaning_and_persists(tmp_path: Path) -> None:
     # Overwriting re-indexes: the old text no longer matches.
     store.put(("mem",), "a", {"text": "bread rolls"})
     assert store.search(("mem",), query="red lantern tower", limit=1)[0].key != "a"
-    again = MnemeStore(open_store(tmp_path), "graph")
+    again = graph_store(open_store(tmp_path))
     item = again.get(("mem",), "a")
     assert item is not None and item.value == {"text": "bread rolls"}
     assert asyncio.run(again.aget(("mem",), "b")) is not None
@@ -241,13 +247,13 @@ def test_mneme_store_in_a_langgraph_graph(tmp_path: Path) -> None:
     builder.add_node("count", node)
     builder.add_edge(START, "count")
     builder.add_edge("count", END)
-    graph = builder.compile(store=MnemeStore(open_store(tmp_path), "graph"))
+    graph = builder.compile(store=graph_store(open_store(tmp_path)))
     assert graph.invoke({"user": "ada", "reply": ""})["reply"] == "visit 1"
     assert asyncio.run(graph.ainvoke({"user": "ada", "reply": ""}))["reply"] == "visit 2"
 
 
 def test_mneme_store_rejects_bad_input(tmp_path: Path) -> None:
-    store = MnemeStore(open_store(tmp_path), "graph")
+    store = graph_store(open_store(tmp_path))
     store.put(("a",), "k", {"n": 1})
     store.put(("a",), "j", {"m": 1})
     # A comparison on a missing field does not match (PostgreSQL's JSONB behaviour; LangGraph's
@@ -276,7 +282,15 @@ def test_agent_runs_on_a_langchain_chat_model(tmp_path: Path) -> None:
 
     llm = LangChainLLM(FakeListChatModel(responses=replies), count_tokens=words)
     store = open_store(tmp_path)
-    agent = Agent(llm, store, "lc", [add], count_tokens=words, config=AgentConfig(summarize=False))
+    agent = Agent(
+        llm,
+        store,
+        "lc",
+        [add],
+        trajectories=SqlTrajectoryStore(store.database),
+        count_tokens=words,
+        config=AgentConfig(summarize=False),
+    )
     result = asyncio.run(agent.run("add 2 and 3"))
     assert result.status is TrajectoryStatus.DONE and result.answer == "5"
     assert result.trajectory.subgoals[0].steps[0].observation == "5"

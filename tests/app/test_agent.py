@@ -10,7 +10,7 @@ import pytest
 from agents.errors import AgentConfigError
 from app.agent import Agents
 from app.settings import load_settings
-from memory import MemoryStore
+from memory import MemoryStore, SqlItemStore
 from memory.trajectory import TrajectoryStatus
 from tests.fakes import ScriptedLLM
 
@@ -53,3 +53,20 @@ def test_a_context_too_small_for_an_agent_names_the_fix(store: MemoryStore, tmp_
     agents = Agents(load_settings(home=tmp_path, llm_context_tokens=512), store=store, llm=calls())
     with pytest.raises(AgentConfigError, match="context of 512 tokens is too small"):
         agents.agent("agent:small")
+
+
+def test_graph_store_keeps_items_in_sql_and_searches_by_meaning(
+    store: MemoryStore, tmp_path: Path
+) -> None:
+    agents = Agents(load_settings(home=tmp_path), store=store, llm=calls())
+    graph = agents.graph_store("graph:notes", index_fields=["text"])
+    graph.put(("notes",), "lamp", {"text": "the brass lamp hangs in the hall"})
+    graph.put(("notes",), "bread", {"text": "bread is baked every morning"})
+    hits = graph.search(("notes",), query="where is the brass lamp", limit=2)
+    assert [h.key for h in hits] == ["lamp", "bread"]
+    stored = SqlItemStore(store.database).get("graph:notes", ("notes",), "lamp")
+    assert stored is not None and stored.value == {"text": "the brass lamp hangs in the hall"}
+    assert stored.episode_id is not None  # indexed: its text is an episode of the namespace
+    again = agents.graph_store("graph:notes").get(("notes",), "bread")
+    assert again is not None and again.value == {"text": "bread is baked every morning"}
+    agents.close()

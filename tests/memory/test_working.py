@@ -1,4 +1,4 @@
-"""WorkingMemory: subgoals in SQL, summaries written once, the prompt view within a budget."""
+"""SqlWorkingMemory: subgoals in SQL, summaries written once, the prompt view within a budget."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from memory import Database, InvalidRecord, MemoryStore, NotFound
 from memory.trajectory import SubgoalStatus, TrajectoryStatus
 from memory.window import render
-from memory.working import WorkingMemory
+from memory.working import SqlTrajectoryStore, SqlWorkingMemory
 
 
 def words(text: str) -> int:
@@ -15,12 +15,12 @@ def words(text: str) -> int:
 
 
 @pytest.fixture
-def memory(store: MemoryStore) -> WorkingMemory:
+def memory(store: MemoryStore) -> SqlWorkingMemory:
     store.namespace("agent")
-    return WorkingMemory.start(store.database, "agent", "stack A on B")
+    return SqlTrajectoryStore(store.database).start("agent", "stack A on B")
 
 
-def fill(memory: WorkingMemory, subgoals: int, steps: int) -> None:
+def fill(memory: SqlWorkingMemory, subgoals: int, steps: int) -> None:
     for s in range(subgoals):
         memory.open(f"subgoal {s}")
         for k in range(steps):
@@ -28,13 +28,13 @@ def fill(memory: WorkingMemory, subgoals: int, steps: int) -> None:
         memory.close(SubgoalStatus.DONE, f"result {s}", f"summary of subgoal {s}")
 
 
-def test_trajectory_round_trips_through_sql(memory: WorkingMemory) -> None:
+def test_trajectory_round_trips_through_sql(memory: SqlWorkingMemory) -> None:
     fill(memory, 2, 3)
     memory.open("subgoal 2")
     memory.record("look", "a table")
     memory.expand([memory.trajectory.subgoals[0].id])
     memory.turn(9)
-    resumed = WorkingMemory.resume(memory.database, memory.trajectory.id)
+    resumed = SqlTrajectoryStore(memory.database).resume(memory.trajectory.id)
     assert resumed.trajectory == memory.trajectory
     assert resumed.trajectory.turns == 9
     assert [s.status for s in resumed.trajectory.subgoals] == [
@@ -47,7 +47,7 @@ def test_trajectory_round_trips_through_sql(memory: WorkingMemory) -> None:
     assert resumed.trajectory.step_count == 7
 
 
-def test_state_errors_name_the_fix(memory: WorkingMemory) -> None:
+def test_state_errors_name_the_fix(memory: SqlWorkingMemory) -> None:
     with pytest.raises(InvalidRecord, match="open one with open"):
         memory.record("act", "obs")
     with pytest.raises(InvalidRecord, match="no subgoal is open to close"):
@@ -60,17 +60,17 @@ def test_state_errors_name_the_fix(memory: WorkingMemory) -> None:
     with pytest.raises(NotFound, match=r"\[999\]"):
         memory.expand([999])
     with pytest.raises(InvalidRecord, match="task"):
-        WorkingMemory.start(memory.database, "agent", "")
+        SqlTrajectoryStore(memory.database).start("agent", "")
     with pytest.raises(NotFound, match="namespace 'nobody'"):
-        WorkingMemory.start(memory.database, "nobody", "task")
+        SqlTrajectoryStore(memory.database).start("nobody", "task")
     with pytest.raises(NotFound, match="trajectory 12345"):
-        WorkingMemory.resume(memory.database, 12345)
+        SqlTrajectoryStore(memory.database).resume(12345)
     # Nothing half-written: the failures above left one open subgoal with no steps.
-    resumed = WorkingMemory.resume(memory.database, memory.trajectory.id)
+    resumed = SqlTrajectoryStore(memory.database).resume(memory.trajectory.id)
     assert [s.goal for s in resumed.trajectory.subgoals] == ["first"]
 
 
-def test_summary_is_stored_once_and_shown_instead_of_steps(memory: WorkingMemory) -> None:
+def test_summary_is_stored_once_and_shown_instead_of_steps(memory: SqlWorkingMemory) -> None:
     fill(memory, 3, 4)
     memory.open("current work")
     memory.record("pick up A", "holding A")
@@ -83,7 +83,7 @@ def test_summary_is_stored_once_and_shown_instead_of_steps(memory: WorkingMemory
 
 
 def test_expand_shows_a_finished_subgoal_in_full_until_the_next_opens(
-    memory: WorkingMemory,
+    memory: SqlWorkingMemory,
 ) -> None:
     fill(memory, 3, 2)
     first = memory.trajectory.subgoals[0]
@@ -94,7 +94,7 @@ def test_expand_shows_a_finished_subgoal_in_full_until_the_next_opens(
     assert "act 0.1" not in memory.render(10_000, words).text
 
 
-def test_tight_budget_keeps_the_newest(memory: WorkingMemory) -> None:
+def test_tight_budget_keeps_the_newest(memory: SqlWorkingMemory) -> None:
     fill(memory, 12, 3)
     memory.open("current")
     for k in range(30):
@@ -112,7 +112,7 @@ def test_tight_budget_keeps_the_newest(memory: WorkingMemory) -> None:
     assert "summary of subgoal 0" not in memory.render(600, words).text
 
 
-def test_budget_smaller_than_the_newest_step_cuts_it(memory: WorkingMemory) -> None:
+def test_budget_smaller_than_the_newest_step_cuts_it(memory: SqlWorkingMemory) -> None:
     memory.open("read the log")
     memory.record("read", "line " * 500)
     view = memory.render(80, words)
@@ -121,19 +121,19 @@ def test_budget_smaller_than_the_newest_step_cuts_it(memory: WorkingMemory) -> N
     assert tiny.over_budget and "Current subgoal" in tiny.text
 
 
-def test_render_rejects_a_budget_below_one(memory: WorkingMemory) -> None:
+def test_render_rejects_a_budget_below_one(memory: SqlWorkingMemory) -> None:
     with pytest.raises(ValueError, match="budget_tokens=0"):
         render(memory.trajectory, 0, words)
 
 
-def test_update_and_list(memory: WorkingMemory, database: Database) -> None:
+def test_update_and_list(memory: SqlWorkingMemory, database: Database) -> None:
     memory.update(status=TrajectoryStatus.DONE, answer="done", metadata={"a": 1})
     memory.update(metadata={"b": 2})
-    other = WorkingMemory.start(database, "agent", "second task")
-    done = WorkingMemory.trajectories(database, "agent", status=TrajectoryStatus.DONE)
+    other = SqlTrajectoryStore(database).start("agent", "second task")
+    done = SqlTrajectoryStore(database).trajectories("agent", status=TrajectoryStatus.DONE)
     assert [t.id for t in done] == [memory.trajectory.id]
     assert done[0].metadata == {"a": 1, "b": 2} and done[0].answer == "done"
-    assert [t.id for t in WorkingMemory.trajectories(database, "agent")] == [
+    assert [t.id for t in SqlTrajectoryStore(database).trajectories("agent")] == [
         memory.trajectory.id,
         other.trajectory.id,
     ]
