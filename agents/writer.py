@@ -15,7 +15,7 @@ its reason) and three plans for what comes next. Here:
 - long-term memory is the story's :class:`~memory.episodic.EpisodicMemory`; each new paragraph is
   ingested on its own (never the whole story again), and recall is limited to the current
   node's ancestors, in their order (``search(within=...)``), so branches never see each other;
-- every step is a node of a story tree (:class:`~memory.stories.SqlStoryStore`) keeping its
+- every step is a node of a story tree (:class:`~memory.stories.StoryStore`) keeping its
   short-term memory, plans and exactly what was sent, so undo, branch and regenerate restore
   that node's state;
 - every part of the prompt has a token budget, so its size is bounded however long the story.
@@ -55,7 +55,7 @@ from memory.episodic import EpisodicMemory
 from memory.errors import InvalidRecord, NotFound
 from memory.records import NewStoryNode, Story, StoryNode
 from memory.retrieval import clip
-from memory.stories import SqlStoryStore
+from memory.stories import StoryStore
 from serving.errors import RequestRejected, StructuredOutputError
 from serving.llm import LLM, ChatMessage, SamplingParams
 from serving.rerank.reranker import Reranker
@@ -230,7 +230,7 @@ def _shown(on_progress: OnProgress, attempt: int, notice: str, text: str) -> Non
 class StoryTree:
     """A story tree's moves that need no model: undo, switch branch, edit memory, read."""
 
-    def __init__(self, stories: SqlStoryStore) -> None:
+    def __init__(self, stories: StoryStore) -> None:
         self.stories = stories
 
     def undo(self, story_id: int) -> StoryNode:
@@ -269,7 +269,7 @@ class RecurrentWriter(StoryTree):
 
     def __init__(
         self,
-        stories: SqlStoryStore,
+        stories: StoryStore,
         memory_for: Callable[[str], EpisodicMemory],
         llm: LLM,
         config: WriterConfig = WriterConfig(),
@@ -1057,7 +1057,7 @@ async def _deadline(seconds: float) -> AsyncIterator[None]:
         ) from err
 
 
-def story_text(stories: SqlStoryStore, story_id: int, node_id: int | None = None) -> str:
+def story_text(stories: StoryStore, story_id: int, node_id: int | None = None) -> str:
     """A story's paragraphs from its opening to ``node_id`` (default: the head); "" if none."""
     target = node_id or stories.get(story_id).head_node_id
     if target is None:

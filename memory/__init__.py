@@ -35,7 +35,7 @@ from memory.records import (
     StoryNode,
 )
 from memory.store import MemoryStore
-from memory.stories import SqlStoryStore
+from memory.stories import SqlStoryStore, StoryStore
 from memory.vectors import ChromaVectorIndex, VectorHit, VectorIndex
 from memory.working import SqlTrajectoryStore, SqlWorkingMemory, TrajectoryStore, WorkingMemory
 
@@ -71,6 +71,7 @@ __all__ = [
     "Story",
     "StoryMode",
     "StoryNode",
+    "StoryStore",
     "TrajectoryStore",
     "VectorHit",
     "VectorIndex",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -161,6 +161,62 @@ class Timeline:
     unremembered: list[int]
     """Nodes on the branch whose paragraph is not in long-term memory yet (ingest pending or
     interrupted)."""
+
+
+class StoryStore(Protocol):
+    """What the writer needs of a story tree: stories, their nodes and their bible."""
+
+    def create(
+        self,
+        namespace: str,
+        *,
+        title: str,
+        genre: str,
+        premise: str,
+        outline: str = "",
+        mode: StoryMode | str = StoryMode.NOVEL,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Story: ...
+
+    def get(self, story_id: int) -> Story: ...
+
+    def node(self, story_id: int, node_id: int) -> StoryNode: ...
+
+    def path(self, story_id: int, node_id: int) -> list[StoryNode]: ...
+
+    def timeline(self, story_id: int, node_id: int) -> list[int]: ...
+
+    def recall_timeline(self, story_id: int, node_id: int) -> Timeline: ...
+
+    def set_head(self, story_id: int, node_id: int) -> Story: ...
+
+    def add_node(
+        self, story_id: int, parent_id: int | None, node: NewStoryNode, *, make_head: bool = True
+    ) -> StoryNode: ...
+
+    def update_node(
+        self,
+        story_id: int,
+        node_id: int,
+        *,
+        paragraph: str | None = None,
+        short_term_memory: str | None = None,
+        plans: Sequence[str] | None = None,
+        episode_ids: Sequence[int] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> StoryNode: ...
+
+    def upsert_entry(
+        self,
+        story_id: int,
+        *,
+        kind: BibleKind | str,
+        name: str,
+        text: str,
+        aliases: Sequence[str] = (),
+    ) -> BibleEntry: ...
+
+    def entries(self, story_id: int) -> list[BibleEntry]: ...
 
 
 class SqlStoryStore:
