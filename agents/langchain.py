@@ -10,10 +10,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForRetrieverRun,
@@ -26,6 +23,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import ConfigDict, Field
 
+from base.bridge import blocking
 from memory.episodic import EpisodicMemory
 from memory.retrieval import Recall
 from memory.segmentation import approximate_tokens
@@ -42,31 +40,6 @@ from serving.llm import (
     TokenLogprob,
 )
 from serving.structured import Accumulator, validated
-
-T = TypeVar("T")
-
-
-def blocking(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` to the end from sync code, even under a running event loop (in a
-    worker thread with its own loop then), for LangChain's sync entry points."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["value"] = asyncio.run(coroutine)
-        except BaseException as err:  # handed back to the caller's thread below
-            box["error"] = err
-
-    thread = threading.Thread(target=work, name="mneme-blocking")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
 
 
 def to_document(hit: Recall) -> Document:

@@ -15,15 +15,15 @@ document already stored instead of a copy.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from base.bridge import LoopThread
 from memory.documents import sha256
 from memory.embedder import PassageScorer
 from memory.episodes import Vectors
@@ -581,60 +581,54 @@ class EpisodicMemory:
 class SyncEpisodicMemory:
     """Blocking twins of :class:`EpisodicMemory`'s methods, for scripts and Streamlit.
 
-    Calls run on one private event loop in a daemon thread (so an async LLM client inside the
+    Calls run on one :class:`base.bridge.LoopThread` (so an async LLM client inside the
     segmenter keeps its connections); close with :meth:`close` or a ``with`` block.
     """
 
     def __init__(self, memory: EpisodicMemory) -> None:
         self.memory = memory
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        self._bridge = LoopThread("SyncEpisodicMemory")
 
     def ingest(self, text: str, **kwargs: Any) -> Ingested:
-        return self._run(self.memory.ingest(text, **kwargs))
+        return self._bridge.run(self.memory.ingest(text, **kwargs))
 
     def append(self, text: str, *, stream: str = "stream") -> list[Episode]:
-        return self._run(self.memory.append(text, stream=stream))
+        return self._bridge.run(self.memory.append(text, stream=stream))
 
     def flush(self, *, stream: str = "stream") -> list[Episode]:
-        return self._run(self.memory.flush(stream=stream))
+        return self._bridge.run(self.memory.flush(stream=stream))
 
     def search(self, query: str, **kwargs: Any) -> list[Recall]:
-        return self._run(self.memory.search(query, **kwargs))
+        return self._bridge.run(self.memory.search(query, **kwargs))
 
     def get(self, episode_id: int) -> Episode:
-        return self._run(self.memory.get(episode_id))
+        return self._bridge.run(self.memory.get(episode_id))
 
     def history(self, episode_id: int) -> list[EpisodeVersion]:
-        return self._run(self.memory.history(episode_id))
+        return self._bridge.run(self.memory.history(episode_id))
 
     def documents(self) -> list[Document]:
-        return self._run(self.memory.documents())
+        return self._bridge.run(self.memory.documents())
 
     def episodes(self, document_id: int | None = None) -> list[Episode]:
-        return self._run(self.memory.episodes(document_id))
+        return self._bridge.run(self.memory.episodes(document_id))
 
     def edit(self, episode_id: int, **kwargs: Any) -> Episode:
-        return self._run(self.memory.edit(episode_id, **kwargs))
+        return self._bridge.run(self.memory.edit(episode_id, **kwargs))
 
     def pin(self, episode_id: int, pinned: bool = True) -> Episode:
-        return self._run(self.memory.pin(episode_id, pinned))
+        return self._bridge.run(self.memory.pin(episode_id, pinned))
 
     def forget(self, episode_ids: Sequence[int] = (), **kwargs: Any) -> list[int]:
-        return self._run(self.memory.forget(episode_ids, **kwargs))
+        return self._bridge.run(self.memory.forget(episode_ids, **kwargs))
 
     def delete_document(self, document_id: int) -> None:
-        self._run(self.memory.delete_document(document_id))
+        self._bridge.run(self.memory.delete_document(document_id))
 
     def close(self) -> None:
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-        self._loop.close()
+        """Stop the loop and join its thread; idempotent. Any call after it raises
+        ``RuntimeError``."""
+        self._bridge.close()
 
     def __enter__(self) -> SyncEpisodicMemory:
         return self

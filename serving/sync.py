@@ -1,19 +1,18 @@
 """``SyncLLM``: the thin blocking wrapper over any :class:`serving.llm.LLM`, for scripts and
 Streamlit, which have no event loop of their own.
 
-Every call runs on one private event loop in a daemon thread, so an async client's connections
-(bound to the loop that opened them) are reused across calls. Each method hands its coroutine to
-:meth:`SyncLLM._run` and blocks for the result; no logic is duplicated here.
+Every call runs on one :class:`base.bridge.LoopThread` (a private event loop in a daemon thread),
+so an async client's connections (bound to the loop that opened them) are reused across calls.
+Each method hands its coroutine to the loop and blocks for the result; no logic is duplicated here.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
+from base.bridge import LoopThread
 from serving.llm import (
     GREEDY,
     LLM,
@@ -25,8 +24,6 @@ from serving.llm import (
     StreamDelta,
     TokenLogprob,
 )
-
-T = TypeVar("T")
 
 
 @runtime_checkable
@@ -47,38 +44,33 @@ class SyncLLM:
 
     def __init__(self, llm: LLM) -> None:
         self._llm = llm
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"SyncLLM({llm.model})", daemon=True
-        )
-        self._thread.start()
-        self._closed = False
+        self._bridge = LoopThread(f"SyncLLM({llm.model})")
 
     @property
     def model(self) -> str:
         return self._llm.model
 
     def complete(self, prompt: str, params: SamplingParams = GREEDY) -> Completion:
-        return self._run(self._llm.complete(prompt, params))
+        return self._bridge.run(self._llm.complete(prompt, params))
 
     def chat(self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY) -> Completion:
-        return self._run(self._llm.chat(messages, params))
+        return self._bridge.run(self._llm.chat(messages, params))
 
     def stream_complete(
         self, prompt: str, params: SamplingParams = GREEDY
     ) -> Iterator[StreamDelta]:
-        return self._iterate(self._llm.stream_complete(prompt, params))
+        return self._bridge.iterate(self._llm.stream_complete(prompt, params))
 
     def stream_chat(
         self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
     ) -> Iterator[StreamDelta]:
-        return self._iterate(self._llm.stream_chat(messages, params))
+        return self._bridge.iterate(self._llm.stream_chat(messages, params))
 
     def token_logprobs(self, text: str) -> list[TokenLogprob]:
-        return self._run(self._llm.token_logprobs(text))
+        return self._bridge.run(self._llm.token_logprobs(text))
 
     def count_tokens(self, text: str) -> int:
-        return self._run(self._llm.count_tokens(text))
+        return self._bridge.run(self._llm.count_tokens(text))
 
     def generate_json(
         self,
@@ -90,7 +82,7 @@ class SyncLLM:
         repairs: int = 2,
     ) -> Schema:
         """``on_text`` is called from the wrapper's loop thread."""
-        return self._run(
+        return self._bridge.run(
             self._llm.generate_json(messages, schema, params, on_text=on_text, repairs=repairs)
         )
 
@@ -99,16 +91,13 @@ class SyncLLM:
 
         Idempotent; any call after it raises ``RuntimeError``.
         """
-        if self._closed:
+        if self._bridge.closed:
             return
         try:
             if isinstance(self._llm, AsyncClosable):
-                self._run(self._llm.aclose())
+                self._bridge.run(self._llm.aclose())
         finally:
-            self._closed = True
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+            self._bridge.close()
 
     def __enter__(self) -> SyncLLM:
         return self
@@ -120,45 +109,3 @@ class SyncLLM:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the private loop and block until it returns or raises."""
-        if self._closed or threading.current_thread() is self._thread:
-            coroutine.close()  # never awaited: close it so Python does not warn
-            raise RuntimeError(
-                "SyncLLM is closed"
-                if self._closed
-                else "SyncLLM called from its own event loop; await the async LLM instead"
-            )
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()  # interrupted (Ctrl-C, a Streamlit rerun): stop the call too
-            raise
-
-    def _iterate(self, stream: AsyncIterator[T]) -> Iterator[T]:
-        """A blocking iterator over ``stream``, one item per round trip to the loop. Leaving it
-        early (``break``, an exception, garbage collection) closes ``stream`` on the loop."""
-
-        async def step() -> list[T]:
-            try:
-                return [await anext(stream)]
-            except StopAsyncIteration:
-                return []
-
-        async def close_stream() -> None:
-            if isinstance(stream, AsyncGenerator):
-                await stream.aclose()
-
-        def items() -> Iterator[T]:
-            finished = False
-            try:
-                while batch := self._run(step()):
-                    yield batch[0]
-                finished = True
-            finally:
-                if not finished and not self._closed:
-                    self._run(close_stream())
-
-        return items()
