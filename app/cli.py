@@ -19,7 +19,8 @@ from app.settings import Settings, load_settings
 from memory.database import Database, describe_url
 from serving.engine.config import EngineConfig
 
-PREFIX_CACHE_TOKENS = EngineConfig().prefix_cache_tokens
+ENGINE = EngineConfig()
+"""The engine's defaults: ``mneme llm serve``'s options start from these (defined once, there)."""
 
 cli = typer.Typer(
     name="mneme",
@@ -138,14 +139,16 @@ def llm_serve(
     api_key: Annotated[
         str | None, typer.Option(help="Require 'Authorization: Bearer KEY' on /v1 routes.")
     ] = None,
-    device: Annotated[str, typer.Option(help="torch device for the torch engine.")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16 or auto.")] = "auto",
-    max_batch: Annotated[int, typer.Option(help="Sequences decoded together.", min=1)] = 16,
+    device: Annotated[str, typer.Option(help="torch device for the torch engine.")] = ENGINE.device,
+    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16 or auto.")] = ENGINE.dtype,
+    max_batch: Annotated[
+        int, typer.Option(help="Sequences decoded together.", min=1)
+    ] = ENGINE.max_batch,
     prefix_cache_tokens: Annotated[
         int | None,
         typer.Option(
             help="torch engine: prompt tokens whose KV is kept for prompts sharing a prefix "
-            f"(0 = off; default {PREFIX_CACHE_TOKENS}).",
+            f"(0 = off; default {ENGINE.prefix_cache_tokens}).",
             min=0,
         ),
     ] = None,
@@ -166,10 +169,10 @@ def llm_serve(
     attention_budget: Annotated[
         int,
         typer.Option(help="blocks/retrieval: cached tokens each query attends to.", min=1),
-    ] = 2048,
+    ] = ENGINE.attention_budget,
     attention_local: Annotated[
         int, typer.Option(help="blocks/retrieval: recent tokens always attended.", min=1)
-    ] = 256,
+    ] = ENGINE.attention_local,
 ) -> None:
     """Serve a model over the OpenAI API (/v1/completions, /v1/chat/completions, /v1/embeddings)."""
     settings = _settings()
@@ -199,22 +202,19 @@ def llm_serve(
         raise SettingsError(f"{unknown}: only --engine vllm takes vLLM options")
     from app.serving import serve_torch
 
-    serve_torch(
-        settings,
-        model=model,
-        host=host,
-        port=port,
-        api_key=api_key,
+    config = EngineConfig(
+        model=model or settings.llm_model,
         device=device,
         dtype=dtype,
         max_batch=max_batch,
-        prefix_cache_tokens=PREFIX_CACHE_TOKENS
-        if prefix_cache_tokens is None
-        else prefix_cache_tokens,
+        prefix_cache_tokens=(
+            ENGINE.prefix_cache_tokens if prefix_cache_tokens is None else prefix_cache_tokens
+        ),
         attention="dense" if attention == "full" else attention,
         attention_budget=attention_budget,
         attention_local=attention_local,
     )
+    serve_torch(settings, config, host=host, port=port, api_key=api_key)
 
 
 def _serve_vllm(

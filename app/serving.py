@@ -15,33 +15,11 @@ log = logging.getLogger(__name__)
 
 
 def serve_torch(
-    settings: Settings,
-    *,
-    model: str | None,
-    host: str,
-    port: int,
-    api_key: str | None,
-    device: str,
-    dtype: str,
-    max_batch: int,
-    prefix_cache_tokens: int = 4096,
-    attention: str = "dense",
-    attention_budget: int = 2048,
-    attention_local: int = 256,
+    settings: Settings, config: EngineConfig, *, host: str, port: int, api_key: str | None
 ) -> None:
-    """Load the model and the embedder, then serve until interrupted."""
+    """Load the model as ``config`` says and the embedder, then serve until interrupted."""
     import uvicorn
 
-    config = EngineConfig(
-        model=model or settings.llm_model,
-        device=device,
-        dtype=dtype,
-        max_batch=max_batch,
-        prefix_cache_tokens=prefix_cache_tokens,
-        attention=attention,
-        attention_budget=attention_budget,
-        attention_local=attention_local,
-    )
     llm = LocalLLM.load(config)
     try:
         embedder = open_embedder(settings)
