@@ -30,6 +30,7 @@ from memory.segmentation import approximate_tokens
 from serving.errors import LLMUnavailable, LogprobsUnsupported
 from serving.llm import (
     GREEDY,
+    Capabilities,
     ChatMessage,
     Choice,
     Completion,
@@ -149,6 +150,8 @@ class LangChainLLM:
     Token logprobs are not offered (:class:`LogprobsUnsupported`); tokens are counted with
     ``count_tokens``.
     """
+
+    capabilities = Capabilities()
 
     def __init__(
         self,

@@ -183,11 +183,12 @@ class Reading:
         )
 
     def context_tokens(self) -> int:
+        """Tokens the LLM takes: ``MNEME_LLM_CONTEXT_TOKENS``, else what the backend's
+        capabilities say, else :data:`SERVER_CONTEXT_TOKENS`."""
         if self.settings.llm_context_tokens is not None:
             return self.settings.llm_context_tokens
-        engine = getattr(self.llm, "engine", None)
-        context = getattr(engine, "max_context", None)
-        return context if isinstance(context, int) else SERVER_CONTEXT_TOKENS
+        context = self.llm.capabilities.context_tokens
+        return context if context is not None else SERVER_CONTEXT_TOKENS
 
     def segmenter(self, choice: SegmenterChoice | None = None) -> Segmenter:
         kind = choice or self.settings.segmenter

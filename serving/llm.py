@@ -4,13 +4,18 @@ Everything Mneme writes or reads goes through :class:`LLM`. Two implementations:
 ``OpenAICompatibleLLM`` (any OpenAI-compatible server: vLLM, Mneme's own, OpenAI) and
 ``LocalLLM`` (the built-in engine in-process). The core is async; :class:`SyncLLM` is the thin
 blocking wrapper for scripts and Streamlit.
+
+What a backend can do beyond the Protocol's methods is data, :class:`Capabilities` (as
+simonw/llm's models say ``supports_schema``): callers branch on ``llm.capabilities``, never on a
+backend's type or its internals. A backend with ``capabilities.token_ids`` also offers
+:class:`TokenLevelLLM` (:func:`takes_token_ids` narrows to it).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeGuard, TypeVar
 
 from pydantic import BaseModel
 
@@ -153,12 +158,30 @@ class StreamDelta:
     logprobs: tuple[TokenLogprob, ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do, as data; the defaults are what every backend can."""
+
+    context_tokens: int | None = None
+    """Tokens the model takes, prompt and reply together; None when the backend does not say (a
+    server: the caller assumes its own default)."""
+    token_ids: bool = False
+    """Takes prompts as token ids and returns token ids (:class:`TokenLevelLLM`): reranked beams
+    continue exactly the tokens they hold, sharing their prompt's KV cache, and a chat's partial
+    reply can be continued."""
+
+
 class LLM(Protocol):
     """What every backend offers. All methods may raise :class:`serving.errors.LLMError`."""
 
     @property
     def model(self) -> str:
         """The model's name as the backend knows it."""
+        ...
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this backend can do beyond these methods (constant for the backend's life)."""
         ...
 
     async def complete(self, prompt: str, params: SamplingParams = GREEDY) -> Completion:
@@ -208,6 +231,53 @@ class LLM(Protocol):
         ``on_text``, when given, is called with the reply's raw text so far as it is generated
         (each repair attempt starts again from ""), so a UI can show it streaming."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class TokenContinuation:
+    """One choice of :meth:`TokenLevelLLM.continue_ids`."""
+
+    token_ids: tuple[int, ...]
+    """The new tokens, after the prompt's."""
+    stopped: bool
+    """The model ended the choice (an end-of-sequence token or a stop string), rather than
+    ``max_tokens``."""
+
+
+class TokenLevelLLM(LLM, Protocol):
+    """An :class:`LLM` that takes and returns token ids (``capabilities.token_ids``). All methods
+    may raise :class:`serving.errors.LLMError`."""
+
+    def encode(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of raw text (with the tokenizer's own BOS when ``special``)."""
+        ...
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of a conversation under the model's chat template, ready for the reply;
+        :class:`serving.errors.RequestRejected` when the model has no chat template."""
+        ...
+
+    def check_ids(self, ids: Sequence[int], params: SamplingParams = GREEDY) -> None:
+        """Raise :class:`serving.errors.RequestRejected` if the backend cannot serve a prompt of
+        ``ids`` with ``params`` (empty, or too long for the context with ``max_tokens`` more)."""
+        ...
+
+    async def continue_ids(
+        self, ids: Sequence[int], params: SamplingParams = GREEDY
+    ) -> tuple[TokenContinuation, ...]:
+        """``params.n`` continuations of the prompt ``ids``, in choice order; the ``n`` choices
+        share one prefill of the prompt, and concurrent calls are batched together."""
+        ...
+
+    def detokenize(self, ids: Sequence[int], stop: Sequence[str] = ()) -> tuple[str, bool]:
+        """The text of generated ``ids`` as the backend streams it (special tokens skipped), cut
+        before the first of ``stop`` found; and whether a stop string cut it."""
+        ...
+
+
+def takes_token_ids(llm: LLM) -> TypeGuard[TokenLevelLLM]:
+    """Whether ``llm`` offers :class:`TokenLevelLLM`, as its capabilities say."""
+    return llm.capabilities.token_ids
 
 
 def json_schema_of(schema: type[BaseModel]) -> dict[str, Any]:

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from serving.engine.config import EngineConfig
+from serving.engine.detokenizer import Detokenizer
 from serving.engine.engine import EngineOutput, EngineRequest, PromptResult, TorchEngine
 from serving.errors import RequestRejected
 from serving.llm import (
     GREEDY,
+    Capabilities,
     ChatMessage,
     Choice,
     Completion,
@@ -18,6 +20,7 @@ from serving.llm import (
     SamplingParams,
     Schema,
     StreamDelta,
+    TokenContinuation,
     TokenLogprob,
     json_schema_of,
 )
@@ -35,11 +38,17 @@ class Generation:
 
 
 class LocalLLM(RerankedGeneration):
-    """The embedded default backend: tokenises, applies the chat template, runs the engine."""
+    """The embedded default backend: tokenises, applies the chat template, runs the engine.
+
+    A :class:`~serving.llm.TokenLevelLLM`; it also offers what Mneme's own server
+    (serving/server) needs of the engine: :meth:`check`, :meth:`run` and :meth:`stream` of an
+    :class:`EngineRequest`, the context and vocabulary sizes, and :meth:`decode`.
+    """
 
     def __init__(self, engine: TorchEngine) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
+        self.capabilities = Capabilities(context_tokens=engine.max_context, token_ids=True)
 
     @classmethod
     def load(cls, config: EngineConfig | None = None) -> LocalLLM:
@@ -49,6 +58,16 @@ class LocalLLM(RerankedGeneration):
     @property
     def model(self) -> str:
         return self.engine.model_name
+
+    @property
+    def max_context(self) -> int:
+        """Tokens the model takes, prompt and reply together."""
+        return self.engine.max_context
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids are in [0, vocab_size)."""
+        return self.engine.loaded.vocab_size
 
     def close(self) -> None:
         self.engine.shutdown()
@@ -75,10 +94,32 @@ class LocalLLM(RerankedGeneration):
         ids: list[int] = list(rendered["input_ids"])
         return ids
 
+    def decode(self, ids: Sequence[int], *, special: bool = True) -> str:
+        """The text of token ids in one piece (special tokens' text kept when ``special``)."""
+        text: str = self.tokenizer.decode(list(ids), skip_special_tokens=not special)
+        return text
+
+    def detokenize(self, ids: Sequence[int], stop: Sequence[str] = ()) -> tuple[str, bool]:
+        """The text of generated ``ids`` as the engine streams it (special tokens skipped; token
+        by token, so spacing comes out as in a generation), cut before the first of ``stop``
+        found; and whether a stop string cut it."""
+        detokenizer = Detokenizer(self.tokenizer, stop)
+        text = "".join(detokenizer.add(t) for t in ids if not detokenizer.stopped)
+        text += "" if detokenizer.stopped else detokenizer.flush()
+        return text, detokenizer.stopped
+
     async def count_tokens(self, text: str) -> int:
         return len(self.encode(text, special=False))
 
     # ------------------------------------------------------------ generation
+
+    def check(self, spec: EngineRequest) -> None:
+        """Raise :class:`RequestRejected` if the engine cannot serve ``spec`` as asked (an empty
+        or too long prompt, a JSON schema it cannot follow)."""
+        self.engine.check(spec)
+
+    def check_ids(self, ids: Sequence[int], params: SamplingParams = GREEDY) -> None:
+        self.check(EngineRequest(tuple(ids), params))
 
     async def run(self, spec: EngineRequest) -> Generation:
         """Run a request to the end and assemble its choices."""
@@ -122,7 +163,9 @@ class LocalLLM(RerankedGeneration):
     ) -> Completion:
         return await self._complete(self.encode_chat(messages), params)
 
-    async def _stream(self, spec: EngineRequest) -> AsyncIterator[StreamDelta]:
+    async def stream(self, spec: EngineRequest) -> AsyncIterator[StreamDelta]:
+        """``spec``'s choices piece by piece as the engine makes them (pieces that carry
+        nothing are skipped). Leaving the loop early cancels the request and frees its cache."""
         async for item in self.engine.generate(spec):
             if isinstance(item, EngineOutput) and (
                 item.text or item.finish_reason or item.logprobs
@@ -132,12 +175,26 @@ class LocalLLM(RerankedGeneration):
     def stream_complete(
         self, prompt: str, params: SamplingParams = GREEDY
     ) -> AsyncIterator[StreamDelta]:
-        return self._stream(EngineRequest(tuple(self.encode(prompt)), params))
+        return self.stream(EngineRequest(tuple(self.encode(prompt)), params))
 
     def stream_chat(
         self, messages: Sequence[ChatMessage], params: SamplingParams = GREEDY
     ) -> AsyncIterator[StreamDelta]:
-        return self._stream(EngineRequest(tuple(self.encode_chat(messages)), params))
+        return self.stream(EngineRequest(tuple(self.encode_chat(messages)), params))
+
+    async def continue_ids(
+        self, ids: Sequence[int], params: SamplingParams = GREEDY
+    ) -> tuple[TokenContinuation, ...]:
+        new: list[list[int]] = [[] for _ in range(params.n)]
+        stopped = [False] * params.n
+        async for item in self.engine.generate(EngineRequest(tuple(ids), params)):
+            if isinstance(item, EngineOutput):
+                new[item.index].extend(item.token_ids)
+                stopped[item.index] = stopped[item.index] or item.finish_reason == "stop"
+        return tuple(
+            TokenContinuation(tuple(tokens), ended)
+            for tokens, ended in zip(new, stopped, strict=True)
+        )
 
     async def token_logprobs(self, text: str) -> list[TokenLogprob]:
         """Per-token logprobs of ``text``, tokenised the way a server tokenises a prompt (with
@@ -175,7 +232,7 @@ class LocalLLM(RerankedGeneration):
             if on_text is None:
                 return (await self.run(spec)).choices[0].text
             reply = Accumulator(on_text)
-            async for delta in self._stream(spec):
+            async for delta in self.stream(spec):
                 if delta.index == 0:
                     reply.add(delta.text)
             return reply.text

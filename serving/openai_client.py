@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from serving.errors import LLMError, LLMRequestError, LLMUnavailable, LogprobsUnsupported
 from serving.llm import (
     GREEDY,
+    Capabilities,
     ChatMessage,
     Choice,
     Completion,
@@ -110,6 +111,8 @@ class OpenAICompatibleLLM(RerankedGeneration):
 
     def __init__(self, config: OpenAIClientConfig) -> None:
         self.config = config
+        # A server says neither its context (MNEME_LLM_CONTEXT_TOKENS does) nor takes token ids.
+        self.capabilities = Capabilities()
         self._client = AsyncOpenAI(
             api_key=config.api_key or "EMPTY",
             base_url=config.base_url,

@@ -14,6 +14,7 @@ import numpy.typing as npt
 from serving.errors import RequestRejected
 from serving.llm import (
     GREEDY,
+    Capabilities,
     ChatMessage,
     Choice,
     Completion,
@@ -74,6 +75,7 @@ class ScriptedLLM:
     ``prompts`` records each call's last user message (or the raw prompt)."""
 
     model = "scripted"
+    capabilities = Capabilities()
 
     def __init__(self, reply: Reply, *, chat_template: bool = True) -> None:
         self.reply = reply

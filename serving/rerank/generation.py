@@ -6,10 +6,10 @@ import functools
 from collections.abc import Sequence
 from typing import cast
 
-from serving.llm import LLM, ChatMessage
+from serving.llm import LLM, ChatMessage, takes_token_ids
 from serving.rerank.config import RerankConfig
 from serving.rerank.decoders import Generator, RerankResult, decode
-from serving.rerank.generators import EngineBacked, EngineGenerator, ProtocolGenerator
+from serving.rerank.generators import ProtocolGenerator, TokenGenerator
 from serving.rerank.reranker import Reranker
 from serving.rerank.scorers import RerankerPool
 
@@ -29,9 +29,10 @@ def prefix_text(prompt: str | Sequence[ChatMessage]) -> str:
 
 
 def generator_for(llm: LLM, prompt: str | Sequence[ChatMessage], max_tokens: int) -> Generator:
-    """The built-in engine's token-level generator for a ``LocalLLM``, else the Protocol one."""
-    if isinstance(llm, EngineBacked):
-        generator = EngineGenerator.for_prompt(llm, prompt)
+    """The token-level generator where the backend takes token ids (``capabilities.token_ids``:
+    the built-in engine), else the Protocol one."""
+    if takes_token_ids(llm):
+        generator = TokenGenerator.for_prompt(llm, prompt)
         generator.check(max_tokens)
         return generator
     return ProtocolGenerator(llm, prompt)

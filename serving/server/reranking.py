@@ -27,16 +27,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from serving.llm import TokenLevelLLM
 from serving.rerank.config import RerankConfig
 from serving.rerank.decoders import RerankResult, decode
-from serving.rerank.generators import EngineGenerator
+from serving.rerank.generators import TokenGenerator
 from serving.rerank.scorers import RerankerPool
 from serving.server.schemas import ChatRequest, CompletionRequest, Request
-
-if TYPE_CHECKING:
-    from serving.local import LocalLLM
 
 PAPER_TOP_P = 0.9
 
@@ -92,7 +90,7 @@ def rerank_config(body: Request, default_scorer: str) -> RerankConfig:
 
 
 async def rerank_ids(
-    llm: LocalLLM,
+    llm: TokenLevelLLM,
     scorers: RerankerPool,
     body: Request,
     ids: Sequence[int],
@@ -106,7 +104,7 @@ async def rerank_ids(
     """
     refuse_combinations(body)
     config = rerank_config(body, default_scorer)
-    generator = EngineGenerator(llm, ids)
+    generator = TokenGenerator(llm, ids)
     generator.check(config.max_tokens)
     reranker = await asyncio.to_thread(scorers.get, config.scorer)  # a first load is slow
     stop = tuple(body.stop or ())

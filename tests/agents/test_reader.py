@@ -20,6 +20,7 @@ from memory.segmenters import FixedSegmenter
 from serving.errors import LogprobsUnsupported
 from serving.llm import (
     GREEDY,
+    Capabilities,
     ChatMessage,
     Choice,
     Completion,
@@ -59,6 +60,8 @@ class RecordingLLM:
     entry (else the message's last line). A JSON answer cites the passages holding
     ``keyword``, then the ``extra`` numbers.
     """
+
+    capabilities = Capabilities()
 
     def __init__(
         self,

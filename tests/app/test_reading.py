@@ -6,10 +6,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from app.reading import Reading
+import pytest
+
+from app.reading import SERVER_CONTEXT_TOKENS, Reading
 from app.settings import load_settings
 from memory import MemoryStore
 from serving.errors import LogprobsUnsupported
+from serving.llm import Capabilities
 from tests.texts import story
 
 
@@ -18,7 +21,8 @@ class NoLogprobsLLM:
 
     model = "no-logprobs"
 
-    def __init__(self) -> None:
+    def __init__(self, capabilities: Capabilities | None = None) -> None:
+        self.capabilities = capabilities or Capabilities()
         self.calls = 0
 
     async def token_logprobs(self, text: str) -> Any:
@@ -42,6 +46,20 @@ def test_auto_falls_back_to_embedding_novelty(store: MemoryStore, tmp_path: Path
     assert "".join(e.text for e in first.episodes) == story()
 
 
+@pytest.mark.parametrize(
+    ("capabilities", "context"),
+    [(Capabilities(context_tokens=1024), 1024), (Capabilities(), SERVER_CONTEXT_TOKENS)],
+)
+def test_the_context_is_the_backends_unless_configured(
+    store: MemoryStore, tmp_path: Path, capabilities: Capabilities, context: int
+) -> None:
+    llm = NoLogprobsLLM(capabilities)
+    said = Reading(load_settings(home=tmp_path), store=store, llm=llm)  # type: ignore[arg-type]
+    assert said.context_tokens() == context
+    configured = load_settings(home=tmp_path, llm_context_tokens=512)
+    assert Reading(configured, store=store, llm=llm).context_tokens() == 512  # type: ignore[arg-type]
+
+
 def test_choices_build_the_named_segmenter(store: MemoryStore, tmp_path: Path) -> None:
     reading = Reading(load_settings(home=tmp_path), store=store)
     assert reading.segmenter("fixed").kind == "fixed"
@@ -53,8 +71,6 @@ def test_choices_build_the_named_segmenter(store: MemoryStore, tmp_path: Path) -
 def test_an_upload_is_named_by_its_own_name_not_its_temporary_path(
     store: MemoryStore, tmp_path: Path
 ) -> None:
-    import pytest
-
     from app.errors import UnreadableDocument
 
     reading = Reading(load_settings(home=tmp_path), store=store)

@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel
 
 from serving.engine.config import EngineConfig
-from serving.llm import ChatMessage, SamplingParams
+from serving.llm import Capabilities, ChatMessage, SamplingParams, takes_token_ids
 from serving.local import LocalLLM
 
 GREEDY8 = SamplingParams(temperature=0.0, max_tokens=8)
@@ -58,6 +58,24 @@ def test_count_tokens(tiny_llm: LocalLLM) -> None:
     assert asyncio.run(tiny_llm.count_tokens("one two three")) == len(
         tiny_llm.tokenizer("one two three", add_special_tokens=False)["input_ids"]
     )
+
+
+def test_token_level_calls_agree_with_text(tiny_llm: LocalLLM) -> None:
+    """What the capabilities say, and ids continued then detokenised give the text a
+    completion gives; a stop string cuts the text before it."""
+    assert tiny_llm.capabilities == Capabilities(context_tokens=256, token_ids=True)
+    assert takes_token_ids(tiny_llm) and tiny_llm.max_context == 256
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    ids = tiny_llm.encode("Once upon a time")
+    [choice] = asyncio.run(tiny_llm.continue_ids(ids, params))
+    assert len(choice.token_ids) == 8 and not choice.stopped
+    assert all(0 <= t < tiny_llm.vocab_size for t in choice.token_ids)
+    text, cut = tiny_llm.detokenize(choice.token_ids)
+    assert text == asyncio.run(tiny_llm.complete("Once upon a time", params)).text and not cut
+    assert len(text) >= 6, "the tiny model's eight tokens spell at least six characters"
+    stop = text[3:6]
+    assert tiny_llm.detokenize(choice.token_ids, (stop,)) == (text[: text.index(stop)], True)
+    assert tiny_llm.decode(ids, special=False) == "Once upon a time"
 
 
 class Verdict(BaseModel):

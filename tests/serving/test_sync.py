@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from serving.errors import LLMUnavailable
 from serving.llm import (
     GREEDY,
+    Capabilities,
     ChatMessage,
     Choice,
     Completion,
@@ -29,6 +30,8 @@ class Verdict(BaseModel):
 
 class EchoLLM:
     """An async LLM that echoes its input and records the thread each call ran on."""
+
+    capabilities = Capabilities()
 
     def __init__(self) -> None:
         self.threads: set[int] = set()

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from serving.errors import RequestRejected
 from serving.llm import ChatMessage, SamplingParams
 from serving.local import LocalLLM
 from serving.rerank import (
@@ -24,8 +25,10 @@ from serving.rerank import (
     rank,
 )
 from serving.rerank.decoders import Beam, Sample, Step, beam_search, gather_all, over_generate
-from serving.rerank.generators import ProtocolGenerator
+from serving.rerank.generation import generator_for
+from serving.rerank.generators import ProtocolGenerator, TokenGenerator
 from serving.rerank.rankgen import RankGenReranker
+from tests.fakes import ScriptedLLM
 
 
 @dataclass
@@ -204,6 +207,15 @@ def test_chat_beam_search_needs_the_engine(
         over_generate(over_protocol, tiny_rankgen, "x", RerankConfig(method="sample", samples=2))
     )
     assert sampled.candidates <= 2
+
+
+def test_the_generator_follows_the_backends_capabilities(tiny_llm: LocalLLM) -> None:
+    """Token ids where the backend takes them (the engine), the Protocol's text calls otherwise;
+    a prompt the engine cannot fit is refused before any sampling."""
+    assert isinstance(generator_for(tiny_llm, "x", 4), TokenGenerator)
+    assert isinstance(generator_for(ScriptedLLM(lambda _, __: " on"), "x", 4), ProtocolGenerator)
+    with pytest.raises(RequestRejected, match="context"):
+        generator_for(tiny_llm, "x", 10_000)
 
 
 def test_unknown_scorers_list_the_offered_ones(tiny_llm: LocalLLM) -> None:
