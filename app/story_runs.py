@@ -32,6 +32,8 @@ from memory.jobs import SqlJobStore
 from memory.records import Job, JobStatus, StoryNode
 from memory.tables import utcnow
 
+__all__ = ["OPENING", "STEP", "STOPPED", "Job", "JobStatus", "StoryRuns"]
+
 log = logging.getLogger(__name__)
 
 STEP = "story-step"
@@ -50,7 +52,7 @@ class StoryRuns:
         stale_s: float = 30.0,
     ) -> None:  # fmt: skip
         self.writing = writing
-        self.jobs = SqlJobStore(writing.stories.database)
+        self.jobs = SqlJobStore(writing.reading.store.database)
         self.flush_s = flush_s
         self.heartbeat_s = heartbeat_s
         self.stale = timedelta(seconds=stale_s)
@@ -70,31 +72,32 @@ class StoryRuns:
         regenerate: int | None = None,
     ) -> Job:
         """Start writing the next paragraph (or another take on node ``regenerate``)."""
-        story = self.writing.stories.get(story_id)
+        story = self.writing.story(story_id)
         if regenerate is not None:
-            node = self.writing.stories.node(story_id, regenerate)
+            node = self.writing.node(story_id, regenerate)
             if node.parent_id is None:
                 raise InvalidRecord("the opening cannot be regenerated; start a new story instead")
             parent_id = node.parent_id
             plan, action = node.instruction, node.instruction
         elif parent_id is not None:
-            self.writing.stories.node(story_id, parent_id)
+            self.writing.node(story_id, parent_id)
         if (running := self.running(story_id)) is not None:
             raise Conflict(
                 f"story {story_id} is already writing a paragraph (run {running.id}); wait for "
                 "it or stop it first"
             )
         instruction = (action if story.mode == "interactive" else plan) or ""
+        self.writing.load()  # a model that cannot load fails here, before the run exists
         job = self.jobs.create(
             STEP,
             namespace_id=story.namespace_id,
             payload={"story_id": story_id, "instruction": instruction, "phase": "queued"},
         )
-        writer = self.writing.writer
 
         async def work(on_progress: OnProgress) -> tuple[int, StoryNode]:
-            node = await writer.step(story_id, plan=plan, action=action, parent_id=parent_id,
-                                     on_progress=on_progress)  # fmt: skip
+            node = await self.writing.step(
+                story_id, plan=plan, action=action, parent_id=parent_id, on_progress=on_progress
+            )
             return story_id, node
 
         return self._launch(job, work)
@@ -105,16 +108,16 @@ class StoryRuns:
         """Start a new story; bad input is refused here, before any model loads."""
         check_opening(genre, premise, mode)
         space = namespace or story_namespace(premise[:40])
+        self.writing.load()
         job = self.jobs.create(
             OPENING,
             payload={"genre": genre.strip(), "premise": premise.strip(), "mode": mode,
                      "namespace": space, "phase": "queued"},
         )  # fmt: skip
-        writer = self.writing.writer
 
         async def work(on_progress: OnProgress) -> tuple[int, StoryNode]:
-            story, root = await writer.start(space, genre=genre, premise=premise, mode=mode,
-                                             on_progress=on_progress)  # fmt: skip
+            story, root = await self.writing.start(genre, premise, mode, namespace=space,
+                                                   on_progress=on_progress)  # fmt: skip
             return story.id, root
 
         return self._launch(job, work)
@@ -185,7 +188,7 @@ class StoryRuns:
 
     def running(self, story_id: int) -> Job | None:
         """The step the story is writing now, if any."""
-        story = self.writing.stories.get(story_id)
+        story = self.writing.story(story_id)
         for job in self.jobs.running(STEP, namespace_id=story.namespace_id):
             if (alive := self._alive(job)) is not None:
                 return alive

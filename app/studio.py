@@ -1,42 +1,25 @@
-"""What the web app holds for a session: one Reading + Writing, and a private event loop.
+"""What the web app holds for a process: one Reading + Writing, and a private event loop.
 
-Streamlit reruns the page script on every interaction; this object lives across reruns (the page
-caches it), so the LLM is loaded once and async clients keep their loop. Errors Mneme knows are
-returned as messages for the page to show, never raised into Streamlit.
+Streamlit reruns the page script on every interaction; this object lives across reruns (the web
+app keeps it in Streamlit's resource cache: ``ui/studio.py``), so the LLM is loaded once and async
+clients keep their loop. Errors Mneme knows are returned as messages for the page to show, never
+raised into Streamlit.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from app.errors import KNOWN_ERRORS
 from app.reading import Reading
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 from app.story_runs import StoryRuns
-from app.writing import Writing
+from app.writing import Reranker, Writing, reranker_for
+from base.bridge import LoopThread
 
 T = TypeVar("T")
-
-
-_current: Studio | None = None
-
-
-def current() -> Studio:
-    """The process's studio: the one given to :func:`use`, else one built from settings."""
-    global _current
-    if _current is None:
-        _current = Studio()
-    return _current
-
-
-def use(studio: Studio | None) -> None:
-    """Serve the web app from ``studio`` (custom services, or tests); None resets."""
-    global _current
-    _current = studio
 
 
 class Studio:
@@ -46,8 +29,7 @@ class Studio:
         self.reading = reading or Reading(load_settings())
         self._writing: Writing | None = None
         self._runs: StoryRuns | None = None
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, name="mneme-ui", daemon=True).start()
+        self._bridge = LoopThread("mneme-ui")
 
     @property
     def writing(self) -> Writing:
@@ -62,13 +44,26 @@ class Studio:
             self._runs = StoryRuns(self.writing)
         return self._runs
 
+    def reranker(self, settings: Settings) -> Reranker:
+        """The paragraph reranker ``settings`` name, loaded now over this studio's embedder (a
+        clear error if it cannot be): the check before :meth:`reconfigure`."""
+        return reranker_for(settings, self.reading.store.embedder)
+
+    def reconfigure(self, settings: Settings) -> Studio:
+        """A studio serving ``settings`` over this one's store (its documents and stories stay).
+        This one's LLM is closed: serve from the new studio from now on."""
+        studio = Studio(Reading(settings, store=self.reading.store))
+        self.reading.close()
+        return studio
+
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the studio's loop and wait for it."""
-        return self.submit(coroutine).result()
+        """Run a coroutine on the studio's loop and wait for it (cancelled if the waiting thread
+        is interrupted)."""
+        return self._bridge.run(coroutine)
 
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
         """Start a coroutine on the studio's loop; the page polls the future (and can cancel)."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return self._bridge.submit(coroutine)
 
     def outcome(self, future: Future[T]) -> tuple[T | None, str | None]:
         """A finished future's (result, None), or (None, why not): the error's one line, or

@@ -9,7 +9,8 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from app.errors import KNOWN_ERRORS
 from app.reading import IngestProgress
-from app.studio import Studio, current
+from app.studio import Studio
+from ui.studio import current
 from ui.uploads import saved
 
 _STAGES = {"segment": "Cutting into episodes", "embed": "Embedding", "store": "Storing"}

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import studio as studio_module
 from app.doctor import run_checks
 from app.errors import SettingsError
-from app.reading import Reading
 from app.settings import load_settings
-from app.writing import Writing
+from ui import studio
 
 
 def main() -> None:
     st.title("Settings")
-    current = studio_module.current().reading.settings
+    current = studio.current().reading.settings
     with st.form("llm"):
         base_url = st.text_input(
             "LLM endpoint (OpenAI-compatible base URL; empty = the built-in engine)",
@@ -82,16 +80,14 @@ def main() -> None:
         st.error(check.detail)
         return
     st.success(check.detail)
-    old = studio_module.current()
-    reading = Reading(settings, store=old.reading.store)
+    old = studio.current()
     if settings.writer_candidates > 1:
         with st.spinner("Loading the reranker…"):
-            reranker, error = old.call(lambda: Writing(reading).reranker())
+            reranker, error = old.call(lambda: old.reranker(settings))
         if error or reranker is None:
             st.error(f"The reranker {settings.rerank_scorer!r} cannot be used: {error}")
             return
         st.success(f"Reranker ready: {reranker.name}")
     if applied:
-        studio_module.use(studio_module.Studio(reading))
-        old.reading.close()
+        studio.use(old.reconfigure(settings))
         st.success("Applied: the next step or question uses this model.")

@@ -5,18 +5,14 @@ from __future__ import annotations
 import difflib
 import textwrap
 import time
-from collections.abc import Callable
 from functools import partial
-from typing import Any
 
-import numpy as np
 import streamlit as st
 
-from agents.writer import GENRE_CHARS, PREMISE_CHARS
-from app.story_runs import OPENING, STOPPED
-from app.studio import Studio, current
-from app.writing import Story, StoryNode
-from memory.records import JobStatus
+from app.story_runs import OPENING, STOPPED, JobStatus
+from app.studio import Studio
+from app.writing import GENRE_CHARS, PREMISE_CHARS, Story, StoryNode, Writing
+from ui.studio import current
 from ui.uploads import saved
 
 PAGE = 20
@@ -101,14 +97,13 @@ def _follow_run(s: Studio, job_id: str, *, what: str = "step") -> None:
     if job.status is JobStatus.DONE and job.result:
         story_id = int(job.result["story_id"])
         st.session_state["story"] = story_id
-        node = s.writing.stories.node(story_id, int(job.result["node_id"]))
+        node = s.writing.node(story_id, int(job.result["node_id"]))
         st.session_state["notice"] = (
             f"The story moved on: step {node.depth} was added and is now the head."
             if what == "step" else "The story has begun."
         )  # fmt: skip
         if what == "step":
-            fresh = s.writing.stories.get(story_id)
-            s.writing.stories.update(story_id, metadata={**fresh.metadata, "draft": ""})
+            s.writing.save_draft(story_id, "")
     else:
         st.session_state["failed"] = {"job": job_id, "what": what, "error": job.error}
     st.rerun()
@@ -151,7 +146,7 @@ def _import(s: Studio) -> None:
 
 
 def _pick_story(s: Studio) -> Story | None:
-    stories, error = s.call(s.writing.stories.all)
+    stories, error = s.call(s.writing.list_stories)
     if _fail(error) or not stories:
         st.sidebar.info("No story yet: start one below.")
         return None
@@ -162,7 +157,7 @@ def _pick_story(s: Studio) -> Story | None:
         "Story", stories, index=index, format_func=lambda story: f"{story.title} (#{story.id})"
     )
     st.session_state["story"] = chosen.id
-    return s.writing.stories.get(chosen.id)
+    return s.writing.story(chosen.id)
 
 
 def _manage(s: Studio, story: Story) -> None:
@@ -170,7 +165,7 @@ def _manage(s: Studio, story: Story) -> None:
     with st.sidebar.expander("This story"):
         title = st.text_input("Title", value=story.title, key=f"title-{story.id}")
         if st.button("Rename", disabled=title.strip() == story.title):
-            _, error = s.call(lambda: s.writing.stories.rename(story.id, title))
+            _, error = s.call(lambda: s.writing.rename(story.id, title))
             if not _fail(error):
                 st.rerun()
         sure = st.checkbox(f"Yes, delete “{story.title}” and its memory", key=f"sure-{story.id}")
@@ -185,8 +180,7 @@ def _manage(s: Studio, story: Story) -> None:
 
 def _save_draft(s: Studio, story_id: int, key: str) -> None:
     """Keep what the writer typed with the story, so a reload or a crash loses nothing."""
-    story = s.writing.stories.get(story_id)
-    s.writing.stories.update(story_id, metadata={**story.metadata, "draft": st.session_state[key]})
+    s.writing.save_draft(story_id, st.session_state[key])
 
 
 def _step(s: Studio, story: Story, instruction: str, *, regenerate: int | None = None) -> None:
@@ -223,7 +217,7 @@ def _text(s: Studio, story: Story, head: StoryNode) -> None:
     page = pages
     if pages > 1:
         page = int(st.number_input(f"Page (of {pages})", 1, pages, pages, key=f"page-{head.id}"))
-    shown = s.writing.stories.steps(story.id, head.id, (page - 1) * PAGE, page * PAGE)
+    shown = s.writing.transcript(story.id, head.id, (page - 1) * PAGE, page * PAGE)
     interactive = story.mode == "interactive"
     with st.container(height=420):
         for instruction, paragraph in shown:
@@ -274,7 +268,7 @@ def _writing_loop(s: Studio, story: Story, head: StoryNode) -> None:
         _step(s, story, head.instruction, regenerate=head.id)
     if cols[2].button("Undo", disabled=head.parent_id is None,
                       help="Go back one step (the step stays, as a branch)"):  # fmt: skip
-        _, error = s.call(lambda: s.writing.tree.undo(story.id))
+        _, error = s.call(lambda: s.writing.undo(story.id))
         if not _fail(error):
             st.rerun()
     with cols[3].popover("Export"):
@@ -299,22 +293,20 @@ def _tree_dot(previews: list[tuple[int, int | None, str]], head: int) -> str:
 def _branches(s: Studio, story: Story, head: StoryNode) -> None:
     """The Loom view: the whole tree with a preview of each node; continue from any node, and
     edit a node's paragraph in place (earlier versions are kept)."""
-    previews = s.writing.stories.previews(story.id)
+    previews = s.writing.previews(story.id)
     st.graphviz_chart(_tree_dot(previews, head.id))
     labels = {nid: f"#{nid}: {preview[:60]}…" for nid, _, preview in previews}
     chosen = st.selectbox("Node", list(labels), index=list(labels).index(head.id),
                           format_func=labels.__getitem__)  # fmt: skip
-    node = s.writing.stories.node(story.id, chosen)
+    node = s.writing.node(story.id, chosen)
     if chosen != head.id and st.button("Continue from here", type="primary"):
-        s.writing.tree.switch(story.id, chosen)
+        s.writing.branch(story.id, chosen)
         st.session_state["notice"] = f"Continuing from node #{chosen}."
         st.rerun()
     with st.form(f"edit-{chosen}"):
         text = st.text_area("Paragraph (edit in place)", value=node.paragraph, height=200)
         if st.form_submit_button("Save paragraph"):
-            _, error = s.call(
-                lambda: s.run(s.writing.writer.edit_paragraph(story.id, chosen, text))
-            )
+            _, error = s.call(lambda: s.run(s.writing.edit_paragraph(story.id, chosen, text)))
             if not _fail(error):
                 st.session_state["notice"] = f"Saved: node #{chosen} now reads as edited."
                 st.rerun()
@@ -345,16 +337,16 @@ def _diff(old: str, new: str) -> str:
 def _memory(s: Studio, story: Story, head: StoryNode) -> None:
     st.caption(f"Why it changed: {head.memory_reason or '—'}")
     if head.parent_id is not None:
-        parent = s.writing.stories.node(story.id, head.parent_id)
+        parent = s.writing.node(story.id, head.parent_id)
         with st.expander("What changed at this step"):
             st.markdown(_diff(parent.short_term_memory, head.short_term_memory))
     memory = st.text_area("Short-term memory", value=head.short_term_memory,
                           key=f"stm-{head.id}", height=160)  # fmt: skip
     if st.button("Save memory"):
-        _, error = s.call(lambda: s.writing.tree.edit_memory(story.id, head.id, memory))
+        _, error = s.call(lambda: s.writing.edit_memory(story.id, head.id, memory))
         if not _fail(error):
             st.success("Saved: the next step reads this memory.")
-    path = s.writing.stories.path(story.id, head.id)
+    path = s.writing.path(story.id, head.id)
     rows = [
         {"step": n.depth, "instruction": n.instruction, "short-term memory": n.short_term_memory}
         for n in path
@@ -363,24 +355,16 @@ def _memory(s: Studio, story: Story, head: StoryNode) -> None:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _novelty(texts: tuple[str, ...], _embed: Callable[[list[str]], Any]) -> list[float]:
-    """How new each event is against the one before it: 1 - cosine of their embeddings (the
-    first event counts as wholly new). Events are a story's paragraphs, so this varies."""
-    if not texts:
-        return []
-    vectors = np.asarray(_embed(list(texts)), dtype=np.float32)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
-    similar = (vectors[1:] * vectors[:-1]).sum(axis=1)
-    return [1.0, *(1.0 - similar).round(4).tolist()]
+def _novelty(texts: tuple[str, ...], _writing: Writing) -> list[float]:
+    """:meth:`Writing.novelty` of the events, cached by their texts (embedding them is slow)."""
+    return _writing.novelty(texts)
 
 
 def _events(s: Studio, story: Story, head: StoryNode) -> None:
     """Long-term memory along this branch: its events, how new each one is, search, pin, forget."""
-    path = s.writing.stories.path(story.id, head.id)
-    timeline = [eid for node in path for eid in node.episode_ids]
-    memory = s.reading.story_memory(story.namespace)
-    episodes = {e.id: e for e in s.run(memory.episodes())}
-    points = [episodes[eid] for eid in timeline if eid in episodes][-EVENTS_SHOWN:]
+    events = s.run(s.writing.events(story.id, head.id))
+    episodes = {e.id: e for e in events}
+    points = events[-EVENTS_SHOWN:]
     if not points:
         st.info("No events yet: each stored paragraph becomes one (a moment after it is written).")
     else:
@@ -388,8 +372,7 @@ def _events(s: Studio, story: Story, head: StoryNode) -> None:
         if max(surprise) - min(surprise) > 1e-6:
             signal, what = surprise, "surprise (mean -log p of the event's tokens)"
         else:
-            embed = s.reading.store.embedder.embed
-            signal, what = _novelty(tuple(e.text for e in points), embed), "novelty"
+            signal, what = _novelty(tuple(e.text for e in points), s.writing), "novelty"
         st.caption(f"Events along this branch, by {what}: a high point is a turn in the story")
         st.line_chart({what.split(" ")[0]: signal})
         st.dataframe(
@@ -400,7 +383,7 @@ def _events(s: Studio, story: Story, head: StoryNode) -> None:
     query = st.text_input("Search this branch's memory", key="event-query")
     if not query.strip():
         return
-    hits, error = s.call(lambda: s.run(memory.search(query, within=timeline)))
+    hits, error = s.call(lambda: s.run(s.writing.search_events(story.id, head.id, query)))
     if _fail(error) or hits is None:
         return
     for hit in hits:
@@ -412,10 +395,10 @@ def _events(s: Studio, story: Story, head: StoryNode) -> None:
             st.write(hit.text)
             left, right = st.columns(2)
             if left.button("Unpin" if pinned else "Pin", key=f"pin-{hit.episode_id}"):
-                s.run(memory.pin(hit.episode_id, not pinned))
+                s.run(s.writing.pin_event(story.id, hit.episode_id, not pinned))
                 st.rerun()
             if right.button("Forget", key=f"forget-{hit.episode_id}", disabled=pinned):
-                _, error = s.call(partial(s.run, memory.forget([hit.episode_id])))
+                _, error = s.call(partial(s.run, s.writing.forget_event(story.id, hit.episode_id)))
                 if not _fail(error):
                     st.rerun()
 
@@ -426,24 +409,15 @@ def _suggestions(s: Studio, story: Story, head: StoryNode) -> None:
     if not suggested:
         return
     st.subheader("Suggested entries")
-
-    def keep(rest: list[dict[str, str]]) -> None:
-        node = s.writing.stories.node(story.id, head.id)
-        metadata = {**node.metadata, "bible_suggestions": rest}
-        s.writing.stories.update_node(story.id, head.id, metadata=metadata)
-
     for i, item in enumerate(suggested):
         left, accept, dismiss = st.columns([6, 1, 1])
         left.markdown(f"**{item['name']}** ({item['kind']}): {item['text']}")
-        rest = suggested[:i] + suggested[i + 1 :]
         if accept.button("Accept", key=f"accept-{head.id}-{i}"):
-            _, error = s.call(lambda item=item: s.writing.stories.upsert_entry(  # type: ignore[misc]
-                story.id, kind=item["kind"], name=item["name"], text=item["text"]))  # fmt: skip
+            _, error = s.call(partial(s.writing.accept_suggestion, story.id, head.id, i))
             if not _fail(error):
-                keep(rest)
                 st.rerun()
         if dismiss.button("Dismiss", key=f"dismiss-{head.id}-{i}"):
-            keep(rest)
+            s.writing.dismiss_suggestion(story.id, head.id, i)
             st.rerun()
 
 
@@ -451,11 +425,11 @@ def _bible(s: Studio, story: Story, head: StoryNode) -> None:
     _suggestions(s, story, head)
     st.caption("Entries named in the plan or the last paragraph (or sharing its words) go into "
                "the prompt.")  # fmt: skip
-    for entry in s.writing.stories.entries(story.id):
+    for entry in s.writing.entries(story.id):
         with st.expander(f"{entry.name} ({entry.kind})"):
             st.write(entry.text)
             if st.button("Delete", key=f"bible-delete-{entry.id}"):
-                s.writing.stories.delete_entry(story.id, entry.id)
+                s.writing.delete_entry(story.id, entry.id)
                 st.rerun()
     with st.form("bible-entry"):
         name = st.text_input("Name")
@@ -463,7 +437,7 @@ def _bible(s: Studio, story: Story, head: StoryNode) -> None:
         text = st.text_area("What to remember")
         if st.form_submit_button("Save entry"):
             _, error = s.call(
-                lambda: s.writing.stories.upsert_entry(story.id, kind=kind, name=name, text=text)
+                lambda: s.writing.save_entry(story.id, kind=kind, name=name, text=text)
             )
             if not _fail(error):
                 st.rerun()
@@ -493,7 +467,7 @@ def main() -> None:
         _failed(s, None)
         return
     _manage(s, story)
-    head = s.writing.stories.node(story.id, story.head_node_id)
+    head = s.writing.node(story.id, story.head_node_id)
     st.header(story.title)
     st.caption(f"{story.genre} · {story.mode} · step {head.depth}")
     write, branches, memory, events, bible, budget = st.tabs(

@@ -69,7 +69,7 @@ def node_out(ids: PublicIds, node: StoryNode) -> NodeOut:
 def _story_out(api: ApiServices, story: Story) -> StoryOut:
     head = None
     if story.head_node_id is not None:
-        head = node_out(api.ids, api.writing.stories.node(story.id, story.head_node_id))
+        head = node_out(api.ids, api.writing.node(story.id, story.head_node_id))
     return StoryOut(
         id=api.ids.stories.encode(story.id),
         title=story.title,
@@ -101,7 +101,7 @@ def _owned(api: ApiServices, caller: Caller, story_id: int) -> Story:
     """The tenant's story of public id ``story_id``; the same 404 whether it is missing or
     someone else's."""
     try:
-        story = api.writing.stories.get(api.ids.stories.decode(story_id))
+        story = api.writing.story(api.ids.stories.decode(story_id))
     except NotFound:
         story = None
     if story is None or not story.namespace.startswith(caller.stories):
@@ -112,7 +112,7 @@ def _owned(api: ApiServices, caller: Caller, story_id: int) -> Story:
 def _node(api: ApiServices, story: Story, story_id: int, node_id: int) -> StoryNode:
     """The node of public id ``node_id`` in ``story`` (public id ``story_id``), else 404."""
     try:
-        return api.writing.stories.node(story.id, api.ids.nodes.decode(node_id))
+        return api.writing.node(story.id, api.ids.nodes.decode(node_id))
     except NotFound as err:
         raise NotFound(f"node {node_id} is not in story {story_id}") from err
 
@@ -167,13 +167,13 @@ async def create_story(
     written = await _writing(api, caller, request, start)
     if written is None:
         return Response(status_code=499)  # the client left; the opening was stopped
-    story = await asyncio.to_thread(api.writing.stories.get, written[0])
+    story = await asyncio.to_thread(api.writing.story, written[0])
     return await asyncio.to_thread(_story_out, api, story)
 
 
 @router.get("/stories", response_model=StoryList)
 def list_stories(api: Services, caller: Authenticated) -> StoryList:
-    mine = [s for s in api.writing.stories.all() if s.namespace.startswith(caller.stories)]
+    mine = [s for s in api.writing.list_stories() if s.namespace.startswith(caller.stories)]
     shown = []
     for story in mine:
         with contextlib.suppress(NotFound):  # deleted while listing
@@ -228,7 +228,7 @@ async def step(
     if written is None:
         return Response(status_code=499)  # the client left; the step was stopped
     with _still_there(story_id):
-        node = await asyncio.to_thread(api.writing.stories.node, story.id, written[1])
+        node = await asyncio.to_thread(api.writing.node, story.id, written[1])
     return node_out(api.ids, node)
 
 
@@ -278,7 +278,7 @@ def branch(
     story = _owned(api, caller, story_id)
     node = _node(api, story, story_id, body.node_id)  # another story's node: a 404, no branch
     with _still_there(story_id):
-        return node_out(api.ids, api.writing.tree.switch(story.id, node.id))
+        return node_out(api.ids, api.writing.branch(story.id, node.id))
 
 
 @router.post("/stories/{story_id}/undo", response_model=NodeOut)
@@ -287,7 +287,7 @@ def undo(story_id: RecordId, api: Services, caller: Authenticated) -> NodeOut:
     story = _owned(api, caller, story_id)
     try:
         with _still_there(story_id):
-            return node_out(api.ids, api.writing.tree.undo(story.id))
+            return node_out(api.ids, api.writing.undo(story.id))
     except InvalidRecord as err:  # at the opening, or not started: a state, not a bad request
         raise Conflict(f"story {story_id}: {api.ids.reword(str(err))}") from err
 

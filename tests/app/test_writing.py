@@ -6,11 +6,14 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from app.loaders import load_document
 from app.reading import Reading
 from app.settings import load_settings
 from app.writing import Writing, story_namespace
-from memory import MemoryStore
+from memory import MemoryStore, NotFound
+from memory.errors import InvalidRecord
 from tests.agents.test_writer import echo, notes
 from tests.fakes import ScriptedLLM
 from tests.texts import story
@@ -112,11 +115,83 @@ def test_tree_moves_load_no_model(store: MemoryStore, tmp_path: Path) -> None:
     story, root = asyncio.run(writing.start("adventure", "A courier crosses the desert."))
     node = asyncio.run(writing.writer.step(story.id, plan="A storm rises."))
     fresh = Reading(load_settings(home=tmp_path), store=store)  # no model given: none loaded yet
-    tree = Writing(fresh).tree
-    assert tree.undo(story.id).id == root.id
-    assert tree.switch(story.id, node.id).id == node.id
+    moves = Writing(fresh)
+    assert moves.undo(story.id).id == root.id
+    assert moves.branch(story.id, node.id).id == node.id
     assert (
-        tree.edit_memory(story.id, node.id, "Mara is soaked.").short_term_memory
+        moves.edit_memory(story.id, node.id, "Mara is soaked.").short_term_memory
         == "Mara is soaked."
     )
     assert fresh._llm is None
+
+
+def test_the_surfaces_use_cases_change_what_the_store_holds(
+    store: MemoryStore, tmp_path: Path
+) -> None:
+    writing = Writing(Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo)))
+    story, root = asyncio.run(writing.start("adventure", "A courier crosses the desert."))
+    node = asyncio.run(writing.step(story.id, plan="A storm rises."))
+    assert [s.id for s in writing.list_stories()] == [story.id]
+    assert writing.story(story.id).head_node_id == node.id
+    assert [n.id for n in writing.path(story.id, node.id)] == [root.id, node.id]
+    assert writing.transcript(story.id, node.id, 1) == [("A storm rises.", node.paragraph)]
+    tree = [(node_id, parent) for node_id, parent, _ in writing.previews(story.id)]
+    assert tree == [(root.id, None), (node.id, root.id)]
+    assert writing.rename(story.id, "Dunes").title == writing.story(story.id).title == "Dunes"
+    assert writing.save_draft(story.id, "Mara digs.").metadata["draft"] == "Mara digs."
+    assert writing.story(story.id).metadata["draft"] == "Mara digs."
+    edited = asyncio.run(writing.edit_paragraph(story.id, node.id, "Sand fills the sky."))
+    assert writing.node(story.id, node.id).paragraph == edited.paragraph == "Sand fills the sky."
+    assert edited.metadata["versions"][0]["paragraph"] == node.paragraph
+    entry = writing.save_entry(story.id, kind="place", name="Oasis", text="Palms and a well.")
+    assert writing.entries(story.id) == [entry]
+    writing.delete_entry(story.id, entry.id)
+    assert writing.entries(story.id) == []
+
+
+def test_suggested_entries_are_accepted_or_dismissed_once(
+    store: MemoryStore, tmp_path: Path
+) -> None:
+    writing = Writing(Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo)))
+    story, root = asyncio.run(writing.start("adventure", "A courier crosses the desert."))
+    idris = {"kind": "character", "name": "Idris", "text": "A caravan master."}
+    well = {"kind": "place", "name": "The well", "text": "Dry since spring."}
+    writing.stories.update_node(story.id, root.id, metadata={"bible_suggestions": [idris, well]})
+    assert writing.accept_suggestion(story.id, root.id, 0).name == "Idris"
+    assert writing.node(story.id, root.id).metadata["bible_suggestions"] == [well]
+    assert writing.dismiss_suggestion(story.id, root.id, 0).metadata["bible_suggestions"] == []
+    assert [e.name for e in writing.entries(story.id)] == ["Idris"]
+    with pytest.raises(NotFound, match="no suggested entry 0"):
+        writing.accept_suggestion(story.id, root.id, 0)  # gone: another tab took it
+
+
+def test_a_branchs_events_are_listed_searched_pinned_and_forgotten(
+    store: MemoryStore, tmp_path: Path
+) -> None:
+    writing = Writing(Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo)))
+    story, root = asyncio.run(writing.start("adventure", "A courier crosses the desert."))
+
+    async def step(plan: str) -> int:
+        node = await writing.step(story.id, plan=plan)
+        await writing.writer.settle()
+        return node.id
+
+    storm = asyncio.run(step("A storm rises."))
+    writing.undo(story.id)
+    well = asyncio.run(step("She finds a well."))
+    events = asyncio.run(writing.events(story.id, well))
+    expected = [*root.episode_ids, *writing.node(story.id, well).episode_ids]
+    assert [e.id for e in events] == expected  # the other branch's step is not on this one
+    assert not set(writing.node(story.id, storm).episode_ids) & {e.id for e in events}
+    hits = asyncio.run(writing.search_events(story.id, well, "a well in the desert"))
+    assert hits and {h.episode_id for h in hits} <= set(expected)
+    first = events[0].id
+    assert asyncio.run(writing.pin_event(story.id, first)).pinned
+    with pytest.raises(InvalidRecord, match="pinned"):
+        asyncio.run(writing.forget_event(story.id, first))
+    asyncio.run(writing.pin_event(story.id, first, False))
+    asyncio.run(writing.forget_event(story.id, first))
+    assert first not in [e.id for e in asyncio.run(writing.events(story.id, well))]
+    novelty = writing.novelty(["a well", "a well", "a storm over the sea"])
+    assert novelty[0] == 1.0 and novelty[1] == pytest.approx(0.0, abs=1e-4) and novelty[2] > 0.1
+    assert writing.novelty([]) == []

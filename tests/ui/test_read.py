@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import studio as studio_module
 from app.reading import Reading
 from app.settings import load_settings
 from app.studio import Studio
 from memory import MemoryStore
 from tests.fakes import ScriptedLLM
 from tests.texts import story
+from ui import studio as studio_module
 
 SCRIPT = "from ui.read import main\nmain()\n"
 

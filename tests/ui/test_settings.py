@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import studio as studio_module
 from app.reading import Reading
 from app.settings import load_settings
 from app.studio import Studio
 from memory import MemoryStore
 from tests.app.test_cli import llm_server  # noqa: F401  (the fixture)
 from tests.net import free_port
+from ui import studio as studio_module
 
 SCRIPT = "from ui.settings import main\nmain()\n"
 

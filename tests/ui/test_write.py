@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import studio as studio_module
 from app.reading import Reading
 from app.settings import load_settings
 from app.studio import Studio
 from memory import MemoryStore
 from tests.agents.test_writer import PLANS, echo
 from tests.fakes import ScriptedLLM
+from ui import studio as studio_module
 
 SCRIPT = "from ui.write import main\nmain()\n"
 
@@ -174,3 +174,26 @@ def test_with_no_plans_left_the_page_offers_to_continue(studio: Studio) -> None:
     assert not app.exception and not app.error
     head = studio.writing.stories.node(story.id, studio.writing.stories.get(story.id).head_node_id)
     assert head.parent_id == story.head_node_id and head.instruction == "Continue the story."
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_suggested_entries_are_accepted_and_dismissed(studio: Studio) -> None:
+    app = started(studio)
+    story = studio.writing.stories.all()[0]
+    assert story.head_node_id is not None
+    idris = {"kind": "character", "name": "Idris", "text": "A caravan master."}
+    well = {"kind": "place", "name": "The well", "text": "Dry since spring."}
+    studio.writing.stories.update_node(
+        story.id, story.head_node_id, metadata={"bible_suggestions": [idris, well]}
+    )
+    app.run()
+    assert any(h.value == "Suggested entries" for h in app.subheader)
+    next(b for b in app.button if b.label == "Accept").click().run()
+    assert not app.exception and not app.error
+    assert [e.name for e in studio.writing.stories.entries(story.id)] == ["Idris"]
+    assert any(e.label == "Idris (character)" for e in app.expander)
+    next(b for b in app.button if b.label == "Dismiss").click().run()
+    assert not app.exception and not any(h.value == "Suggested entries" for h in app.subheader)
+    assert [e.name for e in studio.writing.stories.entries(story.id)] == ["Idris"]
+    head = studio.writing.stories.node(story.id, story.head_node_id)
+    assert head.metadata["bible_suggestions"] == []
