@@ -17,7 +17,8 @@ its reason) and three plans for what comes next. Here:
   node's ancestors, in their order (``search(within=...)``), so branches never see each other;
 - every step is a node of a story tree (:class:`~memory.stories.StoryStore`) keeping its
   short-term memory, plans and exactly what was sent, so undo, branch and regenerate restore
-  that node's state;
+  that node's state; its SQL runs in worker threads (:class:`~memory.stories.ThreadedStoryStore`),
+  so a step never blocks the event loop that serves other requests;
 - every part of the prompt has a token budget, so its size is bounded however long the story.
 """
 
@@ -27,11 +28,11 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from agents.errors import AgentConfigError, StepFailed
 from agents.quality import plans_problem, prose_problem, words
@@ -55,12 +56,14 @@ from memory.episodic import EpisodicMemory
 from memory.errors import InvalidRecord, NotFound
 from memory.records import NewStoryNode, Story, StoryNode
 from memory.retrieval import clip
-from memory.stories import StoryStore
+from memory.stories import StoryStore, ThreadedStoryStore
 from serving.errors import RequestRejected, StructuredOutputError
 from serving.llm import LLM, ChatMessage, SamplingParams
 from serving.rerank.reranker import Reranker
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Mode = Literal["novel", "interactive"]
 PromptStyle = Literal["auto", "chat", "completion"]
@@ -279,6 +282,10 @@ class RecurrentWriter(StoryTree):
         if not 1 <= config.candidates <= 16:
             raise AgentConfigError(f"candidates={config.candidates} must be in [1, 16]")
         super().__init__(stories)
+        self._stories = ThreadedStoryStore(stories)
+        """The same store for the async methods: every call in a worker thread, so a step never
+        blocks the event loop (the REST API's) on SQL. The sync moves of :class:`StoryTree` use
+        ``stories`` directly."""
         self.memory_for = memory_for
         self.llm = llm
         self.config = config
@@ -323,8 +330,10 @@ class RecurrentWriter(StoryTree):
             )  # fmt: skip
             frame = cast(OpeningNotes, notes)
             on_progress(Progress("storing", paragraph))
-            memory.store.namespace(namespace)
-            story = self.stories.create(
+
+        async def store() -> tuple[Story, StoryNode]:
+            await asyncio.to_thread(memory.store.namespace, namespace)
+            story = await self._stories.create(
                 namespace,
                 title=frame.title.strip(),
                 genre=genre.strip(),
@@ -332,13 +341,18 @@ class RecurrentWriter(StoryTree):
                 outline=frame.outline.strip(),
                 mode=mode,
             )
-            root = self._store_node(
+            root = await self._store_node(
                 story.id, None, "", paragraph, notes, prose, notes_prompt, ranking, "the start"
             )
-            root = self.stories.update_node(
-                story.id, root.id, episode_ids=await self._remember(memory, paragraph)
-            )
-        return self.stories.get(story.id), root
+            return story, root
+
+        # Outside the time limit, as a step's storing is. Stopped during the ingest, the opening
+        # is ingested by the first step that recalls past it.
+        story, root = await _uninterrupted(store())
+        root = await self._stories.update_node(
+            story.id, root.id, episode_ids=await self._remember(memory, paragraph)
+        )
+        return await self._stories.get(story.id), root
 
     async def adopt(
         self,
@@ -371,9 +385,13 @@ class RecurrentWriter(StoryTree):
             context = f"Title: {title or frame.title}\nOutline: {frame.outline}"
             notes, notes_prompt = await self._notes(context, "", ending, mode, on_progress)
             on_progress(Progress("storing"))
-            memory.store.namespace(namespace)
+            await asyncio.to_thread(memory.store.namespace, namespace)
             done = await memory.ingest(manuscript, name="manuscript")
-            story = self.stories.create(
+        accepted = [*frame.bible, *notes.bible]
+        notes = notes.model_copy(update={"bible": []})  # accepted already, not suggestions
+
+        async def store() -> tuple[Story, StoryNode]:
+            story = await self._stories.create(
                 namespace,
                 title=(title or frame.title).strip(),
                 genre=genre.strip() or "unknown",
@@ -381,10 +399,11 @@ class RecurrentWriter(StoryTree):
                 outline=frame.outline.strip(),
                 mode=mode,
             )
-            for item in [*frame.bible, *notes.bible]:
-                self.stories.upsert_entry(story.id, kind=item.kind, name=item.name, text=item.text)
-            notes = notes.model_copy(update={"bible": []})  # accepted already, not suggestions
-            root = self._store_node(
+            for item in accepted:
+                await self._stories.upsert_entry(
+                    story.id, kind=item.kind, name=item.name, text=item.text
+                )
+            root = await self._store_node(
                 story.id,
                 None,
                 "",
@@ -394,11 +413,11 @@ class RecurrentWriter(StoryTree):
                 notes_prompt,
                 None,
                 "imported manuscript",
+                [e.id for e in done.episodes],
             )
-            root = self.stories.update_node(
-                story.id, root.id, episode_ids=[e.id for e in done.episodes]
-            )
-        return self.stories.get(story.id), root
+            return await self._stories.get(story.id), root
+
+        return await _uninterrupted(store())
 
     # -- stepping ---------------------------------------------------------------------------
 
@@ -415,10 +434,11 @@ class RecurrentWriter(StoryTree):
         in interactive mode, the reader's ``action``); the new node becomes the head.
 
         ``on_progress`` hears the paragraph as it streams (exactly what will be stored), a try
-        that was discarded and why, and the phase. Cancelling the call stores nothing; so does
-        :class:`StepFailed`."""
-        story = self.stories.get(story_id)
-        parent = self.stories.node(story_id, parent_id or self._head(story))
+        that was discarded and why, and the phase. Cancelling the call stores nothing (but once
+        the node is being written, the write finishes first); :class:`StepFailed` stores
+        nothing."""
+        story = await self._stories.get(story_id)
+        parent = await self._stories.node(story_id, parent_id or self._head(story))
         instruction = (action if story.mode == "interactive" and action else plan) or ""
         if not instruction.strip():
             instruction = parent.plans[0] if parent.plans else "Continue the story."
@@ -436,7 +456,9 @@ class RecurrentWriter(StoryTree):
             on_progress(Progress("storing", paragraph))
             background = self.config.remember_in_background
             episode_ids = [] if background else await self._remember(memory, paragraph)
-            node = self._store_node(
+
+        async def store() -> StoryNode:
+            node = await self._store_node(
                 story_id,
                 parent.id,
                 instruction.strip(),
@@ -448,13 +470,17 @@ class RecurrentWriter(StoryTree):
                 "",
                 episode_ids,
             )
-        if background:
-            self._pending[node.id] = asyncio.create_task(
-                self._remember_node(story_id, node.id, memory, paragraph)
-            )
-        return node
+            if background:
+                self._pending[node.id] = asyncio.create_task(
+                    self._remember_node(story_id, node.id, memory, paragraph)
+                )
+            return node
 
-    def _store_node(
+        # Outside the time limit, and whole once begun: a step that raises StepFailed stored
+        # nothing, and one stopped during these few writes stops once they are done.
+        return await _uninterrupted(store())
+
+    async def _store_node(
         self,
         story_id: int,
         parent_id: int | None,
@@ -474,7 +500,7 @@ class RecurrentWriter(StoryTree):
             metadata["bible_suggestions"] = [item.model_dump() for item in notes.bible]
         record = prose.record()
         record["notes"] = notes_prompt.record()
-        return self.stories.add_node(
+        return await self._stories.add_node(
             story_id,
             parent_id,
             NewStoryNode(
@@ -493,10 +519,10 @@ class RecurrentWriter(StoryTree):
         self, story_id: int, node_id: int, on_progress: OnProgress = _quiet
     ) -> StoryNode:
         """Another take on a step: a sibling of ``node_id`` with the same instruction."""
-        node = self.stories.node(story_id, node_id)
+        node = await self._stories.node(story_id, node_id)
         if node.parent_id is None:
             raise InvalidRecord("the opening cannot be regenerated; start a new story instead")
-        story = self.stories.get(story_id)
+        story = await self._stories.get(story_id)
         parent, instruction = node.parent_id, node.instruction
         if story.mode == "interactive":
             return await self.step(
@@ -512,18 +538,18 @@ class RecurrentWriter(StoryTree):
         episodes (re-embedded), so recall finds what the story now says."""
         if not paragraph.strip():
             raise InvalidRecord("a paragraph cannot be empty; write some text or undo the step")
-        story = self.stories.get(story_id)
-        node = self.stories.node(story_id, node_id)
+        story = await self._stories.get(story_id)
+        node = await self._stories.node(story_id, node_id)
         if paragraph.strip() == node.paragraph:
             return node
         memory = self.memory_for(story.namespace)
         await self._wait_for(node_id)
-        node = self.stories.node(story_id, node_id)
+        node = await self._stories.node(story_id, node_id)
         versions = [*node.metadata.get("versions", []), {
             "paragraph": node.paragraph, "replaced_at": time.time()
         }]  # fmt: skip
         episode_ids = await self._remember(memory, paragraph.strip())
-        edited = self.stories.update_node(
+        edited = await self._stories.update_node(
             story_id,
             node_id,
             paragraph=paragraph.strip(),
@@ -823,9 +849,8 @@ class RecurrentWriter(StoryTree):
             if timeline and query.strip()
             else []
         )
-        bible = pick_entries(
-            self.stories.entries(story.id), f"{instruction}\n{last}", config.bible_tokens, count
-        )
+        entries = await self._stories.entries(story.id)
+        bible = pick_entries(entries, f"{instruction}\n{last}", config.bible_tokens, count)
         parts = {
             "story": self._context(story, memory),
             "short-term memory": clip(parent.short_term_memory, config.short_term_tokens, count),
@@ -902,15 +927,16 @@ class RecurrentWriter(StoryTree):
         a crash)."""
         if node_id is None:
             return []
-        timeline = self.stories.recall_timeline(story_id, node_id)
+        timeline = await self._stories.recall_timeline(story_id, node_id)
         if not timeline.unremembered:
             return timeline.episode_ids
         for missing in timeline.unremembered:
             if await self._wait_for(missing):
                 continue
-            node = self.stories.node(story_id, missing)  # retry here: errors reach the caller
+            # Retried here: errors reach the caller.
+            node = await self._stories.node(story_id, missing)
             await self._remember_node(story_id, missing, memory, node.paragraph)
-        return self.stories.timeline(story_id, node_id)
+        return await self._stories.timeline(story_id, node_id)
 
     async def _remember_node(
         self, story_id: int, node_id: int, memory: EpisodicMemory, paragraph: str
@@ -919,11 +945,11 @@ class RecurrentWriter(StoryTree):
         try:
             episode_ids = await self._remember(memory, paragraph)
             try:
-                self.stories.update_node(story_id, node_id, episode_ids=episode_ids)
+                await self._stories.update_node(story_id, node_id, episode_ids=episode_ids)
             except NotFound:
                 # The story was deleted meanwhile: drop what this ingest wrote (it may have
                 # re-created the namespace), so no memory of a deleted story survives.
-                if self._exists(story_id):
+                if await self._exists(story_id):
                     raise  # the node alone is gone: not this ingest's to clean up
                 await asyncio.to_thread(memory.store.delete_namespace, memory.namespace)
                 return []
@@ -934,9 +960,9 @@ class RecurrentWriter(StoryTree):
             raise
         return episode_ids
 
-    def _exists(self, story_id: int) -> bool:
+    async def _exists(self, story_id: int) -> bool:
         try:
-            self.stories.get(story_id)
+            await self._stories.get(story_id)
         except NotFound:
             return False
         return True
@@ -1044,6 +1070,22 @@ def as_continuation(prompt: Prompt) -> str:
     """The prose prompt as raw text for a base model (no chat template): the context, the
     instruction, then the story's end, so the model's continuation is the next paragraph."""
     return prompt.continuation or "\n\n".join(m.content for m in prompt.messages) + "\n\n"
+
+
+async def _uninterrupted(work: Awaitable[T]) -> T:
+    """``work`` (a step's last writes) run to its end even when the caller is cancelled
+    meanwhile, then the cancellation goes on: the writes run in worker threads and cannot stop
+    halfway, so none may leave a story without its opening or a node without its ingest."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            try:
+                await asyncio.wait([task])
+            except asyncio.CancelledError:
+                continue  # cancelled again: the writes still finish first
+        raise
 
 
 @asynccontextmanager

@@ -7,6 +7,7 @@ are never edited except for the writer's memory fields, and go only with their s
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -217,6 +218,93 @@ class StoryStore(Protocol):
     ) -> BibleEntry: ...
 
     def entries(self, story_id: int) -> list[BibleEntry]: ...
+
+
+class ThreadedStoryStore:
+    """A :class:`StoryStore` for async callers: each call runs in a worker thread
+    (``asyncio.to_thread``), so an event loop serving other requests never waits on SQL.
+
+    The one place where an async caller's story access crosses to a thread (issue 18); the
+    methods, arguments, results and errors are the wrapped store's.
+    """
+
+    def __init__(self, stories: StoryStore) -> None:
+        self.stories = stories
+        """The blocking store every call runs on."""
+
+    async def create(
+        self,
+        namespace: str,
+        *,
+        title: str,
+        genre: str,
+        premise: str,
+        outline: str = "",
+        mode: StoryMode | str = StoryMode.NOVEL,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Story:
+        return await asyncio.to_thread(
+            self.stories.create, namespace, title=title, genre=genre, premise=premise,
+            outline=outline, mode=mode, metadata=metadata,
+        )  # fmt: skip
+
+    async def get(self, story_id: int) -> Story:
+        return await asyncio.to_thread(self.stories.get, story_id)
+
+    async def node(self, story_id: int, node_id: int) -> StoryNode:
+        return await asyncio.to_thread(self.stories.node, story_id, node_id)
+
+    async def path(self, story_id: int, node_id: int) -> list[StoryNode]:
+        return await asyncio.to_thread(self.stories.path, story_id, node_id)
+
+    async def timeline(self, story_id: int, node_id: int) -> list[int]:
+        return await asyncio.to_thread(self.stories.timeline, story_id, node_id)
+
+    async def recall_timeline(self, story_id: int, node_id: int) -> Timeline:
+        return await asyncio.to_thread(self.stories.recall_timeline, story_id, node_id)
+
+    async def set_head(self, story_id: int, node_id: int) -> Story:
+        return await asyncio.to_thread(self.stories.set_head, story_id, node_id)
+
+    async def add_node(
+        self, story_id: int, parent_id: int | None, node: NewStoryNode, *, make_head: bool = True
+    ) -> StoryNode:
+        return await asyncio.to_thread(
+            self.stories.add_node, story_id, parent_id, node, make_head=make_head
+        )
+
+    async def update_node(
+        self,
+        story_id: int,
+        node_id: int,
+        *,
+        paragraph: str | None = None,
+        short_term_memory: str | None = None,
+        plans: Sequence[str] | None = None,
+        episode_ids: Sequence[int] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> StoryNode:
+        return await asyncio.to_thread(
+            self.stories.update_node, story_id, node_id, paragraph=paragraph,
+            short_term_memory=short_term_memory, plans=plans, episode_ids=episode_ids,
+            metadata=metadata,
+        )  # fmt: skip
+
+    async def upsert_entry(
+        self,
+        story_id: int,
+        *,
+        kind: BibleKind | str,
+        name: str,
+        text: str,
+        aliases: Sequence[str] = (),
+    ) -> BibleEntry:
+        return await asyncio.to_thread(
+            self.stories.upsert_entry, story_id, kind=kind, name=name, text=text, aliases=aliases
+        )
+
+    async def entries(self, story_id: int) -> list[BibleEntry]:
+        return await asyncio.to_thread(self.stories.entries, story_id)
 
 
 class SqlStoryStore:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -23,6 +25,7 @@ from memory import (
 from memory.episodes import SqlEpisodeStore
 from memory.lexical import is_lexical_name
 from memory.namespaces import SqlNamespaceStore
+from memory.stories import ThreadedStoryStore
 from memory.tables import Base, BibleEntryRow, StoryNodeRow, StoryRow
 
 
@@ -407,3 +410,36 @@ def test_paragraphs_name_what_is_wrong(stories: SqlStoryStore) -> None:
         stories.paragraphs(story + 999, root.id)
     with pytest.raises(InvalidRecord, match="not a range"):
         stories.paragraphs(story, root.id, 5, 2)
+
+
+def test_the_threaded_store_answers_as_the_store_does_off_the_event_loop(
+    stories: SqlStoryStore,
+) -> None:
+    make_namespace(stories.database, "tale")
+    threads: list[threading.Thread] = []
+
+    def record(*_: Any) -> None:
+        threads.append(threading.current_thread())
+
+    async def scenario() -> tuple[threading.Thread, list[str], list[StoryNode]]:
+        threaded = ThreadedStoryStore(stories)
+        story = await threaded.create("tale", title="The Lighthouse", genre="mystery",
+                                      premise="A keeper vanishes.")  # fmt: skip
+        root = await threaded.add_node(story.id, None, step("one"))
+        child = await threaded.add_node(story.id, root.id, step("two"))
+        await threaded.update_node(story.id, child.id, short_term_memory="edited")
+        await threaded.upsert_entry(story.id, kind="character", name="Ada", text="The keeper.")
+        with pytest.raises(NotFound, match="node 999 is not in story"):
+            await threaded.node(story.id, 999)
+        names = [e.name for e in await threaded.entries(story.id)]
+        return threading.current_thread(), names, await threaded.path(story.id, child.id)
+
+    event.listen(stories.database.engine, "before_cursor_execute", record)
+    try:
+        loop_thread, names, path = asyncio.run(scenario())
+    finally:
+        event.remove(stories.database.engine, "before_cursor_execute", record)
+    assert names == ["Ada"]
+    assert [n.paragraph for n in path] == ["one", "two"] and path[1].short_term_memory == "edited"
+    assert path == stories.path(path[0].story_id, path[1].id)  # the same answers as the store's
+    assert threads and loop_thread not in threads  # every statement ran in a worker thread
