@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from agents.writer import Mode, OnProgress, Progress, check_opening
 from app.errors import KNOWN_ERRORS, Conflict
@@ -42,6 +43,7 @@ STOPPED = "Stopped: nothing was stored."
 
 Work = Callable[[OnProgress], Awaitable[tuple[int, StoryNode]]]
 """A run's work: given a progress listener, the story id and the node it stored."""
+T = TypeVar("T")
 
 
 class StoryRuns:
@@ -59,6 +61,8 @@ class StoryRuns:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._live: dict[str, dict[str, Any]] = {}
         """The freshest payload of this process's runs (the SQL row lags by ``flush_s``)."""
+        self._queueing = threading.Lock()
+        """Held while a step is checked and queued (in a worker thread, off the event loop)."""
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -72,27 +76,39 @@ class StoryRuns:
         regenerate: int | None = None,
     ) -> Job:
         """Start writing the next paragraph (or another take on node ``regenerate``)."""
-        story = self.writing.story(story_id)
-        if regenerate is not None:
-            node = self.writing.node(story_id, regenerate)
-            if node.parent_id is None:
-                raise InvalidRecord("the opening cannot be regenerated; start a new story instead")
-            parent_id = node.parent_id
-            plan, action = node.instruction, node.instruction
-        elif parent_id is not None:
-            self.writing.node(story_id, parent_id)
-        if (running := self.running(story_id)) is not None:
-            raise Conflict(
-                f"story {story_id} is already writing a paragraph (run {running.id}); wait for "
-                "it or stop it first"
+
+        def queue() -> tuple[Job, str | None, str | None, int | None]:
+            with self._queueing:  # one check-then-create at a time: no two steps of a story
+                return queued()
+
+        def queued() -> tuple[Job, str | None, str | None, int | None]:
+            story = self.writing.story(story_id)
+            chosen_plan, chosen_action, parent = plan, action, parent_id
+            if regenerate is not None:
+                node = self.writing.node(story_id, regenerate)
+                if node.parent_id is None:
+                    raise InvalidRecord(
+                        "the opening cannot be regenerated; start a new story instead"
+                    )
+                parent = node.parent_id
+                chosen_plan, chosen_action = node.instruction, node.instruction
+            elif parent is not None:
+                self.writing.node(story_id, parent)
+            if (running := self.running(story_id)) is not None:
+                raise Conflict(
+                    f"story {story_id} is already writing a paragraph (run {running.id}); wait "
+                    "for it or stop it first"
+                )
+            instruction = (chosen_action if story.mode == "interactive" else chosen_plan) or ""
+            self.writing.load()  # a model that cannot load fails here, before the run exists
+            job = self.jobs.create(
+                STEP,
+                namespace_id=story.namespace_id,
+                payload={"story_id": story_id, "instruction": instruction, "phase": "queued"},
             )
-        instruction = (action if story.mode == "interactive" else plan) or ""
-        self.writing.load()  # a model that cannot load fails here, before the run exists
-        job = self.jobs.create(
-            STEP,
-            namespace_id=story.namespace_id,
-            payload={"story_id": story_id, "instruction": instruction, "phase": "queued"},
-        )
+            return self.jobs.start(job.id), chosen_plan, chosen_action, parent
+
+        job, plan, action, parent_id = await self._queued(queue, lambda queued: queued[0])
 
         async def work(on_progress: OnProgress) -> tuple[int, StoryNode]:
             node = await self.writing.step(
@@ -108,12 +124,17 @@ class StoryRuns:
         """Start a new story; bad input is refused here, before any model loads."""
         check_opening(genre, premise, mode)
         space = namespace or story_namespace(premise[:40])
-        self.writing.load()
-        job = self.jobs.create(
-            OPENING,
-            payload={"genre": genre.strip(), "premise": premise.strip(), "mode": mode,
-                     "namespace": space, "phase": "queued"},
-        )  # fmt: skip
+
+        def queue() -> Job:
+            self.writing.load()
+            job = self.jobs.create(
+                OPENING,
+                payload={"genre": genre.strip(), "premise": premise.strip(), "mode": mode,
+                         "namespace": space, "phase": "queued"},
+            )  # fmt: skip
+            return self.jobs.start(job.id)
+
+        job = await self._queued(queue, lambda queued: queued)
 
         async def work(on_progress: OnProgress) -> tuple[int, StoryNode]:
             story, root = await self.writing.start(genre, premise, mode, namespace=space,
@@ -122,8 +143,24 @@ class StoryRuns:
 
         return self._launch(job, work)
 
+    async def _queued(self, queue: Callable[[], T], job_of: Callable[[T], Job]) -> T:
+        """``queue()`` (SQL, and loading the model: they block) in a worker thread, off the event
+        loop. A caller cancelled meanwhile leaves no started run behind: its job is failed as
+        stopped once the thread is done."""
+        pending = asyncio.ensure_future(asyncio.to_thread(queue))
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+
+            def stop(done: asyncio.Future[T]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    self._end(job_of(done.result()).id, STOPPED)
+
+            pending.add_done_callback(stop)
+            raise
+
     def _launch(self, job: Job, work: Work) -> Job:
-        job = self.jobs.start(job.id)
+        """Run ``work`` for the started ``job`` as a task of the running loop."""
         self._live[job.id] = dict(job.payload)
         self._tasks[job.id] = asyncio.get_running_loop().create_task(self._run(job, work))
         return job
@@ -168,7 +205,7 @@ class StoryRuns:
     async def _beat(self, job_id: str) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            if not self._write(job_id, self._live.get(job_id, {})):
+            if not await asyncio.to_thread(self._write, job_id, self._live.get(job_id, {})):
                 if (task := self._tasks.get(job_id)) is not None:
                     task.cancel()
                 return

@@ -11,6 +11,7 @@ import pytest
 from app.loaders import load_document
 from app.reading import Reading
 from app.settings import load_settings
+from app.story_runs import StoryRuns
 from app.writing import Writing, story_namespace
 from memory import MemoryStore, NotFound
 from memory.errors import InvalidRecord
@@ -195,3 +196,25 @@ def test_a_branchs_events_are_listed_searched_pinned_and_forgotten(
     novelty = writing.novelty(["a well", "a well", "a storm over the sea"])
     assert novelty[0] == 1.0 and novelty[1] == pytest.approx(0.0, abs=1e-4) and novelty[2] > 0.1
     assert writing.novelty([]) == []
+
+
+def test_two_steps_asked_at_once_start_one_run(store: MemoryStore, tmp_path: Path) -> None:
+    writing = Writing(Reading(load_settings(home=tmp_path), store=store, llm=ScriptedLLM(echo)))
+    story, _ = asyncio.run(writing.start("adventure", "A courier crosses the desert."))
+
+    async def both() -> list[object]:
+        runs = StoryRuns(writing)
+        asked = await asyncio.gather(
+            runs.step(story.id, plan="A storm rises."),
+            runs.step(story.id, plan="A well runs dry."),
+            return_exceptions=True,
+        )
+        for job in asked:
+            if not isinstance(job, BaseException):
+                await runs.wait(job.id)
+        return asked
+
+    asked = asyncio.run(both())
+    assert sorted(type(a).__name__ for a in asked) == ["Conflict", "Job"]
+    head = writing.story(story.id).head_node_id
+    assert head is not None and len(writing.path(story.id, head)) == 2  # the opening and a step
