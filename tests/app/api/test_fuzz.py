@@ -82,6 +82,14 @@ def refusal(case: schemathesis.Case, reading: Reading) -> str | None:
     return None
 
 
+def sent_as_text(case: schemathesis.Case) -> bool:
+    """A multipart form whose fields are not all text: on the wire every field is text, so a
+    "wrong type" there (``{}`` for a name) arrives as a valid string and may be accepted."""
+    if case.media_type != "multipart/form-data" or not isinstance(case.body, dict):
+        return False
+    return any(not isinstance(v, str | bytes) for k, v in case.body.items() if k != "file")
+
+
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
@@ -90,9 +98,9 @@ def test_no_5xx_and_responses_match_the_schema(
     case: schemathesis.Case, fuzz_server: tuple[str, str, Reading]
 ) -> None:
     url, key, reading = fuzz_server
-    meaning = refusal(case, reading)
+    excluded = [schemathesis.checks.positive_data_acceptance] if refusal(case, reading) else []
+    if sent_as_text(case):
+        excluded.append(schemathesis.checks.negative_data_rejection)
     case.call_and_validate(
-        base_url=url,
-        headers={"Authorization": f"Bearer {key}"},
-        excluded_checks=[schemathesis.checks.positive_data_acceptance] if meaning else [],
+        base_url=url, headers={"Authorization": f"Bearer {key}"}, excluded_checks=excluded
     )
