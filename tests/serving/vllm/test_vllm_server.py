@@ -95,7 +95,9 @@ def test_streamed_completion_equals_the_whole_one(served: Served) -> None:
     }
     whole = served.client.completions.create(**request)
     chunks = list(served.client.completions.create(stream=True, **request))
-    assert len(chunks) >= 10  # it really streamed, token by token
+    # It really streamed, in several pieces: vLLM sends what is ready, so on a loaded machine
+    # two tokens may share a chunk (CI once saw 9 chunks for 10 tokens).
+    assert len(chunks) >= 3
     assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == (
         whole.choices[0].text
     )
