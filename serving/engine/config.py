@@ -33,14 +33,18 @@ class EngineConfig:
     """blocks/retrieval: first tokens (attention sinks) every query attends to exactly."""
     attention_local: int = 256
     """blocks/retrieval: most recent tokens every query attends to exactly."""
-    block_size: int = 64
-    """blocks: tokens per block (fixed pages) of the far context."""
-    block_representative: str = "mean"
-    """blocks: "mean" of each block's 4 most-attended keys (InfLLM) or "bounds" (Quest min/max)."""
-    block_neighbours: int = 1
-    """blocks: blocks on each side of a selected block also attended (temporal contiguity)."""
-    retrieval_segment: int = 512
-    """retrieval: far tokens added to the graph index at a time (incremental construction)."""
+    block_size: int = 16
+    """blocks: tokens per block (fixed pages) of the far context (Quest's page size: small blocks
+    spend the budget on the tokens that matter)."""
+    block_representative: str = "bounds"
+    """blocks: "bounds" (Quest's per-channel min/max, an upper bound of every key's score) or
+    "mean" of each block's 4 keys most attended by recent queries (InfLLM)."""
+    block_neighbours: int = 0
+    """blocks: blocks on each side of a selected block also attended (EM-LLM's temporal
+    contiguity; pays off with large blocks)."""
+    retrieval_segment: int = 128
+    """retrieval: far tokens added to the graph index at a time (incremental construction); the
+    not-yet-indexed tail, up to this many tokens, is attended exactly."""
     retrieval_degree: int = 32
     """retrieval: most graph edges kept per key."""
     memory_positions: str = "original"

@@ -1,8 +1,9 @@
 """RetrievalAttention: the engine mode for graph retrieval (``serving.kernels.retrieval``).
 
 Per sequence and layer an :class:`~serving.kernels.retrieval.AttentionGraph` indexes the far
-context one segment at a time from the queries seen since the last segment (the prompt's queries
-during prefill, then the generated tokens'). Prefill chunks attend to the far context exactly
+context one segment at a time from the queries at and after the segment (the prompt's queries
+during prefill, then the generated tokens'), so a key is linked to the later queries that look
+for it. Prefill chunks attend to the far context exactly
 (RetrievalAttention runs full attention at prefill); each decode query searches the graph for its
 head's top keys, attends to them, the not-yet-indexed tail and the static set, merged by
 log-sum-exp. The search runs on CPU over a CPU copy of the indexed keys.
@@ -10,30 +11,55 @@ log-sum-exp. The search runs on CPU over a CPU copy of the indexed keys.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from serving.engine.attention import ModeContext
 from serving.engine.sparsity import SparseAttention
 from serving.kernels.errors import AttentionSettingsError
-from serving.kernels.merge import Partial, attend
+from serving.kernels.merge import Partial
 from serving.kernels.retrieval import AttentionGraph
 from serving.kernels.static import Layout
 
-_PENDING = 4096  # most building queries kept per KV head between segments (older thinned)
+_PENDING = 4096  # most building queries kept per KV head (older ones thinned)
+_QUERY_STRIDE = 8  # one query position in this many builds the graph (bounds build time)
 
 
 @dataclass(eq=False)
 class _GraphState:
     graph: AttentionGraph
-    pending: list[torch.Tensor] = field(default_factory=list)  # (Hkv, q, D) CPU float32
+    queries: torch.Tensor | None = None  # (Hkv, Q, D) CPU float32, at or after graph.end
+    positions: torch.Tensor | None = None  # (Q,) the token position of each
+    unseen: int = 0  # the last ``unseen`` queries were not yet given to the graph
 
     def copy(self) -> _GraphState:
-        return _GraphState(self.graph.copy(), list(self.pending))
+        return _GraphState(self.graph.copy(), self.queries, self.positions, self.unseen)
+
+    def add(self, queries: torch.Tensor, positions: torch.Tensor) -> None:
+        if self.queries is None or self.positions is None:
+            self.queries, self.positions = queries, positions
+        else:
+            self.queries = torch.cat([self.queries, queries], 1)
+            self.positions = torch.cat([self.positions, positions])
+        self.unseen += queries.shape[1]
+        held = self.positions.numel()
+        if held > 2 * _PENDING:  # thin evenly rather than grow without bound
+            keep = torch.arange(0, held, max(1, held // _PENDING))
+            self.unseen = int((keep >= held - self.unseen).sum())
+            self.queries, self.positions = self.queries[:, keep], self.positions[keep]
+
+    def drop_before(self, position: int) -> None:
+        """Forget queries before ``position``: they cannot attend to keys indexed from there."""
+        if self.positions is None or self.queries is None:
+            return
+        keep = self.positions >= position
+        self.queries, self.positions = self.queries[:, keep], self.positions[keep]
 
 
 class RetrievalAttention(SparseAttention):
+    exact_prefill = True  # RetrievalAttention runs full attention at prefill
+
     def __init__(self, context: ModeContext) -> None:
         config = context.config
         self.segment, self.degree = config.retrieval_segment, config.retrieval_degree
@@ -44,37 +70,36 @@ class RetrievalAttention(SparseAttention):
             )
         # room for a not-yet-indexed segment plus some retrieved keys
         super().__init__(context, minimum_far=self.segment + 16)
-        self.kv_heads: int | None = None
 
     def new_state(self) -> _GraphState:
         return _GraphState(AttentionGraph(self.n_init, degree=self.degree))
 
-    def observe(self, state: _GraphState, query: torch.Tensor, split: Layout) -> None:
+    def observe(
+        self, state: _GraphState, query: torch.Tensor, keys: torch.Tensor, split: Layout
+    ) -> None:
+        """Buffer the pass's queries; index the next segment once it is far enough."""
         heads, new, dim = query.shape
-        kv_heads = self.kv_heads or heads
-        grouped = query.detach().float().cpu().reshape(kv_heads, (heads // kv_heads) * new, dim)
-        state.pending.append(grouped)
-        held = sum(p.shape[1] for p in state.pending)
-        if held > 2 * _PENDING:  # thin evenly rather than grow without bound
-            everything = torch.cat(state.pending, 1)
-            state.pending = [everything[:, :: max(1, held // _PENDING)]]
-
-    def __call__(
-        self,
-        query: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        past: torch.Tensor,
-        scaling: float,
-        layer: int,
-    ) -> torch.Tensor:
-        self.kv_heads = keys.shape[1]
-        return super().__call__(query, keys, values, past, scaling, layer)
+        kv_heads = keys.shape[0]
+        group = heads // kv_heads
+        positions = torch.arange(split.total - new, split.total)
+        kept = positions % _QUERY_STRIDE == 0
+        grouped = query.detach()[:, kept.to(query.device)].float().cpu()  # (Hq, t, D)
+        state.add(
+            grouped.reshape(kv_heads, group * int(kept.sum()), dim), positions[kept].repeat(group)
+        )
+        graph = state.graph
+        if split.far_end - graph.end >= self.segment and state.queries is not None:
+            # build from every query that can attend to the new segment (RetrievalAttention
+            # builds from all prompt queries), not only from those since the last segment
+            state.drop_before(graph.end)
+            graph.extend(keys, split.far_end, state.queries, state.unseen)
+            state.unseen = 0
+            state.drop_before(split.far_end)
 
     def far(
         self,
         state: _GraphState,
-        query: torch.Tensor,  # (Hq, T, D)
+        query: torch.Tensor,  # (Hq, 1, D): prefill passes attend exactly (exact_prefill)
         keys: torch.Tensor,  # (Hkv, S, D)
         values: torch.Tensor,
         split: Layout,
@@ -83,17 +108,7 @@ class RetrievalAttention(SparseAttention):
         if split.far_length == 0:
             return None
         graph = state.graph
-        if split.far_end - graph.end >= self.segment and state.pending:
-            graph.extend(keys, split.far_end, torch.cat(state.pending, 1))
-            state.pending = []
-        heads, new, _ = query.shape
-        if new > 1:  # prefill: the far context exactly, as RetrievalAttention does
-            return attend(
-                query,
-                keys[:, split.far_start : split.far_end],
-                values[:, split.far_start : split.far_end],
-                scaling,
-            )
+        heads = query.shape[0]
         tail = torch.arange(graph.end, split.far_end, device=keys.device)
         room = self.budget - split.static_length - tail.numel()
         if graph.count == 0:

@@ -3,7 +3,8 @@
 A mode attends each row exactly over its sinks and local window (``serving.kernels.static``) and
 over a selection of its far context, and merges the two (``serving.kernels.merge``). The far
 selection is the subclass's: block selection (``selection.py``) or graph retrieval
-(``retrieval.py``). Rows whose far context is empty take the dense path unchanged.
+(``retrieval.py``). Rows whose far context is empty take the dense path unchanged, and so do
+prefill passes of a mode with ``exact_prefill``.
 
 Positions: transformers applies rotary embedding before the attention function is called, so
 the cache holds rotated keys. RoPE at position p is a rotation R(p), and R(p') = R(p' - p)R(p),
@@ -39,6 +40,10 @@ def rotate(keys: torch.Tensor, shift: torch.Tensor, inv_freq: torch.Tensor) -> t
 
 class SparseAttention(ABC):
     """Base of the long-context modes: sinks + window exact, far context by the subclass."""
+
+    exact_prefill = False
+    """Prefill passes (more than one new token) attend exactly, as dense attention does; the
+    mode still sees them through :meth:`observe` (RetrievalAttention's full-attention prefill)."""
 
     def __init__(self, context: ModeContext, *, minimum_far: int) -> None:
         config = context.config
@@ -113,8 +118,8 @@ class SparseAttention(ABC):
         splits = [layout(int(p), new, self.n_init, self.n_local) for p in past.tolist()]
         states = [self._state(int(slot), layer) for slot in batch.slots.tolist()]
         for row, split in enumerate(splits):
-            self.observe(states[row], query[row], split)
-        if all(s.far_length == 0 for s in splits):
+            self.observe(states[row], query[row], keys[row, :, : split.total], split)
+        if all(s.far_length == 0 for s in splits) or (new > 1 and self.exact_prefill):
             return self._dense(query, keys, values, past, scaling, layer)
         rows = []
         for row, split in enumerate(splits):
@@ -126,9 +131,9 @@ class SparseAttention(ABC):
             rows.append(merge([static, far]).out if far is not None else static.out)
         return torch.stack(rows).to(query.dtype)
 
-    def observe(self, state: Any, query: torch.Tensor, split: Layout) -> None:
-        """See every pass's queries (Hq, T, D), far context or not (to buffer them); by
-        default a mode keeps none."""
+    def observe(self, state: Any, query: torch.Tensor, keys: torch.Tensor, split: Layout) -> None:
+        """See every pass's queries (Hq, T, D) and the cached keys (Hkv, S, D), far context or
+        not (to buffer queries and grow an index); by default a mode keeps none."""
         return None
 
     @abstractmethod
@@ -151,37 +156,39 @@ class SparseAttention(ABC):
 
     def attend_positions(
         self,
-        query: torch.Tensor,  # (Hq, T, D)
+        query: torch.Tensor,  # (..., Hq, T, D)
         keys: torch.Tensor,  # (Hkv, S, D)
         values: torch.Tensor,
-        positions: torch.Tensor,  # (H, N) with H = Hkv or Hq; far tokens, before every query
-        valid: torch.Tensor,  # (H, N)
+        positions: torch.Tensor,  # (..., H, N) H = Hkv or Hq; far tokens, before every query
+        valid: torch.Tensor,  # (..., H, N)
         split: Layout,
         scaling: float,
     ) -> Partial:
         """Exact attention over the given far positions per KV head (or per query head),
-        re-positioned as ``memory_positions`` says."""
-        heads = positions.shape[0]
+        re-positioned as ``memory_positions`` says. Leading dimensions pair query runs with
+        their own positions (selection per run of queries)."""
+        heads = positions.shape[-2]
         source = torch.arange(heads, device=keys.device) // (heads // keys.shape[0])
-        picked_keys = keys[source[:, None], positions]  # (H, N, D)
+        picked_keys = keys[source[:, None], positions]  # (..., H, N, D)
         picked_values = values[source[:, None], positions]
         if self.positions != "original" and self.inv_freq is not None:
             picked_keys = rotate(
                 picked_keys, self.new_positions(positions, valid, split) - positions, self.inv_freq
             )
-        group = query.shape[0] // heads
-        visible = valid.repeat_interleave(group, 0)[:, None, :]  # (Hq, 1, N)
+        group = query.shape[-3] // heads
+        visible = valid.repeat_interleave(group, -2)[..., None, :]  # (..., Hq, 1, N)
         return attend(query, picked_keys, picked_values, scaling, visible)
 
     def new_positions(
         self, positions: torch.Tensor, valid: torch.Tensor, split: Layout
     ) -> torch.Tensor:
-        """Where far tokens are placed: InfLLM's fixed distance ``n_local`` before the first
-        new query, or landmark's contiguous packing just before the local window."""
+        """Where far tokens (..., N) are placed: InfLLM's fixed distance ``n_local`` before the
+        first new query, or landmark's contiguous packing just before the local window."""
         if self.positions == "fixed":
             return torch.full_like(positions, split.far_end)
-        order = torch.argsort(torch.where(valid, positions, positions.new_full((), 1 << 62)), 1)
+        order = torch.argsort(torch.where(valid, positions, positions.new_full((), 1 << 62)), -1)
         rank = torch.empty_like(order)
-        rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-        count = valid.sum(1, keepdim=True)
+        ranks = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+        rank.scatter_(-1, order, ranks)
+        count = valid.sum(-1, keepdim=True)
         return split.far_end - count + rank  # valid ones fill far_end - count .. far_end - 1

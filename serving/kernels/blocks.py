@@ -155,7 +155,24 @@ def score_blocks(query: torch.Tensor, representatives: torch.Tensor) -> torch.Te
     """(Hkv, nb) score of each block for the queries (Hq, T, D) sharing a KV head: the max over
     the group's heads and the queries of q*r (mean representatives, (Hkv, nb, D)) or of the Quest
     bound q+*max + q-*min (bounds, (Hkv, nb, 2, D))."""
-    grouped = group_queries(query.float(), representatives.shape[0])  # (Hkv, G*T, D)
+    return score_query_groups(query, representatives, query.shape[1])[0]
+
+
+def score_query_groups(
+    query: torch.Tensor,  # (Hq, T, D)
+    representatives: torch.Tensor,  # (Hkv, nb, D) or (Hkv, nb, 2, D)
+    group: int,
+) -> torch.Tensor:  # (U, Hkv, nb) float32, U = ceil(T / group)
+    """Block scores for each run of ``group`` consecutive queries: the max over a run's queries
+    and the KV-head group's heads, as :func:`score_blocks` computes for one run.
+
+    Chunked prefill feeds hundreds of queries at once; one selection for all of them lets the
+    many queries of ordinary text outvote the few that ask for something far (a question at
+    the end of a prompt), so each run chooses its own blocks (landmark attention chooses per
+    token; runs of ``group`` bound the gathers)."""
+    heads, new = query.shape[:2]
+    kv_heads = representatives.shape[0]
+    grouped = group_queries(query.float(), kv_heads)  # (Hkv, G*T, D), head-major
     representatives = representatives.float()
     if representatives.dim() == 3:
         scores = grouped @ representatives.transpose(1, 2)  # (Hkv, G*T, nb)
@@ -164,38 +181,48 @@ def score_blocks(query: torch.Tensor, representatives: torch.Tensor) -> torch.Te
         scores = grouped.clamp(min=0) @ high.transpose(1, 2) + grouped.clamp(max=0) @ low.transpose(
             1, 2
         )
-    return scores.amax(1)
+    blocks = scores.shape[-1]
+    scores = scores.view(kv_heads, heads // kv_heads, new, blocks).amax(1)  # (Hkv, T, nb)
+    runs = -(-new // group)
+    if runs * group != new:  # pad the last run with a copy of its last query
+        scores = torch.cat([scores, scores[:, -1:].expand(-1, runs * group - new, -1)], 1)
+    return scores.view(kv_heads, runs, group, blocks).amax(2).transpose(0, 1)
 
 
 def select_blocks(scores: torch.Tensor, count: int, neighbours: int = 1) -> torch.Tensor:
-    """(Hkv, nb) bool: each KV head's ``count`` best blocks and their +-``neighbours``."""
-    blocks = scores.shape[1]
+    """(..., nb) bool: each row's ``count`` best blocks of (..., nb) ``scores`` and their
+    +-``neighbours``."""
+    blocks = scores.shape[-1]
     if count >= blocks:
         return torch.ones_like(scores, dtype=torch.bool)
     chosen = torch.zeros_like(scores, dtype=torch.bool)
-    chosen.scatter_(1, scores.topk(max(count, 0), dim=1).indices, True)
+    chosen.scatter_(-1, scores.topk(max(count, 0), dim=-1).indices, True)
     if neighbours > 0:
         spread = torch.nn.functional.max_pool1d(
-            chosen[:, None].float(), 2 * neighbours + 1, stride=1, padding=neighbours
+            chosen.reshape(-1, 1, blocks).float(), 2 * neighbours + 1, stride=1, padding=neighbours
         )
-        chosen = spread[:, 0] > 0
+        chosen = (spread > 0).view_as(chosen)
     return chosen
 
 
 def block_tokens(chosen: torch.Tensor, table: BlockTable) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token positions of each head's chosen blocks, in order, padded: (Hkv, N) int64 positions
-    and (Hkv, N) validity. Costs O(blocks chosen), not O(tokens indexed)."""
-    counts = chosen.sum(1)  # (Hkv,)
+    """Token positions of each row's chosen blocks of (..., nb) ``chosen``, in order, padded:
+    (..., N) int64 positions and (..., N) validity. Costs O(blocks chosen), not O(tokens
+    indexed)."""
+    lead = chosen.shape[:-1]
+    chosen = chosen.reshape(-1, chosen.shape[-1])
+    counts = chosen.sum(1)  # (rows,)
     width = int(counts.max()) if chosen.numel() else 0
     ids = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :width]  # chosen first
-    real = torch.arange(width, device=chosen.device)[None, :] < counts[:, None]  # (Hkv, W)
+    real = torch.arange(width, device=chosen.device)[None, :] < counts[:, None]  # (rows, W)
     starts = table.starts.to(chosen.device)[ids]
     lengths = torch.where(real, table.lengths.to(chosen.device)[ids], 0)
     span = int(lengths.max()) if lengths.numel() else 0
     offsets = torch.arange(span, device=chosen.device)
-    positions = (starts[..., None] + offsets).flatten(1)  # (Hkv, W*L)
+    positions = (starts[..., None] + offsets).flatten(1)  # (rows, W*L)
     valid = (offsets < lengths[..., None]).flatten(1)
-    return torch.where(valid, positions, 0), valid
+    positions = torch.where(valid, positions, 0)
+    return positions.view(*lead, -1), valid.view(*lead, -1)
 
 
 def gathered_attention(
@@ -266,21 +293,36 @@ class BlockIndex:
         return twin
 
     def select(
-        self, query: torch.Tensor, budget: int, neighbours: int = 1, *, kv_heads: int
+        self,
+        query: torch.Tensor,
+        budget: int,
+        neighbours: int = 1,
+        *,
+        kv_heads: int,
+        group: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Positions (Hkv, N) and validity of the blocks chosen for ``query`` (Hq, T, D) within
-        ``budget`` tokens, plus the key vectors read to score them (representatives)."""
+        ``budget`` tokens, plus the key vectors read to score them (representatives).
+
+        With ``group``, each run of ``group`` consecutive queries chooses its own blocks:
+        positions and validity are (U, Hkv, N) with U = ceil(T / group)."""
+        runs = 1 if group is None else -(-query.shape[1] // group)
+        lead = () if group is None else (runs,)
         if self.vectors is None:
-            empty = torch.zeros(kv_heads, 0, dtype=torch.long, device=query.device)
+            empty = torch.zeros(*lead, kv_heads, 0, dtype=torch.long, device=query.device)
             return empty, empty.bool(), 0
         widest = int(self.table.lengths.max())
         if int(self.table.lengths.sum()) <= budget:
-            chosen = torch.ones(self.vectors.shape[:2], dtype=torch.bool, device=query.device)
+            chosen = torch.ones(
+                runs, *self.vectors.shape[:2], dtype=torch.bool, device=query.device
+            )
             read = 0
         else:
-            scores = score_blocks(query, self.vectors)
+            scores = score_query_groups(query, self.vectors, group or query.shape[1])
             count = max(1, budget // ((2 * neighbours + 1) * widest))
             chosen = select_blocks(scores, count, neighbours)
             read = len(self.table) * (2 if self.representative == "bounds" else 1)
-        indices, valid = block_tokens(chosen, self.table)
+        indices, valid = block_tokens(chosen, self.table)  # (U, Hkv, N)
+        if group is None:
+            return indices[0], valid[0], read
         return indices, valid, read

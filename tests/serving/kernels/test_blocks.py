@@ -14,6 +14,7 @@ from serving.kernels.blocks import (
     gathered_attention,
     mean_representatives,
     score_blocks,
+    score_query_groups,
     select_blocks,
 )
 from serving.kernels.merge import attend
@@ -117,3 +118,57 @@ def test_block_index_grows_and_finds_a_planted_block(representative: str) -> Non
         assert int(valid[head].sum()) <= 48
     everything, ok, _ = index.select(query, budget=10_000, kv_heads=2)
     assert sorted(everything[0, ok[0]].tolist()) == list(range(4, index.end))
+
+
+@pytest.mark.parametrize("representative", ["mean", "bounds"])
+@pytest.mark.parametrize(("heads", "new", "group"), [(2, 7, 3), (6, 32, 16), (6, 5, 8)])
+def test_each_run_of_queries_scores_as_one_selection(
+    representative: str, heads: int, new: int, group: int
+) -> None:
+    keys = torch.randn(2, 120, 16)
+    table = fixed_blocks(0, 120, 12)
+    vectors = (
+        bound_representatives(keys, table)
+        if representative == "bounds"
+        else mean_representatives(keys, table)
+    )
+    query = torch.randn(heads, new, 16)
+    runs = score_query_groups(query, vectors, group)  # (U, Hkv, nb)
+    assert runs.shape == (-(-new // group), 2, len(table))
+    for run in range(runs.shape[0]):
+        alone = score_blocks(query[:, run * group : (run + 1) * group], vectors)
+        torch.testing.assert_close(runs[run], alone)
+    torch.testing.assert_close(
+        score_query_groups(query, vectors, new)[0], score_blocks(query, vectors)
+    )
+
+
+def test_selection_and_token_positions_keep_leading_dimensions() -> None:
+    scores = torch.randn(3, 2, 9)
+    chosen = select_blocks(scores, count=2, neighbours=1)
+    table = fixed_blocks(0, 90, 10)
+    positions, valid = block_tokens(chosen, table)
+    for run in range(3):
+        torch.testing.assert_close(chosen[run], select_blocks(scores[run], 2, 1))
+        alone, ok = block_tokens(chosen[run], table)
+        for head in range(2):
+            assert positions[run, head, valid[run, head]].tolist() == alone[head, ok[head]].tolist()
+
+
+def test_block_index_chooses_per_run_of_queries() -> None:
+    """Queries 0-7 want block 100..115 strongly, queries 8-15 want 308..323 weakly; with room
+    for one block, one choice for all gives both runs the first block."""
+    keys = torch.randn(1, 400, 32) * 0.1
+    keys[0, 100:116, 0] = 4.0
+    keys[0, 308:324, 1] = 4.0
+    query = torch.zeros(1, 16, 32)
+    query[0, :8, 0] = 5.0
+    query[0, 8:, 1] = 1.0
+    index = BlockIndex(4, size=16, representative="bounds")
+    index.extend(keys, 388)
+    shared, ok, _ = index.select(query, budget=16, neighbours=0, kv_heads=1)
+    assert shared[0, ok[0]].tolist() == list(range(100, 116))
+    runs, valid, _ = index.select(query, budget=16, neighbours=0, kv_heads=1, group=8)
+    assert runs.shape[:2] == (2, 1)
+    assert runs[0, 0, valid[0, 0]].tolist() == list(range(100, 116))
+    assert runs[1, 0, valid[1, 0]].tolist() == list(range(308, 324))

@@ -85,3 +85,17 @@ def test_copy_is_independent() -> None:
     twin = graph.copy()
     graph.extend(keys, 200, prompt[:, 50:100])
     assert twin.count == 100 and graph.count == 200
+
+
+def test_a_large_top_k_scans_every_key_exactly() -> None:
+    """Asked for 1/8 of the keys or more, a walk would visit most of them: score them all."""
+    keys, prompt, decode, _ = ood_data(4, count=800)
+    graph = AttentionGraph(0)
+    graph.extend(keys, 800, prompt[:, :300])
+    result = graph.search(keys, decode, 100)
+    exact = torch.einsum("hd,hnd->hn", decode, keys.repeat_interleave(2, 0)).topk(100).indices
+    for head in range(4):
+        assert set(result.indices[head].tolist()) == set(exact[head].tolist())
+    assert result.valid.all() and result.touched.tolist() == [800] * 4
+    walked = graph.search(keys, decode, 99)  # just under 1/8: the graph walk
+    assert int(walked.touched.max()) < 400
