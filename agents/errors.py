@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+NOTHING_STORED = "Nothing was stored; press Regenerate to try again."
+"""How every :class:`StepFailed` message ends: what it left behind, and what to do."""
+
 
 class AgentError(Exception):
     """Root of every agents error."""

@@ -1,5 +1,6 @@
 """What the writer refuses to store: empty or near-empty text, degenerate repetition, and text
-that echoes the prompt's instructions (or a repair request) instead of telling the story.
+that echoes the prompt's instructions (or a repair request) instead of telling the story; and the
+cleaning before those checks (the labels and numbering a model puts around its text).
 
 The checks are deliberately model-free and cheap, so they run on every paragraph, memory and plan
 before anything is stored, and the benchmark (``benchmarks/writer_quality.py``) reports the same
@@ -11,6 +12,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+
+from agents.replies import BibleItem, OpeningNotes, StepNotes, StoryFrame
+from agents.story_prompt import INSTRUCTION_TEXTS
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -43,6 +47,9 @@ ECHO_NGRAM = 6
 
 REPEATED_4GRAM_LIMIT = 0.25
 """Most share of a text's word 4-grams that may repeat an earlier 4-gram of the same text."""
+
+_MIN_MEMORY_WORDS = 5
+"""Fewest words of a short-term memory that may be stored."""
 
 
 def words(text: str) -> list[str]:
@@ -123,3 +130,73 @@ def plans_problem(plans: Sequence[str], *, instructions: Sequence[str] = ()) -> 
             return f"option {number} is the same as an earlier one"
         seen.add(key)
     return None
+
+
+_LABEL = re.compile(
+    r"^\s*(?:#+\s*|\*\*)?(?:(?:the\s+)?(?:next\s+|opening\s+)?paragraph(?:\s*\d+)?|plan\s*\d*|"
+    r"option\s*\d*|action\s*\d*|short[- ]term memory|memory|summary|title|outline|"
+    r"here(?:'s| is)[^:\n]{0,60})\s*:\**\s*",
+    re.IGNORECASE,
+)
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
+
+
+def clean_paragraph(text: str) -> str:
+    """The paragraph as shown and stored: surrounding space and a leading label or preamble
+    ("Here is the next paragraph:", "Paragraph 3:") removed. Applied to the text so far on
+    every streamed piece, so what is shown is always what would be stored."""
+    return _LABEL.sub("", text.lstrip(), count=1).strip()
+
+
+def _clean_line(text: str) -> str:
+    return _LABEL.sub("", _BULLET.sub("", text.strip(), count=1), count=1).strip().strip('"')
+
+
+def clean_notes(notes: StepNotes) -> StepNotes:
+    """Notes without the labels and numbering a model puts around them. Plans that are not
+    real, distinct sentences are dropped (a weak model's third plan is often empty; the writer
+    can always write their own), and so are bible suggestions that are not real entries."""
+    plans: list[str] = []
+    for plan in (_clean_line(p) for p in notes.plans):
+        if plans_problem([*plans, plan], instructions=INSTRUCTION_TEXTS) is None:
+            plans.append(plan)
+    bible = [
+        BibleItem(kind=b.kind, name=_clean_line(b.name), text=b.text)
+        for b in notes.bible
+        if prose_problem(b.text, min_words=2, instructions=INSTRUCTION_TEXTS) is None
+        and prose_problem(b.name, min_words=1, instructions=INSTRUCTION_TEXTS) is None
+    ]
+    return type(notes).model_construct(
+        **{
+            **dict(notes),
+            "short_term_memory": _clean_line(notes.short_term_memory),
+            "reason": "" if echoes_instructions(notes.reason) else _clean_line(notes.reason),
+            "plans": plans,
+            "bible": bible,
+        }
+    )
+
+
+def notes_problem(notes: StepNotes) -> str | None:
+    """Why notes already through :func:`clean_notes` cannot be stored, or None."""
+    memory = prose_problem(notes.short_term_memory, min_words=_MIN_MEMORY_WORDS,
+                           instructions=INSTRUCTION_TEXTS, what="short-term memory")  # fmt: skip
+    if memory is not None:
+        return memory
+    if not notes.plans:
+        return "none of the plans was usable"
+    if isinstance(notes, OpeningNotes):
+        return frame_problem(notes)
+    return None
+
+
+def frame_problem(frame: StoryFrame | OpeningNotes) -> str | None:
+    """Why a title and outline cannot be stored, or None."""
+    if not words(frame.title) or echoes_instructions(frame.title):
+        return "the title came back empty" if not words(frame.title) else "the title was unusable"
+    return prose_problem(frame.outline, min_words=4, instructions=INSTRUCTION_TEXTS,
+                         what="outline")  # fmt: skip
+
+
+def echoes_instructions(text: str) -> bool:
+    return prose_problem(text, min_words=0, instructions=INSTRUCTION_TEXTS) is not None

@@ -106,3 +106,9 @@ def tail(text: str, limit: int, count: Callable[[str], int]) -> str:
         else:
             low = middle + 1
     return " ".join(words[low:])
+
+
+def as_continuation(prompt: Prompt) -> str:
+    """The prose prompt as raw text for a base model (no chat template): the context, the
+    instruction, then the story's end, so the model's continuation is the next paragraph."""
+    return prompt.continuation or "\n\n".join(m.content for m in prompt.messages) + "\n\n"

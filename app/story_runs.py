@@ -25,7 +25,7 @@ from dataclasses import asdict, replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from agents.writer import Mode, OnProgress, Progress, check_opening
+from agents.writer_config import Mode, OnProgress, Progress, check_opening
 from app.errors import KNOWN_ERRORS, Conflict
 from app.writing import Writing, story_namespace
 from memory.errors import InvalidRecord, NotFound

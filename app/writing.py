@@ -18,17 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.writer import (
+from agents.story_tree import StoryTree, story_text
+from agents.writer import RecurrentWriter
+from agents.writer_config import (
     GENRE_CHARS,
     PREMISE_CHARS,
     Mode,
     OnProgress,
     Progress,
-    RecurrentWriter,
-    StoryTree,
     WriterConfig,
     check_opening,
-    story_text,
 )
 from app.loaders import load_document
 from app.reading import Reading

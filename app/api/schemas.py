@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-from agents.writer import PREMISE_CHARS
+from agents.writer_config import PREMISE_CHARS
 
 SegmenterName = Literal["auto", "surprise", "embedding", "fixed"]
 JobState = Literal["queued", "running", "done", "failed"]

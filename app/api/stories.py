@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from agents.errors import StepFailed
-from agents.writer import check_opening
+from agents.writer_config import check_opening
 from app.api.admission import admitted
 from app.api.auth import Authenticated, Services
 from app.api.errors import ERROR_RESPONSES, MODEL_RESPONSES

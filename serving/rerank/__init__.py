@@ -4,8 +4,11 @@ by over-generate-and-rerank or RankGen's beam search.
 Importing this package does not import torch: the ``Reranker`` Protocol, the config and the
 value types are plain Python, and the scorers load their models lazily.
 
-    from serving.rerank import RerankConfig, generate
-    result = await generate(llm, prompt, rerank=RerankConfig(method="beam", scorer="embedder"))
+    from serving.rerank import RerankConfig, RerankerPool, generate
+    scorers = RerankerPool.standard()  # kept by the caller: each scorer loads once
+    result = await generate(
+        llm, prompt, rerank=RerankConfig(method="beam", scorer="embedder"), scorers=scorers
+    )
 """
 
 from serving.rerank.config import EMBEDDER_SCORER, RANKGEN_CHECKPOINTS, RerankConfig, ScorerConfig

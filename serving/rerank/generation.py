@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import cast
 
@@ -12,13 +11,6 @@ from serving.rerank.decoders import Generator, RerankResult, decode
 from serving.rerank.generators import ProtocolGenerator, TokenGenerator
 from serving.rerank.reranker import Reranker
 from serving.rerank.scorers import RerankerPool
-
-
-@functools.cache
-def standard_pool() -> RerankerPool:
-    """The process's standard scorers, each loaded on first use and kept (``generate``'s
-    default, so a RankGen checkpoint is not reloaded per call)."""
-    return RerankerPool.standard()
 
 
 def prefix_text(prompt: str | Sequence[ChatMessage]) -> str:
@@ -50,15 +42,22 @@ async def generate(
 ) -> RerankResult:
     """Continue ``prompt`` (text, or a conversation) with reranked sampling.
 
-    The scorer is ``reranker`` if given, else ``rerank.scorer`` from ``scorers`` (default: the
-    process's :func:`standard_pool`, which loads each scorer once and keeps it).
+    The scorer is ``reranker`` if given, else ``rerank.scorer`` from ``scorers``: a pool the
+    caller keeps for as long as it generates (e.g. ``RerankerPool.standard()``), which loads each
+    scorer on first use and keeps it, so a RankGen checkpoint is not reloaded per call. Without
+    either, :class:`TypeError`.
     Raises :class:`~serving.errors.ModelNotAvailable` when the scorer's weights are missing,
     :class:`~serving.errors.RequestRejected` when prompt + ``rerank.max_tokens`` exceed the
     local model's context, and whatever the backend raises (``LLMError``).
     """
     config = rerank or RerankConfig()
     if reranker is None:
-        reranker = (scorers or standard_pool()).get(config.scorer)
+        if scorers is None:
+            raise TypeError(
+                "generate() needs reranker= (a scorer) or scorers= (a RerankerPool the caller "
+                "keeps, such as RerankerPool.standard(), so each scorer loads once)"
+            )
+        reranker = scorers.get(config.scorer)
     generator = generator_for(llm, prompt, config.max_tokens)
     return await decode(generator, reranker, prefix_text(prompt), config, seed=seed, stop=stop)
 

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agents.writer import RecurrentWriter, WriterConfig
+from agents.writer import RecurrentWriter
+from agents.writer_config import WriterConfig
 from memory import ChromaVectorIndex, Database, MemoryStore
 from memory.episodic import EpisodicMemory
 from memory.errors import InvalidRecord

@@ -9,7 +9,7 @@ from unittest.mock import patch
 import pytest
 
 from agents.errors import StepFailed
-from agents.writer import PREMISE_CHARS, Progress, WriterConfig
+from agents.writer_config import PREMISE_CHARS, Progress, WriterConfig
 from memory import MemoryStore
 from memory.errors import InvalidRecord
 from tests.agents.test_writer import OPENING, echo, notes, opening, run, writer_for
@@ -171,7 +171,7 @@ def test_slow_notes_are_stopped_at_the_step_target(store: MemoryStore) -> None:
         return await real(messages, schema, params, **kwargs)
 
     llm.generate_json = stalled  # type: ignore[method-assign]
-    with patch("agents.writer._NOTES_LEAST_S", 0.05):
+    with patch("agents.notes._NOTES_LEAST_S", 0.05):
         node = run(writer.step(story.id, plan=root.plans[0]))
     assert calls == [1]  # stopped, and no second try past the target
     assert node.memory_reason.startswith("Not updated")

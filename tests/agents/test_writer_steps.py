@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from agents.errors import AgentConfigError
-from agents.writer import WriterConfig
+from agents.writer_config import WriterConfig
 from memory import MemoryStore
 from tests.agents.test_writer import echo, run, writer_for
 from tests.fakes import ScriptedLLM

@@ -229,6 +229,14 @@ def test_unknown_scorers_list_the_offered_ones(tiny_llm: LocalLLM) -> None:
     assert result.scorer == "words"
 
 
+def test_without_a_scorer_or_a_pool_nothing_is_loaded() -> None:
+    """No process-wide pool: the caller that keeps the scorers passes them (issue 18)."""
+    llm = ScriptedLLM(lambda _, __: " on")
+    with pytest.raises(TypeError, match=r"reranker= .* or scorers="):
+        run(generate(llm, "x", rerank=RerankConfig(scorer="embedder", max_tokens=4)))
+    assert llm.prompts == []  # refused before any sampling
+
+
 class VirtualClock:
     """Stands in for ``time`` in the decoders: it moves only when a fake call says so."""
 
@@ -276,7 +284,10 @@ def test_concurrent_beams_count_generation_time_once(monkeypatch: pytest.MonkeyP
 @pytest.mark.slow
 def test_the_standard_pool_offers_the_bundled_embedder(tiny_llm: LocalLLM) -> None:
     config = RerankConfig(method="sample", scorer="embedder", samples=2, max_tokens=4)
-    result = run(generate(tiny_llm, "The lighthouse keeper", rerank=config, seed=0))
+    scorers = RerankerPool.standard()
+    result = run(
+        generate(tiny_llm, "The lighthouse keeper", rerank=config, scorers=scorers, seed=0)
+    )
     assert result.scorer == "embedder:sentence-transformers/all-MiniLM-L6-v2"
     assert result.candidates == 2
 
