@@ -6,8 +6,9 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Literal, NoReturn
 
 import typer
 
@@ -17,7 +18,8 @@ from app.errors import EXIT_BROKEN, KNOWN_ERRORS, SettingsError, exit_code
 from app.runtime import open_database
 from app.settings import Settings, load_settings
 from memory.database import Database, describe_url
-from serving.engine.config import EngineConfig
+from serving.engine.config import Dtype, EngineConfig
+from serving.kernels.config import AttentionConfig, AttentionMode, MemoryPositions, Representative
 
 ENGINE = EngineConfig()
 """The engine's defaults: ``mneme llm serve``'s options start from these (defined once, there)."""
@@ -39,7 +41,16 @@ cli.add_typer(doc_cli, name="doc")
 cli.add_typer(keys_cli, name="keys")
 cli.command()(api)
 
-_state: dict[str, Any] = {"debug": False}
+
+@dataclass(slots=True)
+class _Invocation:
+    """One run of ``mneme``: :func:`main` makes it and hands it to click as ``ctx.obj``, the
+    root callback records the root options on it, and ``main``'s error handling (which runs
+    after click's context has closed) reads them. Nothing of it outlives the run."""
+
+    debug: bool = False
+    """``--debug``: full tracebacks and debug logs."""
+
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -54,11 +65,12 @@ def _emit(data: object, as_json: bool, text: str) -> None:
 
 @cli.callback()
 def _main(
+    ctx: typer.Context,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show full tracebacks and debug logs.")
     ] = False,
 ) -> None:
-    _state["debug"] = debug
+    ctx.ensure_object(_Invocation).debug = debug
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -124,9 +136,10 @@ def doctor(as_json: JsonOption = False) -> None:
 )
 def llm_serve(
     ctx: typer.Context,
-    engine: Annotated[str, typer.Option(help="Inference engine: torch (built in) or vllm.")] = (
-        "torch"
-    ),
+    engine: Annotated[
+        Literal["torch", "vllm"],
+        typer.Option(help="Inference engine: torch (built in) or vllm."),
+    ] = "torch",
     model: Annotated[
         str | None,
         typer.Option(
@@ -140,7 +153,9 @@ def llm_serve(
         str | None, typer.Option(help="Require 'Authorization: Bearer KEY' on /v1 routes.")
     ] = None,
     device: Annotated[str, typer.Option(help="torch device for the torch engine.")] = ENGINE.device,
-    dtype: Annotated[str, typer.Option(help="float32, float16, bfloat16 or auto.")] = ENGINE.dtype,
+    dtype: Annotated[
+        Dtype, typer.Option(help="Weights' dtype; auto = float32 on CPU, bfloat16 on CUDA.")
+    ] = ENGINE.dtype,
     max_batch: Annotated[
         int, typer.Option(help="Sequences decoded together.", min=1)
     ] = ENGINE.max_batch,
@@ -159,25 +174,43 @@ def llm_serve(
             "(made by .ci/vllm-venv); default: Mneme's own."
         ),
     ] = None,
+    # The attention options: one per AttentionConfig field, its default and its docstring.
     attention: Annotated[
-        str,
-        typer.Option(
-            help="full (exact), blocks (landmark block selection; vllm: page selection) or "
-            "retrieval (RetrievalAttention graph index; torch engine only)."
-        ),
-    ] = "full",
+        AttentionMode, typer.Option(help=AttentionConfig.describe("mode"))
+    ] = ENGINE.attention.mode,
     attention_budget: Annotated[
+        int, typer.Option(help=AttentionConfig.describe("budget"))
+    ] = ENGINE.attention.budget,
+    attention_sinks: Annotated[
+        int, typer.Option(help=AttentionConfig.describe("sinks"))
+    ] = ENGINE.attention.sinks,
+    attention_window: Annotated[
         int,
-        typer.Option(help="blocks/retrieval: cached tokens each query attends to.", min=1),
-    ] = ENGINE.attention_budget,
-    attention_local: Annotated[
-        int, typer.Option(help="blocks/retrieval: recent tokens always attended.", min=1)
-    ] = ENGINE.attention_local,
+        typer.Option(
+            "--attention-window", "--attention-local", help=AttentionConfig.describe("window")
+        ),
+    ] = ENGINE.attention.window,
+    attention_block_size: Annotated[
+        int, typer.Option(help=AttentionConfig.describe("block_size"))
+    ] = ENGINE.attention.block_size,
+    attention_representative: Annotated[
+        Representative, typer.Option(help=AttentionConfig.describe("representative"))
+    ] = ENGINE.attention.representative,
+    attention_neighbours: Annotated[
+        int, typer.Option(help=AttentionConfig.describe("neighbours"))
+    ] = ENGINE.attention.neighbours,
+    attention_positions: Annotated[
+        MemoryPositions, typer.Option(help=AttentionConfig.describe("positions"))
+    ] = ENGINE.attention.positions,
+    retrieval_segment: Annotated[
+        int, typer.Option(help=AttentionConfig.describe("retrieval_segment"))
+    ] = ENGINE.attention.retrieval_segment,
+    retrieval_degree: Annotated[
+        int, typer.Option(help=AttentionConfig.describe("retrieval_degree"))
+    ] = ENGINE.attention.retrieval_degree,
 ) -> None:
     """Serve a model over the OpenAI API (/v1/completions, /v1/chat/completions, /v1/embeddings)."""
     settings = _settings()
-    if attention not in ("full", "blocks", "retrieval"):
-        raise SettingsError(f"--attention {attention!r} is not one of full, blocks, retrieval")
     if engine == "vllm" and attention == "retrieval":
         raise SettingsError(
             "--attention retrieval is served by --engine torch; vLLM offers full or blocks"
@@ -187,16 +220,24 @@ def llm_serve(
             "--prefix-cache-tokens is the torch engine's; vLLM caches prefixes itself "
             "(pass --no-enable-prefix-caching to turn that off)"
         )
+    # AttentionSettingsError (a bad count, a budget below sinks + window) is a usage error
+    attention_config = AttentionConfig(
+        mode=attention,
+        budget=attention_budget,
+        sinks=attention_sinks,
+        window=attention_window,
+        block_size=attention_block_size,
+        representative=attention_representative,
+        neighbours=attention_neighbours,
+        positions=attention_positions,
+        retrieval_segment=retrieval_segment,
+        retrieval_degree=retrieval_degree,
+    )
     if engine == "vllm":
-        selection: dict[str, str] = {}
-        if attention == "blocks":
-            from serving.vllm.pages import PageSettings
+        from serving.vllm.pages import environment
 
-            pages = PageSettings(budget=attention_budget, n_local=attention_local)
-            selection = pages.environment()
+        selection = environment(attention_config)  # refuses what vLLM's pages cannot do
         _serve_vllm(ctx.args, settings, model, host, port, api_key, dtype, python, selection)
-    if engine != "torch":
-        raise SettingsError(f"--engine {engine!r} is not available; use --engine torch or vllm")
     if ctx.args or python is not None:
         unknown = " ".join([*ctx.args, *(["--python"] if python is not None else [])])
         raise SettingsError(f"{unknown}: only --engine vllm takes vLLM options")
@@ -210,9 +251,7 @@ def llm_serve(
         prefix_cache_tokens=(
             ENGINE.prefix_cache_tokens if prefix_cache_tokens is None else prefix_cache_tokens
         ),
-        attention="dense" if attention == "full" else attention,
-        attention_budget=attention_budget,
-        attention_local=attention_local,
+        attention=attention_config,
     )
     serve_torch(settings, config, host=host, port=port, api_key=api_key)
 
@@ -286,13 +325,14 @@ def ui(
 
 def main() -> None:
     """Entry point: run the CLI, turning known errors into one line and an exit code."""
+    invocation = _Invocation()
     try:
         # Without standalone mode click returns the code of a `typer.Exit` instead of exiting.
-        result = cli(standalone_mode=False)
+        result = cli(standalone_mode=False, obj=invocation)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except KNOWN_ERRORS as err:
-        if _state["debug"]:
+        if invocation.debug:
             logging.exception("mneme failed")
         typer.echo(f"error: {err}", err=True)
         sys.exit(exit_code(err))
@@ -304,7 +344,7 @@ def main() -> None:
         sys.exit(130)
     except Exception as err:  # the process edge: log the traceback, never show it raw
         logging.getLogger("mneme").debug("unexpected error", exc_info=True)
-        if _state["debug"]:
+        if invocation.debug:
             raise
         typer.echo(f"error: unexpected {type(err).__name__}: {err} (rerun with --debug)", err=True)
         sys.exit(EXIT_BROKEN)

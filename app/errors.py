@@ -28,6 +28,7 @@ from serving.errors import (
     RequestRejected,
     ServingError,
 )
+from serving.kernels.errors import AttentionSettingsError
 
 
 class MnemeError(Exception):
@@ -98,6 +99,7 @@ _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (StoreUnavailable, EXIT_STORE),
     (StoreError, EXIT_STORE),
     (ModelNotAvailable, EXIT_MODEL),
+    (AttentionSettingsError, EXIT_USAGE),
     (ServingError, EXIT_MODEL),
     (StepFailed, EXIT_MODEL),
     (AgentConfigError, EXIT_USAGE),
@@ -137,6 +139,7 @@ _HTTP_STATUSES: tuple[tuple[type[Exception], int, str], ...] = (
     (StoreError, 500, "store_error"),
     (ModelNotAvailable, 503, "model_unavailable"),
     (LLMUnavailable, 503, "model_unavailable"),
+    (AttentionSettingsError, 500, "configuration_error"),
     (ServingError, 502, "model_error"),
     (StepFailed, 502, "model_error"),
     (TrajectoryNotResumable, 409, "conflict"),

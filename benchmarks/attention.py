@@ -48,7 +48,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from serving.kernels.blocks import BlockIndex, BlockTable, Representative, event_blocks
+from serving.kernels.blocks import BlockIndex, BlockTable, event_blocks
+from serving.kernels.config import Representative
 from serving.kernels.merge import attend, merge
 from serving.kernels.retrieval import AttentionGraph
 from serving.kernels.static import Layout, layout, static_attention
@@ -285,18 +286,19 @@ def perplexity_rows(model: Path, texts: Path, windows: int, seed: int) -> list[d
     text (one book each, random start), full attention against blocks and retrieval at a
     128-token (25%) budget: 4 sinks + 32 local + selected, every token fed as its own step."""
     from serving.engine.config import EngineConfig
+    from serving.kernels.config import AttentionConfig
 
     books = sorted(texts.glob("*.txt"))
     if not books:
         sys.exit(f"no .txt books in {texts}; pass --texts")
     base = EngineConfig(model=str(model), max_context=512)
-    sparse = replace(base, prefill_chunk=1, attention_budget=128, attention_init=4)
+    small = AttentionConfig(budget=128, sinks=4, window=32, block_size=8, retrieval_segment=32)
     configs = {
         "full": base,
-        "blocks": replace(sparse, attention="blocks", attention_local=32, block_size=8),
-        "retrieval": replace(
-            sparse, attention="retrieval", attention_local=32, retrieval_segment=32
-        ),
+        **{
+            mode: replace(base, prefill_chunk=1, attention=replace(small, mode=mode))
+            for mode in ("blocks", "retrieval")
+        },
     }
     logprobs = {method: _score(config, books, windows, seed) for method, config in configs.items()}
     full, full_tail = _perplexity(logprobs["full"]), _perplexity(_tail(logprobs["full"]))
@@ -307,7 +309,7 @@ def perplexity_rows(model: Path, texts: Path, windows: int, seed: int) -> list[d
             {
                 "context": 512,
                 "method": method,
-                "budget": configs[method].attention_budget if method != "full" else 512,
+                "budget": configs[method].attention.budget if method != "full" else 512,
                 "perplexity": value,
                 "ratio_vs_full": value / full,
                 "perplexity_past_128": tail,

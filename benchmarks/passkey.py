@@ -21,8 +21,8 @@ all before (prompt logprobs). Retrieval attends exactly during prefill, as Retri
 does (it sparsifies decoding only), so its prompt perplexity equals full attention's by
 construction and is not run; its decoding is what the passkey test checks.
 
-Methods: ``full`` (dense attention) and ``blocks`` / ``retrieval`` at each ``--budgets`` share
-of the context (attention_budget = share x length), every other setting the engine's default.
+Methods: ``full`` (exact attention) and ``blocks`` / ``retrieval`` at each ``--budgets`` share
+of the context (attention budget = share x length), every other setting the engine's default.
 Tables: passkey accuracy per method, budget and length (correct / trials), and perplexity with
 its ratio to full attention in the same run.
 """
@@ -71,8 +71,9 @@ class Method:
     def config(self, base: Any, length: int) -> Any:
         """The engine config for a context of ``length`` tokens."""
         if self.share is None:
-            return replace(base, attention="dense")
-        return replace(base, attention=self.name, attention_budget=int(self.share * length))
+            return replace(base, attention=replace(base.attention, mode="full"))
+        attention = replace(base.attention, mode=self.name, budget=int(self.share * length))
+        return replace(base, attention=attention)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +185,7 @@ def run_passkey(
                     reply = loaded.tokenizer.decode(tokens, skip_special_tokens=True)
                     row = {
                         "method": method.label,
-                        "budget": engine.config.attention_budget if method.share else length,
+                        "budget": engine.config.attention.budget if method.share else length,
                         "length": length,
                         "depth": trial.depth,
                         "key": trial.key,
@@ -220,7 +221,7 @@ def run_perplexity(
             engine.shutdown()
         row = {
             "method": method.label,
-            "budget": engine.config.attention_budget if method.share else length,
+            "budget": engine.config.attention.budget if method.share else length,
             "length": length,
             "perplexity": math.exp(-sum(values) / len(values)),
             "tokens": len(values),

@@ -4,7 +4,7 @@
 to the function registered under ``config._attn_implementation``. The engine registers
 ``mneme`` there: it writes the new keys/values into the engine's own KV cache
 (``serving.engine.cache``) and asks the active :class:`AttentionMode` to attend over the cached
-context. Modes (dense here; block selection and retrieval beside it, all named in
+context. Modes (full attention here; block selection and retrieval beside it, all named in
 ``serving.engine.modes``) see the whole padded batch and return one output per query.
 """
 
@@ -67,7 +67,7 @@ def causal_padding_mask(past: torch.Tensor, new: int, total: int) -> torch.Tenso
     return (key_positions[None, None, :] <= query_positions[:, :, None])[:, None]
 
 
-class DenseAttention:
+class FullAttention:
     """Exact attention over every cached token (PyTorch SDPA): the reference mode."""
 
     def __call__(

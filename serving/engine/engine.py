@@ -99,7 +99,9 @@ class TorchEngine:
         self.tokenizer = self.loaded.tokenizer
         self.max_context = self.loaded.max_context
         inv_freq, rope_type = rotary_of(self.loaded.model)
-        self._mode = make_mode(self.config.attention, ModeContext(self.config, inv_freq, rope_type))
+        self._mode = make_mode(
+            self.config.attention.mode, ModeContext(self.config, inv_freq, rope_type)
+        )
         parameter = next(self.loaded.model.parameters())
         self._device = parameter.device
         self.cache = SlotKVCache(
@@ -118,7 +120,7 @@ class TorchEngine:
         # A reused prefix is plain KV; the long-context modes also keep per-slot indexes of it.
         self.prefixes = (
             PrefixCache(self.config.prefix_cache_tokens)
-            if self.config.prefix_cache_tokens and self.config.attention == "dense"
+            if self.config.prefix_cache_tokens and self.config.attention.mode == "full"
             else None
         )
         if self.config.prefix_idle_s is not None and self.config.prefix_idle_s <= 0:

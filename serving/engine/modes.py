@@ -1,9 +1,11 @@
 """The engine's attention modes by name, and :func:`make_mode`.
 
-``dense`` is exact attention (:mod:`serving.engine.attention`); ``blocks`` (landmark block
+``full`` is exact attention (:mod:`serving.engine.attention`); ``blocks`` (landmark block
 selection, :mod:`serving.engine.selection`) and ``retrieval`` (RetrievalAttention,
 :mod:`serving.engine.retrieval`) are imported only when chosen. This module sits above all
-three, so the modes import :mod:`serving.engine.attention` and never the other way round.
+three, so the modes import :mod:`serving.engine.attention` and never the other way round. The
+names are :data:`serving.kernels.config.MODES`, whose settings are checked when the config is
+built; a mode checks only what depends on the model.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
-from serving.engine.attention import AttentionMode, DenseAttention, ModeContext
+from serving.engine.attention import AttentionMode, FullAttention, ModeContext
 
 
 def _blocks(context: ModeContext) -> AttentionMode:
@@ -27,7 +29,7 @@ def _retrieval(context: ModeContext) -> AttentionMode:
 
 
 MODES: Mapping[str, Callable[[ModeContext], AttentionMode]] = MappingProxyType(
-    {"dense": lambda context: DenseAttention(), "blocks": _blocks, "retrieval": _retrieval}
+    {"full": lambda context: FullAttention(), "blocks": _blocks, "retrieval": _retrieval}
 )
 """Attention modes by name (read-only)."""
 

@@ -17,7 +17,6 @@ import torch
 
 from serving.engine.attention import ModeContext
 from serving.engine.sparsity import SparseAttention
-from serving.kernels.errors import AttentionSettingsError
 from serving.kernels.merge import Partial
 from serving.kernels.retrieval import AttentionGraph
 from serving.kernels.static import Layout
@@ -58,18 +57,13 @@ class _GraphState:
 
 
 class RetrievalAttention(SparseAttention):
+    name = "retrieval"
     exact_prefill = True  # RetrievalAttention runs full attention at prefill
 
     def __init__(self, context: ModeContext) -> None:
-        config = context.config
-        self.segment, self.degree = config.retrieval_segment, config.retrieval_degree
-        if self.segment < 1 or self.degree < 2:
-            raise AttentionSettingsError(
-                f"retrieval_segment={self.segment} must be >= 1 and retrieval_degree="
-                f"{self.degree} >= 2"
-            )
-        # room for a not-yet-indexed segment plus some retrieved keys
-        super().__init__(context, minimum_far=self.segment + 16)
+        super().__init__(context)
+        self.segment = self.settings.retrieval_segment
+        self.degree = self.settings.retrieval_degree
 
     def new_state(self) -> _GraphState:
         return _GraphState(AttentionGraph(self.n_init, degree=self.degree))

@@ -18,8 +18,7 @@ import torch
 
 from serving.engine.attention import ModeContext
 from serving.engine.sparsity import SparseAttention
-from serving.kernels.blocks import BlockIndex, Representative
-from serving.kernels.errors import AttentionSettingsError
+from serving.kernels.blocks import BlockIndex
 from serving.kernels.merge import Partial
 from serving.kernels.static import Layout
 
@@ -38,27 +37,17 @@ class _BlockState:
 
 
 class BlockAttention(SparseAttention):
+    name = "blocks"
+
     def __init__(self, context: ModeContext) -> None:
-        config = context.config
-        self.block_size = config.block_size
-        self.representative = config.block_representative
-        self.neighbours = config.block_neighbours
-        if self.block_size < 1 or self.neighbours < 0:
-            raise AttentionSettingsError(
-                f"block_size={self.block_size} must be >= 1 and block_neighbours="
-                f"{self.neighbours} >= 0"
-            )
-        if self.representative not in ("mean", "bounds"):
-            raise AttentionSettingsError(
-                f"block_representative {self.representative!r} is not 'mean' or 'bounds'"
-            )
-        # room for the open last block plus one selected block with its neighbours
-        super().__init__(context, minimum_far=(2 * self.neighbours + 2) * self.block_size)
+        super().__init__(context)
+        self.block_size = self.settings.block_size
+        self.representative = self.settings.representative
+        self.neighbours = self.settings.neighbours
 
     def new_state(self) -> _BlockState:
-        representative: Representative = "bounds" if self.representative == "bounds" else "mean"
         return _BlockState(
-            BlockIndex(self.n_init, size=self.block_size, representative=representative)
+            BlockIndex(self.n_init, size=self.block_size, representative=self.representative)
         )
 
     def far(

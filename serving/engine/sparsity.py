@@ -3,7 +3,7 @@
 A mode attends each row exactly over its sinks and local window (``serving.kernels.static``) and
 over a selection of its far context, and merges the two (``serving.kernels.merge``). The far
 selection is the subclass's: block selection (``selection.py``) or graph retrieval
-(``retrieval.py``). Rows whose far context is empty take the dense path unchanged, and so do
+(``retrieval.py``). Rows whose far context is empty take the full path unchanged, and so do
 prefill passes of a mode with ``exact_prefill``.
 
 Positions: transformers applies rotary embedding before the attention function is called, so
@@ -16,17 +16,17 @@ and longrope scaling all qualify); "dynamic" NTK scaling does not, and is refuse
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
 
-from serving.engine.attention import CURRENT, DenseAttention, ModeContext
+from serving.engine.attention import CURRENT, FullAttention, ModeContext
+from serving.kernels.config import AttentionMode
 from serving.kernels.errors import AttentionSettingsError
 from serving.kernels.merge import Partial, attend, merge
 from serving.kernels.static import Layout, layout, static_attention
-
-POSITIONS = ("original", "fixed", "packed")
 
 
 def rotate(keys: torch.Tensor, shift: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -41,44 +41,30 @@ def rotate(keys: torch.Tensor, shift: torch.Tensor, inv_freq: torch.Tensor) -> t
 class SparseAttention(ABC):
     """Base of the long-context modes: sinks + window exact, far context by the subclass."""
 
+    name: AttentionMode
+    """The mode's name in :class:`~serving.kernels.config.AttentionConfig`."""
+
     exact_prefill = False
-    """Prefill passes (more than one new token) attend exactly, as dense attention does; the
+    """Prefill passes (more than one new token) attend exactly, as full attention does; the
     mode still sees them through :meth:`observe` (RetrievalAttention's full-attention prefill)."""
 
-    def __init__(self, context: ModeContext, *, minimum_far: int) -> None:
-        config = context.config
-        self.budget, self.n_init, self.n_local = (
-            config.attention_budget,
-            config.attention_init,
-            config.attention_local,
-        )
-        self.positions = config.memory_positions
+    def __init__(self, context: ModeContext) -> None:
+        settings = context.config.attention  # checked when built, for its own mode
+        if settings.mode != self.name:  # built for another mode: check the budget for this one
+            settings = dataclasses.replace(settings, mode=self.name)
+        self.settings = settings
+        self.budget, self.n_init, self.n_local = settings.budget, settings.sinks, settings.window
+        self.positions = settings.positions
         self.inv_freq = context.inv_freq
-        if self.n_init < 0 or self.n_local < 1:
-            raise AttentionSettingsError(
-                f"attention_init={self.n_init} and attention_local={self.n_local} must be >= 0 "
-                "and >= 1"
-            )
-        needed = self.n_init + self.n_local + minimum_far
-        if self.budget < needed:
-            raise AttentionSettingsError(
-                f"attention budget {self.budget} is below what the {config.attention!r} mode "
-                f"needs ({needed} = {self.n_init} sinks + {self.n_local} local + {minimum_far} "
-                "far tokens); raise --attention-budget or lower the window/block sizes"
-            )
-        if self.positions not in POSITIONS:
-            raise AttentionSettingsError(
-                f"memory_positions {self.positions!r} is not one of {', '.join(POSITIONS)}"
-            )
         if self.positions != "original" and (
             self.inv_freq is None or context.rope_type == "dynamic"
         ):
             raise AttentionSettingsError(
-                f"memory_positions {self.positions!r} needs rotary embedding with fixed "
+                f"positions={self.positions!r} needs rotary embedding with fixed "
                 f"frequencies; this model has {context.rope_type!r}: use 'original'"
             )
         self.states: dict[int, list[Any]] = {}  # slot -> per-layer state (None until used)
-        self._dense = DenseAttention()
+        self._full = FullAttention()
 
     # ------------------------------------------------------------------ slot bookkeeping
 
@@ -120,7 +106,7 @@ class SparseAttention(ABC):
         for row, split in enumerate(splits):
             self.observe(states[row], query[row], keys[row, :, : split.total], split)
         if all(s.far_length == 0 for s in splits) or (new > 1 and self.exact_prefill):
-            return self._dense(query, keys, values, past, scaling, layer)
+            return self._full(query, keys, values, past, scaling, layer)
         rows = []
         for row, split in enumerate(splits):
             state = states[row]
@@ -165,7 +151,7 @@ class SparseAttention(ABC):
         scaling: float,
     ) -> Partial:
         """Exact attention over the given far positions per KV head (or per query head),
-        re-positioned as ``memory_positions`` says. Leading dimensions pair query runs with
+        re-positioned as ``positions`` says. Leading dimensions pair query runs with
         their own positions (selection per run of queries)."""
         heads = positions.shape[-2]
         source = torch.arange(heads, device=keys.device) // (heads // keys.shape[0])

@@ -12,13 +12,12 @@ contiguity), then attended exactly (:func:`gathered_attention`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
+from serving.kernels.config import Representative
 from serving.kernels.merge import Partial, attend, group_queries
 
-Representative = Literal["mean", "bounds"]
 _CHUNK = 256  # blocks per step when building representatives (bounds memory)
 
 
@@ -158,6 +157,20 @@ def score_blocks(query: torch.Tensor, representatives: torch.Tensor) -> torch.Te
     return score_query_groups(query, representatives, query.shape[1])[0]
 
 
+def score_bounds(
+    queries: torch.Tensor,  # (..., Hkv, Q, D) queries grouped by the KV head they read
+    low: torch.Tensor,  # (..., Hkv, nb, D) per-channel minimum of each block's keys
+    high: torch.Tensor,  # (..., Hkv, nb, D) per-channel maximum
+) -> torch.Tensor:  # (..., Hkv, Q, nb) float32
+    """Quest's bound of each query's score over each block: sum_d max(q_d*min_d, q_d*max_d)
+    = q+ . max + q- . min, at least q . k for every key k of the block. Leading dimensions
+    (requests of a batch) broadcast."""
+    queries = queries.float()
+    return queries.clamp(min=0) @ high.float().transpose(-1, -2) + queries.clamp(
+        max=0
+    ) @ low.float().transpose(-1, -2)
+
+
 def score_query_groups(
     query: torch.Tensor,  # (Hq, T, D)
     representatives: torch.Tensor,  # (Hkv, nb, D) or (Hkv, nb, 2, D)
@@ -177,10 +190,7 @@ def score_query_groups(
     if representatives.dim() == 3:
         scores = grouped @ representatives.transpose(1, 2)  # (Hkv, G*T, nb)
     else:
-        low, high = representatives[:, :, 0], representatives[:, :, 1]
-        scores = grouped.clamp(min=0) @ high.transpose(1, 2) + grouped.clamp(max=0) @ low.transpose(
-            1, 2
-        )
+        scores = score_bounds(grouped, representatives[:, :, 0], representatives[:, :, 1])
     blocks = scores.shape[-1]
     scores = scores.view(kv_heads, heads // kv_heads, new, blocks).amax(1)  # (Hkv, T, nb)
     runs = -(-new // group)

@@ -66,13 +66,13 @@ class BlockSelectionImpl(CPUAttentionBackendImpl):
         output_scale: torch.Tensor | None = None,
         output_block_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        settings, bounds = self.selection, self.bounds
+        config, bounds = self.selection, self.bounds
         if (
-            settings is None
+            config is None
             or bounds is None
             or attn_metadata is None
             or attn_metadata.max_query_len != 1
-            or int(attn_metadata.seq_lens.max()) <= settings.budget
+            or int(attn_metadata.seq_lens.max()) <= config.budget
         ):
             return super().forward(  # type: ignore[no-any-return]
                 layer,
@@ -92,7 +92,7 @@ class BlockSelectionImpl(CPUAttentionBackendImpl):
             attn_metadata.seq_lens,
             attn_metadata.block_table,
             bounds,
-            settings,
+            config,
             block_size,
         )
         scheduler = ops.cpu_attn_get_scheduler_metadata(
@@ -122,7 +122,7 @@ class BlockSelectionImpl(CPUAttentionBackendImpl):
             SELECTING_MESSAGE,
             int(lengths.max()),
             int(attn_metadata.seq_lens.max()),
-            settings.budget,
+            config.budget,
         )
         return super().forward(  # type: ignore[no-any-return]
             layer, query, key, value, kv_cache, compact, output, output_scale, output_block_scale

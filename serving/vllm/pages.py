@@ -11,71 +11,36 @@ Keys in vLLM's cache are already rotated, so their scores do not depend on where
 compacted table.
 
 No vLLM import, and torch only inside functions (the plugin imports this module in every vLLM
-process): ``serving.vllm.backend`` calls it from inside vLLM. Settings arrive through the
-``MNEME_VLLM_ATTENTION`` variable, which ``mneme llm serve --engine vllm --attention blocks``
-sets.
+process): ``serving.vllm.backend`` calls it from inside vLLM. Settings are the built-in
+engine's :class:`~serving.kernels.config.AttentionConfig`, with the same defaults; they arrive as
+JSON in the ``MNEME_VLLM_ATTENTION`` variable, which ``mneme llm serve --engine vllm`` sets.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from serving.kernels.config import AttentionConfig
 
 if TYPE_CHECKING:
     import torch
 
 ENVIRONMENT = "MNEME_VLLM_ATTENTION"
-"""Variable carrying the settings (JSON) into every vLLM process: API server, engine core and
-workers all inherit it, which no command-line flag of vLLM's reaches. Read by the plugin."""
+"""Variable carrying the settings (:meth:`AttentionConfig.to_json`) into every vLLM process: API
+server, engine core and workers all inherit it, which no command-line flag of vLLM's reaches.
+Read by the plugin."""
 
 SELECTING_MESSAGE = "Mneme page selection active"
 """Logged once per vLLM process on the first decode step that attends a page selection."""
 
+_GATHER = 1 << 24  # most gathered bound elements per scoring step (bounds memory, many requests)
 
-@dataclass(frozen=True, slots=True)
-class PageSettings:
-    """Decode-time page selection; every count in tokens."""
 
-    budget: int = 2048
-    """Cached tokens a decode query attends to (sink + selected + local pages)."""
-    n_init: int = 128
-    """First tokens always attended (rounded up to whole pages)."""
-    n_local: int = 512
-    """Most recent tokens always attended (rounded up to whole pages)."""
-    neighbours: int = 1
-    """Pages on each side of a selected page also attended."""
-
-    @classmethod
-    def from_json(cls, text: str) -> PageSettings | None:
-        """Settings from ``{"attention": "blocks", "budget": 2048, ...}``; None for
-        ``{"attention": "full"}``. ValueError names a bad field."""
-        try:
-            raw: Any = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{ENVIRONMENT} is not JSON: {err}") from err
-        if not isinstance(raw, dict):
-            raise ValueError(f"{ENVIRONMENT} must be a JSON object, got {text!r}")
-        kind = raw.pop("attention", "blocks")
-        if kind == "full":
-            return None
-        if kind != "blocks":
-            raise ValueError(f"{ENVIRONMENT}: attention {kind!r} is not 'blocks' or 'full'")
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"{ENVIRONMENT} has unknown fields {unknown}")
-        settings = cls(**{k: int(v) for k, v in raw.items()})
-        if (
-            min(settings.budget, settings.n_local) < 1
-            or min(settings.n_init, settings.neighbours) < 0
-        ):
-            raise ValueError(f"{ENVIRONMENT}: counts must be positive, got {settings}")
-        return settings
-
-    def environment(self) -> dict[str, str]:
-        """The variable that hands these settings to a vLLM server process."""
-        return {ENVIRONMENT: json.dumps({"attention": "blocks", **dataclasses.asdict(self)})}
+def environment(config: AttentionConfig) -> dict[str, str]:
+    """The variable that hands ``config`` to a vLLM server process; AttentionSettingsError when
+    page selection cannot do what it asks (:meth:`AttentionConfig.check_paged`)."""
+    config.check_paged()
+    return {ENVIRONMENT: config.to_json()}
 
 
 class PageBounds:
@@ -108,56 +73,59 @@ def select_pages(
     seq_lens: torch.Tensor,  # (R,) tokens cached per request, the new one included
     block_table: torch.Tensor,  # (R, max_blocks) physical block ids
     bounds: PageBounds,
-    settings: PageSettings,
+    config: AttentionConfig,
     block_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A compacted block table (R, W) and the matching sequence lengths (R,) for the pages each
-    request attends to; requests within the budget keep every page."""
+    request attends to; requests within the budget keep every page.
+
+    Sinks and window are rounded up to whole pages; the middle pages of every request are
+    scored at once (Quest bounds, :func:`~serving.kernels.blocks.score_bounds`, the best of any
+    head) and the best of each row chosen with their neighbours
+    (:func:`~serving.kernels.blocks.select_blocks`), rows padded to the longest request."""
     import torch
 
-    kv_heads = bounds.low.shape[1]
-    rows, lengths = [], []
-    init_pages = -(-settings.n_init // block_size)
-    local_pages = -(-settings.n_local // block_size)
-    room = max(settings.budget // block_size - init_pages - local_pages, 1)
-    for request in range(query.shape[0]):
-        length = int(seq_lens[request])
-        pages = -(-length // block_size)
-        middle = torch.arange(init_pages, max(pages - local_pages, init_pages))
-        if middle.numel() <= room:
-            chosen = torch.arange(pages)
-        else:
-            physical = block_table[request, middle].long()
-            low, high = bounds.low[physical], bounds.high[physical]  # (m, Hkv, D)
-            grouped = query[request].float().reshape(kv_heads, -1, query.shape[-1])  # (Hkv, G, D)
-            score = torch.einsum("hgd,mhd->mhg", grouped.clamp(min=0), high) + torch.einsum(
-                "hgd,mhd->mhg", grouped.clamp(max=0), low
-            )
-            score = score.flatten(1).amax(1).nan_to_num(float("inf"))  # unknown bounds: keep
-            count = max(1, room // (2 * settings.neighbours + 1))
-            picked = torch.zeros(middle.numel(), dtype=torch.bool)
-            picked[score.topk(count).indices] = True
-            if settings.neighbours:
-                picked = (
-                    torch.nn.functional.max_pool1d(
-                        picked[None, None].float(),
-                        2 * settings.neighbours + 1,
-                        stride=1,
-                        padding=settings.neighbours,
-                    )[0, 0]
-                    > 0
+    from serving.kernels.blocks import score_bounds, select_blocks
+
+    device = block_table.device
+    requests, kv_heads, dim = query.shape[0], bounds.low.shape[1], query.shape[-1]
+    lengths = seq_lens.to(device).long()  # (R,)
+    pages = -(-lengths // block_size)  # (R,)
+    width = int(pages.max()) if requests else 0
+    init_pages = -(-config.sinks // block_size)
+    local_pages = -(-config.window // block_size)
+    room = max(config.budget // block_size - init_pages - local_pages, 1)
+    index = torch.arange(width, device=device)[None, :]  # (1, P) logical page
+    local_start = torch.clamp(pages - local_pages, min=init_pages)[:, None]  # (R, 1)
+    middle = (index >= init_pages) & (index < local_start)  # (R, P)
+    crowded = middle.sum(1) > room  # (R,) requests that choose
+    keep = index < pages[:, None]  # (R, P) every page, for requests within the budget
+    if bool(crowded.any()):
+        physical = torch.where(middle, block_table[:, :width].long(), 0)  # (R, P)
+        grouped = query.float().reshape(requests, kv_heads, -1, dim)  # (R, Hkv, G, D)
+        step = max(1, _GATHER // max(1, width * kv_heads * dim))
+        scores = torch.cat(
+            [
+                score_bounds(
+                    grouped[i : i + step],
+                    bounds.low[physical[i : i + step]].transpose(1, 2),  # (r, Hkv, P, D)
+                    bounds.high[physical[i : i + step]].transpose(1, 2),
                 )
-            chosen = torch.cat(
-                [
-                    torch.arange(init_pages),
-                    middle[picked],
-                    torch.arange(max(pages - local_pages, init_pages), pages),
-                ]
-            )
-        rows.append(block_table[request, chosen.to(block_table.device)])
-        lengths.append((chosen.numel() - 1) * block_size + length - (pages - 1) * block_size)
-    width = max(r.numel() for r in rows)
-    table = block_table.new_zeros(len(rows), width)
-    for index, row in enumerate(rows):
-        table[index, : row.numel()] = row
-    return table, torch.tensor(lengths, dtype=seq_lens.dtype, device=seq_lens.device)
+                .amax((1, 2))  # the best of any head and query of the request: (r, P)
+                .nan_to_num(float("inf"))  # unknown bounds: keep
+                for i in range(0, requests, step)
+            ]
+        )
+        scores = scores.masked_fill(~middle, float("-inf"))
+        count = max(1, room // (2 * config.neighbours + 1))
+        picked = select_blocks(scores, count, config.neighbours) & middle
+        keep = torch.where(crowded[:, None], keep & (~middle | picked), keep)
+    # Compact: each row's kept pages first, in order (a stable sort of the dropped ones last).
+    kept = keep.sum(1)  # (R,)
+    columns = int(kept.max()) if requests else 0
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :columns]
+    real = torch.arange(columns, device=device)[None, :] < kept[:, None]
+    table = torch.where(real, torch.gather(block_table[:, :width], 1, order), 0)
+    # every kept page is full but the last, which holds what the request's last page holds
+    attended = (kept - 1) * block_size + lengths - (pages - 1) * block_size
+    return table.to(block_table.dtype), attended.to(seq_lens.dtype).to(seq_lens.device)

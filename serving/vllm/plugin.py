@@ -22,8 +22,9 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from serving.kernels.config import AttentionConfig
 from serving.vllm.errors import AttentionBackendConflict
-from serving.vllm.pages import ENVIRONMENT, PageSettings
+from serving.vllm.pages import ENVIRONMENT
 from serving.vllm.versions import TESTED_RELEASES, is_tested
 
 # A child of vLLM's "vllm" logger, so that vLLM's handler prints our lines with its own prefix
@@ -68,11 +69,16 @@ SELECTION_BACKEND = "serving.vllm.backend.BlockSelectionBackend"
 """CPU_ATTN plus decode-time page selection, bound when ``MNEME_VLLM_ATTENTION`` asks for it."""
 
 
-def page_settings() -> PageSettings | None:
-    """Mneme's page-selection settings for this vLLM process, from ``MNEME_VLLM_ATTENTION`` (the
-    variable every vLLM process inherits); None = attend in full. ValueError on bad JSON."""
+def page_settings() -> AttentionConfig | None:
+    """Mneme's attention settings for this vLLM process, from ``MNEME_VLLM_ATTENTION`` (the
+    variable every vLLM process inherits); None = attend in full. AttentionSettingsError on bad
+    JSON, an unknown field, a bad value, or what page selection cannot do (retrieval)."""
     text = os.environ.get(ENVIRONMENT)
-    return PageSettings.from_json(text) if text else None
+    if not text:
+        return None
+    config = AttentionConfig.from_json(text)
+    config.check_paged()
+    return config if config.mode == "blocks" else None
 
 
 def mneme_version() -> str:

@@ -84,6 +84,7 @@ def test_windows_take_each_book_in_turn() -> None:
 
 def test_methods_set_the_budget_as_a_share_of_the_context() -> None:
     from serving.engine.config import EngineConfig
+    from serving.kernels.config import AttentionConfig
 
     methods = methods_of(["full", "blocks", "retrieval"], [0.25, 0.125])
     assert [m.label for m in methods] == [
@@ -94,8 +95,9 @@ def test_methods_set_the_budget_as_a_share_of_the_context() -> None:
         "retrieval 12.5%",
     ]
     config = methods[2].config(EngineConfig(), 8192)
-    assert (config.attention, config.attention_budget) == ("blocks", 1024)
-    assert methods[0].config(EngineConfig(attention="blocks"), 8192).attention == "dense"
+    assert (config.attention.mode, config.attention.budget) == ("blocks", 1024)
+    blocks = EngineConfig(attention=AttentionConfig(mode="blocks"))
+    assert methods[0].config(blocks, 8192).attention.mode == "full"
 
 
 def test_tables_count_per_length_and_depth_and_divide_by_full() -> None:
@@ -131,10 +133,11 @@ def test_tables_count_per_length_and_depth_and_divide_by_full() -> None:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from serving.engine.config import EngineConfig
     from serving.engine.loading import load_model
+    from serving.kernels.config import AttentionConfig
 
     folder = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-    small = {"attention_init": 2, "attention_local": 8, "block_size": 4, "retrieval_segment": 8}
-    base = EngineConfig(model=str(folder), max_context=1024, **small)
+    small = AttentionConfig(sinks=2, window=8, block_size=4, retrieval_segment=8)
+    base = EngineConfig(model=str(folder), max_context=1024, attention=small)
     yield base, load_model(base)
 
 
@@ -169,4 +172,4 @@ def test_a_budget_the_mode_cannot_fit_is_skipped_with_the_reason(
         loaded.tokenizer, haystack(loaded.tokenizer, TEXT), 600, 0.5, random.Random(0)
     )
     assert run_passkey(loaded, base, [Method("retrieval", 0.05)], [trial]) == []
-    assert "retrieval 5.0% at 600 tokens: attention budget 30 is below" in capsys.readouterr().err
+    assert "retrieval 5.0% at 600 tokens: budget=30 is below" in capsys.readouterr().err

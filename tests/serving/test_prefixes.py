@@ -13,6 +13,7 @@ import torch
 from serving.engine.config import EngineConfig
 from serving.engine.engine import EngineRequest, TorchEngine
 from serving.engine.prefixes import MIN_REUSE, PrefixCache, worth_waiting
+from serving.kernels.config import AttentionConfig
 from serving.llm import SamplingParams
 from serving.local import LocalLLM
 from serving.rerank import RerankConfig, generate
@@ -118,7 +119,9 @@ def test_prompt_logprobs_requests_prefill_everything(
 
 
 def test_long_context_modes_have_no_prefix_cache(tiny_llama: Path) -> None:
-    engine = TorchEngine(EngineConfig(model=str(tiny_llama), attention="blocks"))
+    engine = TorchEngine(
+        EngineConfig(model=str(tiny_llama), attention=AttentionConfig(mode="blocks"))
+    )
     try:
         assert engine.prefixes is None
     finally:

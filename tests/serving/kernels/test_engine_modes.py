@@ -14,8 +14,11 @@ import torch
 from serving.engine.attention import ModeContext
 from serving.engine.config import EngineConfig
 from serving.engine.engine import EngineOutput, EngineRequest, PromptResult, TorchEngine
+from serving.engine.modes import MODES as ENGINE_MODES
 from serving.engine.modes import make_mode
 from serving.engine.sparsity import rotate
+from serving.kernels.config import MODES as CONFIG_MODES
+from serving.kernels.config import AttentionConfig
 from serving.kernels.errors import AttentionSettingsError
 from serving.llm import SamplingParams
 
@@ -23,32 +26,21 @@ TEXT = (
     "The quick brown fox jumps over the lazy dog and then it ran far away into the forest "
     "where nobody could see it any more. The hunters came back at night with lanterns. "
 ) * 2
-SMALL = {"attention_init": 2, "attention_local": 8}
+SMALL = {"sinks": 2, "window": 8}
 MODES: dict[str, dict[str, Any]] = {
-    "blocks-mean": {"attention": "blocks", "block_size": 4, **SMALL},
-    "blocks-bounds": {
-        "attention": "blocks",
-        "block_size": 4,
-        "block_representative": "bounds",
-        **SMALL,
-    },
-    "blocks-packed": {
-        "attention": "blocks",
-        "block_size": 4,
-        "memory_positions": "packed",
-        **SMALL,
-    },
-    "retrieval": {"attention": "retrieval", "retrieval_segment": 8, **SMALL},
+    "blocks-mean": {"mode": "blocks", "block_size": 4, "representative": "mean", **SMALL},
+    "blocks-bounds": {"mode": "blocks", "block_size": 4, "representative": "bounds", **SMALL},
+    "blocks-packed": {"mode": "blocks", "block_size": 4, "positions": "packed", **SMALL},
+    "retrieval": {"mode": "retrieval", "retrieval_segment": 8, **SMALL},
 }
 
 
 def run(
     folder: Path, text: str = TEXT, max_tokens: int = 12, **settings: Any
 ) -> tuple[list[float], list[int], list[float]]:
-    """Prompt logprobs, greedy tokens and their logprobs from a fresh engine."""
-    engine = TorchEngine(
-        EngineConfig(model=str(folder), prefill_chunk=5, max_context=512, **settings)
-    )
+    """Prompt logprobs, greedy tokens and their logprobs from a fresh engine; ``settings``
+    are the AttentionConfig's."""
+    engine = TorchEngine(engine_config(folder, **settings))
     try:
         ids = tuple(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
         spec = EngineRequest(
@@ -57,6 +49,11 @@ def run(
         return asyncio.run(collect(engine, spec))
     finally:
         engine.shutdown()
+
+
+def engine_config(folder: Path, **settings: Any) -> EngineConfig:
+    attention = AttentionConfig(**settings)
+    return EngineConfig(model=str(folder), prefill_chunk=5, max_context=512, attention=attention)
 
 
 async def collect(
@@ -84,7 +81,7 @@ def dense(tiny_llama: Path) -> tuple[list[float], list[int], list[float]]:
 def test_budget_at_least_the_context_equals_dense(
     name: str, tiny_llama: Path, dense: tuple[list[float], list[int], list[float]]
 ) -> None:
-    prompt, tokens, chosen = run(tiny_llama, attention_budget=512, **MODES[name])
+    prompt, tokens, chosen = run(tiny_llama, budget=512, **MODES[name])
     assert len(prompt) > 40  # long enough that far context exists (2 sinks + 8 local)
     torch.testing.assert_close(torch.tensor(prompt), torch.tensor(dense[0]), atol=1e-4, rtol=0)
     assert tokens == dense[1]
@@ -97,7 +94,7 @@ def test_budget_at_least_the_context_equals_dense(
 def test_a_small_budget_attends_to_less(
     name: str, budget: int, tiny_llama: Path, dense: tuple[list[float], list[int], list[float]]
 ) -> None:
-    prompt, tokens, chosen = run(tiny_llama, attention_budget=budget, **MODES[name])
+    prompt, tokens, chosen = run(tiny_llama, budget=budget, **MODES[name])
     assert len(tokens) == len(dense[1])
     if name.startswith("blocks"):  # prefill is sparse too
         gap = (torch.tensor(prompt) - torch.tensor(dense[0])).abs().max()
@@ -111,12 +108,10 @@ def test_a_small_budget_attends_to_less(
 def test_concurrent_requests_keep_their_own_indexes(name: str, tiny_llama: Path) -> None:
     """Sequences that finish at different times move cache slots; n=2 forks one; each must
     still see its own index: results equal one-at-a-time runs."""
-    settings = {"attention_budget": 36, **MODES[name]}
+    settings = {"budget": 36, **MODES[name]}
     texts = [TEXT, TEXT[40:] + "Once upon a time", "Short one. " * 8]
     alone = [run(tiny_llama, text, 6 + 3 * i, **settings)[1] for i, text in enumerate(texts)]
-    engine = TorchEngine(
-        EngineConfig(model=str(tiny_llama), prefill_chunk=5, max_context=512, **settings)
-    )
+    engine = TorchEngine(engine_config(tiny_llama, **settings))
     try:
 
         async def together() -> list[list[int]]:
@@ -137,17 +132,23 @@ def test_concurrent_requests_keep_their_own_indexes(name: str, tiny_llama: Path)
 
 
 def test_bad_settings_name_the_fix() -> None:
-    context = ModeContext(EngineConfig(attention="blocks", attention_budget=100))
     with pytest.raises(AttentionSettingsError, match="raise --attention-budget"):
-        make_mode("blocks", context)
-    with pytest.raises(AttentionSettingsError, match="not 'mean' or 'bounds'"):
-        make_mode("blocks", ModeContext(EngineConfig(block_representative="max")))
-    with pytest.raises(AttentionSettingsError, match="not one of"):
-        make_mode("retrieval", ModeContext(EngineConfig(memory_positions="far")))
+        AttentionConfig(mode="blocks", budget=100)
+    with pytest.raises(AttentionSettingsError, match="raise --attention-budget"):
+        make_mode("blocks", ModeContext(EngineConfig(attention=AttentionConfig(budget=100))))
+    with pytest.raises(AttentionSettingsError, match="is not one of bounds, mean"):
+        AttentionConfig(representative="max")  # type: ignore[arg-type]
+    with pytest.raises(AttentionSettingsError, match="is not one of"):
+        AttentionConfig(mode="retrieval", positions="far")  # type: ignore[arg-type]
+    fixed = EngineConfig(attention=AttentionConfig(positions="fixed"))
     with pytest.raises(AttentionSettingsError, match="fixed frequencies"):
-        make_mode("blocks", ModeContext(EngineConfig(memory_positions="fixed"), None, "none"))
+        make_mode("blocks", ModeContext(fixed, None, "none"))
     with pytest.raises(ValueError, match="unknown"):
         make_mode("sparse", ModeContext(EngineConfig()))
+
+
+def test_the_engine_builds_every_mode_the_config_names() -> None:
+    assert sorted(ENGINE_MODES) == sorted(CONFIG_MODES)
 
 
 def test_rotating_a_cached_key_moves_it_exactly() -> None:
@@ -178,6 +179,6 @@ def pretrained() -> Iterator[Path]:
 def test_pretrained_model_with_full_budget_equals_dense(name: str, pretrained: Path) -> None:
     text = "Once upon a time, there was a little girl named Lily. She liked to play outside. " * 3
     dense = run(pretrained, text, 16)
-    prompt, tokens, _ = run(pretrained, text, 16, attention_budget=512, **MODES[name])
+    prompt, tokens, _ = run(pretrained, text, 16, budget=512, **MODES[name])
     torch.testing.assert_close(torch.tensor(prompt), torch.tensor(dense[0]), atol=1e-4, rtol=0)
     assert tokens == dense[1]

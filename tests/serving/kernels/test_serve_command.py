@@ -36,9 +36,23 @@ def refused(home: Path, *args: str) -> str:
     return done.stderr
 
 
-def test_unknown_attention_is_a_usage_error(tmp_path: Path) -> None:
-    message = "--attention 'sparse' is not one of full, blocks, retrieval"
-    assert message in refused(tmp_path, "--attention", "sparse")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--attention", "sparse"],
+            "'--attention': Value error, 'sparse' is not one of 'full', 'blocks', 'retrieval'",
+        ),
+        (["--engine", "tpu"], "'--engine': Value error, 'tpu' is not one of 'torch', 'vllm'"),
+        (["--dtype", "half"], "'--dtype': Value error, 'half' is not one of 'auto', 'float32'"),
+        (
+            ["--attention-representative", "max"],
+            "'--attention-representative': Value error, 'max' is not one of 'bounds', 'mean'",
+        ),
+    ],
+)
+def test_an_unknown_choice_is_a_usage_error(tmp_path: Path, args: list[str], message: str) -> None:
+    assert message in refused(tmp_path, *args)
 
 
 def test_prefix_cache_size_is_the_torch_engines(tmp_path: Path) -> None:
@@ -46,30 +60,53 @@ def test_prefix_cache_size_is_the_torch_engines(tmp_path: Path) -> None:
     assert "--prefix-cache-tokens is the torch engine's" in stderr
 
 
-@pytest.mark.slow
-def test_a_budget_below_the_static_set_names_the_fix(tmp_path: Path, tiny_llama: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--attention", "retrieval"], "--attention retrieval is served by --engine torch"),
+        (
+            ["--attention", "blocks", "--attention-representative", "mean"],
+            "representative='mean': vLLM's pages are scored by their bounds; use 'bounds'",
+        ),
+    ],
+)
+def test_vllm_refuses_what_its_pages_cannot_do(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    assert message in refused(tmp_path, "--engine", "vllm", *args)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--attention-window", "0"], "error: window=0 must be at least 1"),
+        (["--attention-local", "0"], "error: window=0 must be at least 1"),  # its old name
+        (
+            ["--attention", "blocks", "--attention-budget", "100"],
+            "error: budget=100 is below what 'blocks' attention needs (304 = 16 sinks + 256 "
+            "window + 32 far tokens); raise --attention-budget",
+        ),
+        (
+            ["--engine", "vllm", "--attention", "blocks", "--attention-sinks", "-1"],
+            "error: sinks=-1 must be at least 0",
+        ),
+    ],
+)
+def test_bad_attention_settings_are_one_usage_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """Checked before any model loads, with exit code 2 (usage), by either engine."""
     done = subprocess.run(
-        [
-            *MNEME,
-            "llm",
-            "serve",
-            "--model",
-            str(tiny_llama),
-            "--attention",
-            "blocks",
-            "--attention-budget",
-            "100",
-        ],
+        [*MNEME, "llm", "serve", *args],
         env=environment(tmp_path),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=120,
         check=False,
     )
-    assert done.returncode != 0
-    assert "attention budget 100 is below" in done.stderr
-    assert "raise --attention-budget" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from serving.engine.attention import ModeContext
 from serving.engine.config import EngineConfig
 from serving.engine.retrieval import RetrievalAttention
 from serving.engine.selection import BlockAttention
+from serving.kernels.config import AttentionConfig
 from serving.kernels.merge import attend
 from serving.kernels.static import layout
 
@@ -27,12 +28,9 @@ def test_each_run_of_prefill_queries_chooses_its_own_blocks() -> None:
     mode = BlockAttention(
         ModeContext(
             EngineConfig(
-                attention="blocks",
-                attention_budget=16,
-                attention_init=0,
-                attention_local=8,
-                block_size=4,
-                block_neighbours=0,
+                attention=AttentionConfig(
+                    mode="blocks", budget=16, sinks=0, window=8, block_size=4, neighbours=0
+                )
             )
         )
     )
@@ -53,8 +51,8 @@ def test_each_run_of_prefill_queries_chooses_its_own_blocks() -> None:
 
 
 def _retrieval(**settings: Any) -> RetrievalAttention:
-    config = EngineConfig(attention="retrieval", attention_init=0, attention_local=8, **settings)
-    return RetrievalAttention(ModeContext(config))
+    attention = AttentionConfig(mode="retrieval", sinks=0, window=8, **settings)
+    return RetrievalAttention(ModeContext(EngineConfig(attention=attention)))
 
 
 def test_retrieval_links_a_key_to_the_later_queries_that_ask_for_it() -> None:
@@ -70,7 +68,7 @@ def test_retrieval_links_a_key_to_the_later_queries_that_ask_for_it() -> None:
     keys[0, 40:48] = 3 * fact + 0.3 * torch.randn(8, dim, generator=generator)
     queries = 3 * topic + 0.5 * torch.randn(1, length, dim, generator=generator)
     queries[0, 48:56] = fact  # the only queries that look at the fact
-    mode = _retrieval(attention_budget=60, retrieval_segment=16)
+    mode = _retrieval(budget=60, retrieval_segment=16)
     state = mode.new_state()
     for past in range(0, length, 16):
         split = layout(past, 16, 0, 8)

@@ -5,34 +5,56 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from serving.kernels.config import AttentionConfig
+from serving.kernels.errors import AttentionSettingsError
+from serving.vllm import plugin
 from serving.vllm.pages import (
     ENVIRONMENT,
     SELECTING_MESSAGE,
     PageBounds,
-    PageSettings,
+    environment,
     select_pages,
 )
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def test_settings_travel_as_json_and_bad_ones_name_the_field() -> None:
-    settings = PageSettings(budget=1024, n_local=256)
-    assert PageSettings.from_json(settings.environment()[ENVIRONMENT]) == settings
-    assert PageSettings.from_json('{"attention": "full"}') is None
-    with pytest.raises(ValueError, match="not 'blocks' or 'full'"):
-        PageSettings.from_json('{"attention": "retrieval"}')
-    with pytest.raises(ValueError, match=r"unknown fields \['window'\]"):
-        PageSettings.from_json('{"window": 3}')
-    with pytest.raises(ValueError, match="not JSON"):
-        PageSettings.from_json("budget=3")
-    with pytest.raises(ValueError, match="positive"):
-        PageSettings.from_json('{"budget": 0}')
+def test_settings_reach_the_plugin_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = AttentionConfig(mode="blocks", budget=1024, window=256, neighbours=1)
+    monkeypatch.setenv(ENVIRONMENT, environment(config)[ENVIRONMENT])
+    assert plugin.page_settings() == config
+    monkeypatch.setenv(ENVIRONMENT, environment(AttentionConfig())[ENVIRONMENT])
+    assert plugin.page_settings() is None  # full attention: nothing selected
+    monkeypatch.setenv(ENVIRONMENT, '{"mode": "blocks", "window": 0}')
+    with pytest.raises(AttentionSettingsError, match="window=0 must be at least 1"):
+        plugin.page_settings()
+    monkeypatch.delenv(ENVIRONMENT)
+    assert plugin.page_settings() is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"mode": "retrieval"}, "mode='retrieval' is served by the built-in engine"),
+        ({"mode": "blocks", "representative": "mean"}, "representative='mean'.*use 'bounds'"),
+        ({"mode": "blocks", "positions": "packed"}, "positions='packed'.*use 'original'"),
+    ],
+)
+def test_pages_refuse_what_they_cannot_do(
+    settings: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = AttentionConfig.from_json(json.dumps(settings))
+    with pytest.raises(AttentionSettingsError, match=message):
+        environment(config)
+    monkeypatch.setenv(ENVIRONMENT, config.to_json())
+    with pytest.raises(AttentionSettingsError, match=message):
+        plugin.page_settings()
 
 
 def test_bounds_follow_writes_and_restart_on_a_reallocated_block() -> None:
@@ -61,15 +83,82 @@ def test_selection_keeps_sinks_best_pages_and_the_window_in_order() -> None:
     )
     bounds = PageBounds(16, kv_heads, dim, torch.device("cpu"))
     bounds.update(keys, slots, block)
-    settings = PageSettings(budget=6 * block, n_init=block, n_local=2 * block, neighbours=1)
+    # room for 4 middle pages: the best one and its neighbours
+    config = AttentionConfig(
+        mode="blocks", budget=7 * block, sinks=block, window=2 * block, block_size=4, neighbours=1
+    )
     lengths = torch.tensor([keys.shape[0]], dtype=torch.int32)
-    table, new = select_pages(query, lengths, physical[None], bounds, settings, block)
+    table, new = select_pages(query, lengths, physical[None], bounds, config, block)
     logical = [physical.tolist().index(p) for p in table[0].tolist()]
     assert logical == [0, 4, 5, 6, 8, 9]  # sink, page 5 +-1, window (last page partial)
     assert int(new[0]) == 5 * block + 2
-    everything = PageSettings(budget=100, n_init=block, n_local=2 * block)
+    everything = replace(config, budget=100)
     table, new = select_pages(query, lengths, physical[None], bounds, everything, block)
     assert table[0].tolist() == physical.tolist() and int(new[0]) == keys.shape[0]
+
+
+def reference_pages(
+    query: torch.Tensor,  # (Hq, D) one request's decode query
+    length: int,
+    row: torch.Tensor,  # (max_blocks,) its physical pages
+    bounds: PageBounds,
+    config: AttentionConfig,
+    block: int,
+) -> tuple[list[int], int]:
+    """One request's pages chosen on their own, written out (Quest bounds, top-k, +-neighbours):
+    its compacted physical pages and the length they hold."""
+    kv_heads, dim = bounds.low.shape[1], query.shape[-1]
+    pages = -(-length // block)
+    sinks, window = -(-config.sinks // block), -(-config.window // block)
+    room = max(config.budget // block - sinks - window, 1)
+    middle = list(range(sinks, max(pages - window, sinks)))
+    if len(middle) <= room:
+        chosen = list(range(pages))
+    else:
+        physical = row[middle].long()
+        low, high = bounds.low[physical], bounds.high[physical]  # (m, Hkv, D)
+        grouped = query.float().reshape(kv_heads, -1, dim)  # (Hkv, G, D)
+        score = (
+            torch.einsum("hgd,mhd->mhg", grouped.clamp(min=0), high)
+            + torch.einsum("hgd,mhd->mhg", grouped.clamp(max=0), low)
+        ).amax((1, 2))
+        best = score.topk(max(1, room // (2 * config.neighbours + 1))).indices.tolist()
+        near = {m + d for m in best for d in range(-config.neighbours, config.neighbours + 1)}
+        picked = [page for i, page in enumerate(middle) if i in near]
+        chosen = [*range(sinks), *picked, *range(max(pages - window, sinks), pages)]
+    held = (len(chosen) - 1) * block + length - (pages - 1) * block
+    return row[chosen].tolist(), held
+
+
+@pytest.mark.parametrize("neighbours", [0, 1, 2])
+def test_requests_chosen_together_equal_each_chosen_alone(neighbours: int) -> None:
+    """A decode batch of requests of different lengths (some within the budget, one shorter
+    than its sinks) is scored and chosen at once; each row equals choosing for it alone."""
+    generator = torch.Generator().manual_seed(neighbours)
+    block, kv_heads, group, dim, blocks = 4, 2, 3, 8, 256
+    config = AttentionConfig(
+        mode="blocks", budget=48, sinks=6, window=8, block_size=block, neighbours=neighbours
+    )
+    lengths = torch.tensor([90, 33, 3, 120, 47, 61], dtype=torch.int32)
+    table = torch.randperm(blocks, generator=generator)[: 6 * 30].view(6, 30).int()
+    bounds = PageBounds(blocks, kv_heads, dim, torch.device("cpu"))
+    for row, length in enumerate(lengths.tolist()):
+        positions = torch.arange(length)
+        slots = table[row, positions // block] * block + positions % block
+        bounds.update(torch.randn(length, kv_heads, dim, generator=generator), slots, block)
+    query = torch.randn(len(lengths), kv_heads * group, dim, generator=generator)
+    compact, held = select_pages(query, lengths, table, bounds, config, block)
+    assert compact.dtype == table.dtype and held.dtype == lengths.dtype
+    for row, length in enumerate(lengths.tolist()):
+        pages, expected = reference_pages(query[row], length, table[row], bounds, config, block)
+        assert compact[row, : len(pages)].tolist() == pages
+        assert int(held[row]) == expected
+        assert compact[row, len(pages) :].eq(0).all()  # padding
+    assert compact.shape[1] == max(
+        len(reference_pages(query[r], int(n), table[r], bounds, config, block)[0])
+        for r, n in enumerate(lengths.tolist())
+    )
+    assert int(held[0]) < int(lengths[0])  # the budget bit somewhere
 
 
 _KERNEL_CHECK = """
@@ -79,7 +168,8 @@ from vllm.platforms.cpu import CpuPlatform
 from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 from vllm.v1.attention.selector import AttentionSelectorConfig
 from serving.vllm import plugin
-from serving.vllm.pages import PageBounds, PageSettings, select_pages
+from serving.kernels.config import AttentionConfig
+from serving.vllm.pages import PageBounds, environment, select_pages
 
 torch.manual_seed(0)
 bs, kv_heads, group, dim, length, blocks = 128, 2, 2, 64, 700, 12
@@ -99,9 +189,9 @@ query = torch.randn(1, heads, dim) + 1.0
 start, scale = torch.tensor([0, 1], dtype=torch.int32), dim ** -0.5
 out = {}
 for name, budget in (("selected", 384), ("everything", 4096)):
-    settings = PageSettings(budget=budget, n_init=128, n_local=128, neighbours=0)
+    config = AttentionConfig(mode="blocks", budget=budget, sinks=128, window=128)
     table, lens = select_pages(query, torch.tensor([length], dtype=torch.int32),
-                               physical[None].to(torch.int32), bounds, settings, bs)
+                               physical[None].to(torch.int32), bounds, config, bs)
     meta = ops.cpu_attn_get_scheduler_metadata(1, heads, kv_heads, dim, lens, torch.float32,
                                                start, True, -1, isa, False)
     got = torch.empty(1, heads, dim)
@@ -117,7 +207,7 @@ for name, budget in (("selected", 384), ("everything", 4096)):
                  "error": float((got[0] - expected).abs().max())}
 selector = AttentionSelectorConfig(head_size=64, dtype=torch.float32, kv_cache_dtype=None,
                                    block_size=128)
-os.environ[plugin.ENVIRONMENT] = PageSettings().environment()[plugin.ENVIRONMENT]
+os.environ.update(environment(AttentionConfig(mode="blocks")))
 plugin.register()
 out["backend"] = CpuPlatform.get_attn_backend_cls(None, selector, 4)
 print(json.dumps(out))
@@ -161,19 +251,20 @@ def test_a_vllm_server_decodes_through_the_selection(
     folder = build_tiny_llama(
         tmp_path_factory.mktemp("vllm-pages-llama"), hidden_size=256, heads=4, kv_heads=2
     )
-    pages = PageSettings(budget=256, n_init=128, n_local=128, neighbours=0)
+    # 128-token pages: one sink page, one window page, one chosen page
+    pages = AttentionConfig(mode="blocks", budget=256, sinks=16, window=128)
     config = VLLMServerConfig(
         model=str(folder),
         port=free_port(),
         python=str(vllm_python),
         extra_args=("--served-model-name", "tiny", "--max-model-len", "512", "--enforce-eager"),
-        env={"VLLM_CPU_KVCACHE_SPACE": "1", **pages.environment()},
+        env={"VLLM_CPU_KVCACHE_SPACE": "1", **environment(pages)},
         startup_timeout=600,
     )
     lines: list[str] = []
     with VLLMServer(config, on_line=lines.append):
         client = openai.OpenAI(base_url=config.base_url, api_key="unused", max_retries=0)
-        prompt = list(range(100, 500))  # 400 tokens: four 128-token pages, budget two
+        prompt = list(range(100, 500))  # 400 tokens: four 128-token pages, two attended
         answer = client.completions.create(
             model="tiny", prompt=prompt, max_tokens=8, extra_body={"ignore_eos": True}
         )
