@@ -19,7 +19,13 @@ from app.runtime import open_database
 from app.settings import Settings, load_settings
 from memory.database import Database, describe_url
 from serving.engine.config import Dtype, EngineConfig
-from serving.kernels.config import AttentionConfig, AttentionMode, MemoryPositions, Representative
+from serving.kernels.config import (
+    AttentionConfig,
+    AttentionMode,
+    MemoryPositions,
+    Prefill,
+    Representative,
+)
 
 ENGINE = EngineConfig()
 """The engine's defaults: ``mneme llm serve``'s options start from these (defined once, there)."""
@@ -202,6 +208,9 @@ def llm_serve(
     attention_positions: Annotated[
         MemoryPositions, typer.Option(help=AttentionConfig.describe("positions"))
     ] = ENGINE.attention.positions,
+    attention_prefill: Annotated[
+        Prefill, typer.Option(help=AttentionConfig.describe("prefill"))
+    ] = ENGINE.attention.prefill,
     retrieval_segment: Annotated[
         int, typer.Option(help=AttentionConfig.describe("retrieval_segment"))
     ] = ENGINE.attention.retrieval_segment,
@@ -230,6 +239,7 @@ def llm_serve(
         representative=attention_representative,
         neighbours=attention_neighbours,
         positions=attention_positions,
+        prefill=attention_prefill,
         retrieval_segment=retrieval_segment,
         retrieval_degree=retrieval_degree,
     )

@@ -17,12 +17,15 @@ trial has an 8184-token prompt.
 
 Perplexity: windows of ``--window`` tokens of Gutenberg novels (../shared/eval-data/
 gutenberg-novels; one book per window, a random start), the last ``--scored`` tokens scored given
-all before (prompt logprobs). Retrieval attends exactly during prefill, as RetrievalAttention
-does (it sparsifies decoding only), so its prompt perplexity equals full attention's by
-construction and is not run; its decoding is what the passkey test checks.
+all before (prompt logprobs). ``blocks`` (by default, as Quest) and ``retrieval`` (always, as
+RetrievalAttention) attend exactly during prefill and sparsify decoding only, so their prompt
+perplexity equals full attention's by construction and is not run; their decoding is what the
+passkey test checks. ``blocks-sparse`` (``prefill="sparse"``, as InfLLM) selects blocks in prompt
+passes too, and is what the perplexity test checks.
 
-Methods: ``full`` (exact attention) and ``blocks`` / ``retrieval`` at each ``--budgets`` share
-of the context (attention budget = share x length), every other setting the engine's default.
+Methods: ``full`` (exact attention) and ``blocks`` / ``retrieval`` / ``blocks-sparse`` at each
+``--budgets`` share of the context (attention budget = share x length), every other setting the
+engine's default.
 Tables: passkey accuracy per method, budget and length (correct / trials), and perplexity with
 its ratio to full attention in the same run.
 """
@@ -61,18 +64,28 @@ class Tokenizer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Method:
-    name: str  # "full", "blocks" or "retrieval"
+    name: str  # "full", "blocks", "retrieval" or "blocks-sparse" (blocks, prefill="sparse")
     share: float | None = None  # attention budget as a share of the context; None = full
 
     @property
     def label(self) -> str:
         return self.name if self.share is None else f"{self.name} {self.share:.1%}"
 
+    @property
+    def sparse_prefill(self) -> bool:
+        """Whether prompt passes select too (else they attend in full, as ``full`` does)."""
+        return self.name.endswith("-sparse")
+
     def config(self, base: Any, length: int) -> Any:
         """The engine config for a context of ``length`` tokens."""
         if self.share is None:
             return replace(base, attention=replace(base.attention, mode="full"))
-        attention = replace(base.attention, mode=self.name, budget=int(self.share * length))
+        attention = replace(
+            base.attention,
+            mode=self.name.removesuffix("-sparse"),
+            budget=int(self.share * length),
+            prefill="sparse" if self.sparse_prefill else "exact",
+        )
         return replace(base, attention=attention)
 
 
@@ -344,7 +357,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scored", type=int, default=1024, help="last tokens scored per window")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.125])
     parser.add_argument(
-        "--modes", nargs="+", default=["full", "blocks", "retrieval"], help="methods to run"
+        "--modes",
+        nargs="+",
+        default=["full", "blocks", "retrieval", "blocks-sparse"],
+        choices=["full", "blocks", "retrieval", "blocks-sparse"],
+        help="methods to run (blocks-sparse: block selection in prompt passes too, InfLLM)",
     )
     parser.add_argument("--skip-passkey", action="store_true")
     parser.add_argument("--skip-perplexity", action="store_true")
@@ -380,8 +397,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not books:
             sys.exit(f"no .txt books in {options.books}; pass --books")
         texts = windows(loaded.tokenizer, books, options.windows, options.window - 1, options.seed)
-        exact = [m for m in methods if m.name != "retrieval"]  # retrieval prefills exactly
-        rows = run_perplexity(loaded, base, exact, texts, options.scored)
+        # prompt perplexity of a mode that prefills in full is full attention's by construction
+        scored = [m for m in methods if m.share is None or m.sparse_prefill]
+        rows = run_perplexity(loaded, base, scored, texts, options.scored)
         print(
             f"Perplexity of the last {options.scored} tokens of {options.windows} "
             f"{options.window}-token window(s)\n"

@@ -58,7 +58,6 @@ class _GraphState:
 
 class RetrievalAttention(SparseAttention):
     name = "retrieval"
-    exact_prefill = True  # RetrievalAttention runs full attention at prefill
 
     def __init__(self, context: ModeContext) -> None:
         super().__init__(context)

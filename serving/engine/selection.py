@@ -3,11 +3,13 @@
 Per sequence and layer a :class:`~serving.kernels.blocks.BlockIndex` cuts the far context into
 fixed pages as tokens leave the local window and keeps one representative per block: the mean
 of the block's 4 keys most attended by the recent queries (InfLLM), or Quest's min/max bounds.
-Each pass scores the representatives per KV-head group and per run of 16 consecutive queries,
-takes each run's best blocks (and neighbours) within the budget, and attends exactly over them,
-the not-yet-complete last block and the static set, merged by log-sum-exp. Choosing per run
-rather than once per prefill chunk matters: a question at the end of a prompt shares its chunk
-with hundreds of filler tokens whose queries would otherwise outvote it (issue 16).
+Each decode pass scores the representatives per KV-head group, takes the best blocks (and
+neighbours) within the budget, and attends exactly over them, the not-yet-complete last block
+and the static set, merged by log-sum-exp. Prompt passes attend in full (Quest) unless
+``prefill`` is "sparse" (InfLLM): then each run of 16 consecutive queries chooses its own
+blocks. Choosing per run rather than once per prefill chunk matters: a question at the end of a
+prompt shares its chunk with hundreds of filler tokens whose queries would otherwise outvote it
+(issue 16).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A mode attends each row exactly over its sinks and local window (``serving.kerne
 over a selection of its far context, and merges the two (``serving.kernels.merge``). The far
 selection is the subclass's: block selection (``selection.py``) or graph retrieval
 (``retrieval.py``). Rows whose far context is empty take the full path unchanged, and so do
-prefill passes of a mode with ``exact_prefill``.
+prefill passes when ``prefill`` is "exact" (the default).
 
 Positions: transformers applies rotary embedding before the attention function is called, so
 the cache holds rotated keys. RoPE at position p is a rotation R(p), and R(p') = R(p' - p)R(p),
@@ -44,15 +44,15 @@ class SparseAttention(ABC):
     name: AttentionMode
     """The mode's name in :class:`~serving.kernels.config.AttentionConfig`."""
 
-    exact_prefill = False
-    """Prefill passes (more than one new token) attend exactly, as full attention does; the
-    mode still sees them through :meth:`observe` (RetrievalAttention's full-attention prefill)."""
-
     def __init__(self, context: ModeContext) -> None:
         settings = context.config.attention  # checked when built, for its own mode
         if settings.mode != self.name:  # built for another mode: check the budget for this one
             settings = dataclasses.replace(settings, mode=self.name)
         self.settings = settings
+        self.exact_prefill = settings.prefill == "exact"
+        """Prefill passes (more than one new token) attend exactly, as full attention does; the
+        mode still sees them through :meth:`observe` (Quest's and RetrievalAttention's
+        full-attention prefill)."""
         self.budget, self.n_init, self.n_local = settings.budget, settings.sinks, settings.window
         self.positions = settings.positions
         self.inv_freq = context.inv_freq

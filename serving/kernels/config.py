@@ -22,12 +22,15 @@ AttentionMode = Literal["full", "blocks", "retrieval"]
 """Exact attention, block selection (landmark / Quest; vLLM: page selection) or retrieval."""
 Representative = Literal["bounds", "mean"]
 """What stands for a block when it is scored: Quest's min/max bounds or InfLLM's key mean."""
+Prefill = Literal["exact", "sparse"]
+"""How prompt passes attend: in full (Quest, RetrievalAttention) or by selection too (InfLLM)."""
 MemoryPositions = Literal["original", "fixed", "packed"]
 """Where selected far tokens are placed: where they were, InfLLM's fixed distance, or packed."""
 
 MODES: tuple[AttentionMode, ...] = get_args(AttentionMode)
 REPRESENTATIVES: tuple[Representative, ...] = get_args(Representative)
 POSITIONS: tuple[MemoryPositions, ...] = get_args(MemoryPositions)
+PREFILLS: tuple[Prefill, ...] = get_args(Prefill)
 
 _RETRIEVED_MINIMUM = (
     16  # retrieval: far tokens beyond the open segment a budget must leave room for
@@ -55,6 +58,9 @@ class AttentionConfig:
     "mean" of each block's 4 keys most attended by recent queries (InfLLM)."""
     neighbours: int = 0
     """blocks: blocks on each side of a selected block also attended (EM-LLM's contiguity)."""
+    prefill: Prefill = "exact"
+    """blocks: "exact" (prompt passes attend in full, only decoding selects: Quest) or "sparse"
+    (each run of 16 prompt queries selects its own blocks too: InfLLM); retrieval is exact."""
     retrieval_segment: int = 128
     """retrieval: far tokens added to the graph index at a time; the not-yet-indexed tail, up
     to this many tokens, is attended exactly."""
@@ -68,6 +74,12 @@ class AttentionConfig:
         _choice("mode", self.mode, MODES)
         _choice("representative", self.representative, REPRESENTATIVES)
         _choice("positions", self.positions, POSITIONS)
+        _choice("prefill", self.prefill, PREFILLS)
+        if self.mode == "retrieval" and self.prefill != "exact":
+            raise AttentionSettingsError(
+                "prefill='sparse' is for 'blocks'; RetrievalAttention attends in full at "
+                "prefill (its graph is built from the prompt's queries): use prefill='exact'"
+            )
         for name, least in (
             ("budget", 1),
             ("sinks", 0),
@@ -121,6 +133,11 @@ class AttentionConfig:
             raise AttentionSettingsError(
                 f"positions={self.positions!r}: vLLM's pages keep their keys where they are; "
                 "use 'original'"
+            )
+        if self.prefill != "exact":
+            raise AttentionSettingsError(
+                "prefill='sparse': vLLM's page selection runs at decode; prompt batches attend "
+                "in full: use prefill='exact'"
             )
 
     @staticmethod

@@ -96,6 +96,9 @@ def test_methods_set_the_budget_as_a_share_of_the_context() -> None:
     ]
     config = methods[2].config(EngineConfig(), 8192)
     assert (config.attention.mode, config.attention.budget) == ("blocks", 1024)
+    assert config.attention.prefill == "exact"
+    sparse = Method("blocks-sparse", 0.25).config(EngineConfig(), 8192).attention
+    assert (sparse.mode, sparse.budget, sparse.prefill) == ("blocks", 2048, "sparse")
     blocks = EngineConfig(attention=AttentionConfig(mode="blocks"))
     assert methods[0].config(blocks, 8192).attention.mode == "full"
 
@@ -145,7 +148,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def test_every_method_at_a_whole_context_budget_scores_as_full_attention(tiny: Any) -> None:
     """The benchmark compares like with like: with a budget of the whole context every mode
     equals dense attention, so replies and perplexities match full attention's; at a tenth of
-    it blocks (sparse prefill) scores differently."""
+    it blocks with a sparse prefill scores differently, and blocks with an exact prefill (the
+    default) scores as full attention by construction."""
     base, loaded = tiny
     tokenizer = loaded.tokenizer
     stack = haystack(tokenizer, TEXT)
@@ -157,11 +161,13 @@ def test_every_method_at_a_whole_context_budget_scores_as_full_attention(tiny: A
     assert replies["blocks 100.0%"] == replies["full"] == replies["retrieval 100.0%"]
     assert [r["budget"] for r in rows if r["method"] == "blocks 100.0%"] == [600, 600]
     texts = windows(tokenizer, [TEXT], 2, 599, seed=0)
-    scored = run_perplexity(loaded, base, [*methods[:2], Method("blocks", 0.1)], texts, 200)
-    assert [r["tokens"] for r in scored] == [400] * 3
-    full, whole, part = (r["perplexity"] for r in scored)
+    sparse = [Method("blocks-sparse", 1.0), Method("blocks-sparse", 0.1), Method("blocks", 0.1)]
+    scored = run_perplexity(loaded, base, [methods[0], *sparse], texts, 200)
+    assert [r["tokens"] for r in scored] == [400] * 4
+    full, whole, part, exact = (r["perplexity"] for r in scored)
     assert whole == pytest.approx(full, rel=1e-6)
     assert part != pytest.approx(full, rel=1e-5)
+    assert exact == pytest.approx(full, rel=1e-6)
 
 
 def test_a_budget_the_mode_cannot_fit_is_skipped_with_the_reason(

@@ -31,6 +31,7 @@ MODES: dict[str, dict[str, Any]] = {
     "blocks-mean": {"mode": "blocks", "block_size": 4, "representative": "mean", **SMALL},
     "blocks-bounds": {"mode": "blocks", "block_size": 4, "representative": "bounds", **SMALL},
     "blocks-packed": {"mode": "blocks", "block_size": 4, "positions": "packed", **SMALL},
+    "blocks-sparse": {"mode": "blocks", "block_size": 4, "prefill": "sparse", **SMALL},
     "retrieval": {"mode": "retrieval", "retrieval_segment": 8, **SMALL},
 }
 
@@ -89,16 +90,17 @@ def test_budget_at_least_the_context_equals_dense(
 
 
 @pytest.mark.parametrize(
-    ("name", "budget"), [("blocks-mean", 30), ("blocks-bounds", 30), ("retrieval", 40)]
+    ("name", "budget"),
+    [("blocks-mean", 30), ("blocks-bounds", 30), ("blocks-sparse", 30), ("retrieval", 40)],
 )
 def test_a_small_budget_attends_to_less(
     name: str, budget: int, tiny_llama: Path, dense: tuple[list[float], list[int], list[float]]
 ) -> None:
     prompt, tokens, chosen = run(tiny_llama, budget=budget, **MODES[name])
     assert len(tokens) == len(dense[1])
-    if name.startswith("blocks"):  # prefill is sparse too
+    if name == "blocks-sparse":  # prefill selects too (InfLLM)
         gap = (torch.tensor(prompt) - torch.tensor(dense[0])).abs().max()
-    else:  # retrieval prefills exactly and retrieves while decoding
+    else:  # prefill is exact (Quest, RetrievalAttention); decoding selects
         torch.testing.assert_close(torch.tensor(prompt), torch.tensor(dense[0]), atol=1e-4, rtol=0)
         gap = (torch.tensor(chosen) - torch.tensor(dense[2][: len(chosen)])).abs().max()
     assert float(gap) > 1e-3

@@ -44,6 +44,7 @@ def test_settings_reach_the_plugin_as_json(monkeypatch: pytest.MonkeyPatch) -> N
         ({"mode": "retrieval"}, "mode='retrieval' is served by the built-in engine"),
         ({"mode": "blocks", "representative": "mean"}, "representative='mean'.*use 'bounds'"),
         ({"mode": "blocks", "positions": "packed"}, "positions='packed'.*use 'original'"),
+        ({"mode": "blocks", "prefill": "sparse"}, "prefill=.sparse.: vLLM.s page selection"),
     ],
 )
 def test_pages_refuse_what_they_cannot_do(
