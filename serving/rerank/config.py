@@ -98,13 +98,16 @@ class RerankConfig:
         return -(-self.max_tokens // self.step_tokens)
 
 
+ScorerDtype = Literal["float32", "bfloat16", "auto"]
+
+
 @dataclass(frozen=True, slots=True)
 class ScorerConfig:
     """Where and how a scorer runs (shared by every :class:`~serving.rerank.Reranker`)."""
 
     device: str | None = None
     """torch device ("cpu", "cuda"); None = CUDA when available, else CPU."""
-    dtype: str = "auto"
+    dtype: ScorerDtype = "auto"
     """"float32", "bfloat16" or "auto" (bfloat16 on CUDA, float32 on CPU); T5 overflows in fp16."""
     batch_size: int = 32
     """Texts encoded per forward pass."""
