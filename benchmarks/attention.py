@@ -25,6 +25,13 @@ Methods, one decode step for all heads:
   graph, built per 8192-token segment from every ``context/512``-th prompt query of each head
   plus the last 64 (the paper builds it from all prefill queries; sampling bounds build time).
 
+``--batch B`` instead decodes B sequences of each context together (seeds seed .. seed+B-1)
+through the built-in engine's attention modes (``serving.engine``: ``full``, ``blocks``,
+``blocks-quest``, ``retrieval`` with the same sinks, window, 2048-token budget and 64-token
+pages; retrieval indexes 1024-token segments and takes what the budget leaves), and reports
+``step_ms`` for one decode step of the whole batch (one layer), ``ms_per_sequence`` and
+``rel_error`` against full attention. Index construction is not timed.
+
 ``keys_touched``: key vectors scored or attended per query head over the context (static set,
 representatives scored — two per block for bounds — selected tokens; for retrieval the keys
 the search scored and the guide queries it compared). ``recall_top100``: share of each query
@@ -43,7 +50,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +62,9 @@ from serving.kernels.config import Representative
 from serving.kernels.merge import attend, merge
 from serving.kernels.retrieval import AttentionGraph
 from serving.kernels.static import Layout, layout, static_attention
+
+if TYPE_CHECKING:
+    from serving.engine.attention import AttentionMode
 
 N_INIT, N_LOCAL, BUDGET, TOP_K, BLOCK = 128, 512, 2048, 256, 64
 
@@ -281,6 +293,77 @@ def bench_context(
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    context: int
+    batch: int
+    method: str
+    step_ms: float
+    ms_per_sequence: float
+    speedup_vs_full: float
+    rel_error: float
+
+
+def batch_rows(
+    context: int, batch: int, kv_heads: int, group: int, dim: int, seed: int, repeats: int
+) -> list[BatchRow]:
+    """One decode step of ``batch`` sequences through each engine mode (see the docstring)."""
+    from serving.engine.attention import CURRENT, ForwardBatch, FullAttention, ModeContext
+    from serving.engine.cache import SlotKVCache
+    from serving.engine.config import EngineConfig
+    from serving.engine.retrieval import RetrievalAttention
+    from serving.engine.selection import BlockAttention
+    from serving.kernels.config import AttentionConfig
+
+    keys = torch.empty(batch, kv_heads, context, dim)
+    values = torch.empty_like(keys)
+    query = torch.empty(batch, kv_heads * group, 1, dim)
+    loads = []
+    for row in range(batch):
+        data = workload(context, kv_heads, group, dim, seed + row)
+        keys[row], values[row], query[row, :, 0] = data.keys, data.values, data.query
+        loads.append(replace(data, keys=keys[row], values=values[row]))
+    split = layout(context - 1, 1, N_INIT, N_LOCAL)
+    base = AttentionConfig(budget=BUDGET, sinks=N_INIT, window=N_LOCAL, block_size=BLOCK)
+    modes: dict[str, AttentionMode] = {"full": FullAttention()}
+    pairs: tuple[tuple[str, Representative], ...] = (("blocks", "mean"), ("blocks-quest", "bounds"))
+    for method, representative in pairs:
+        config = replace(base, mode="blocks", representative=representative, neighbours=1)
+        blocks = BlockAttention(ModeContext(EngineConfig(attention=config)))
+        for row, data in enumerate(loads):
+            state = blocks.new_state()
+            state.recent = data.recent
+            state.index.extend(data.keys, split.far_end, data.recent)
+            blocks.states[row] = [state]
+        modes[method] = blocks
+    config = replace(base, mode="retrieval", retrieval_segment=1024)
+    retrieval = RetrievalAttention(ModeContext(EngineConfig(attention=config)))
+    for row, data in enumerate(loads):
+        graphed = retrieval.new_state()
+        final = data.prompt_positions >= split.far_end
+        for end in range(N_INIT + 1024, split.far_end + 1024, 1024):
+            end = min(end, split.far_end)
+            inside = (data.prompt_positions >= end - 1024) & (data.prompt_positions < end)
+            last = end == split.far_end
+            graphed.graph.extend(data.keys, end, data.prompt[:, inside | (final & last)])
+        retrieval.states[row] = [graphed]
+    modes["retrieval"] = retrieval
+    cache = SlotKVCache(1, kv_heads, dim, dtype=torch.float32, device="cpu")  # not read
+    past, scaling = torch.full((batch,), context - 1), dim**-0.5
+    rows, exact, full_ms = [], torch.empty(0), 0.0
+    for method, mode in modes.items():
+        token = CURRENT.set(ForwardBatch(cache, torch.arange(batch), past, 1, mode))
+        try:
+            out, ms = timed(partial(mode, query, keys, values, past, scaling, 0), repeats)
+        finally:
+            CURRENT.reset(token)
+        if method == "full":
+            exact, full_ms = out, ms
+        error = ((out - exact).norm(dim=-1) / exact.norm(dim=-1)).mean()
+        rows.append(BatchRow(context, batch, method, ms, ms / batch, full_ms / ms, float(error)))
+    return rows
+
+
 def perplexity_rows(model: Path, texts: Path, windows: int, seed: int) -> list[dict[str, object]]:
     """Per-token perplexity of the tiny model over ``windows`` 511-token windows of Gutenberg
     text (one book each, random start), full attention against blocks and retrieval at a
@@ -387,6 +470,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--texts", type=Path, default=Path("../shared/eval-data/gutenberg-novels"))
     parser.add_argument("--windows", type=int, default=4, help="perplexity: 512-token windows")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="decode this many sequences together through the engine's modes (0: one, "
+        "kernels alone)",
+    )
     options = parser.parse_args(argv)
     torch.manual_seed(options.seed)
     torch.set_num_threads(options.threads)
@@ -400,8 +490,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         for context in options.context:
             if context < 4 * BUDGET:
                 sys.exit(f"--context {context} is too short; use at least {4 * BUDGET}")
-            found = bench_context(
-                context, options.kv_heads, options.group, options.dim, options.seed, options.repeats
+            shape = (options.kv_heads, options.group, options.dim, options.seed, options.repeats)
+            found: Sequence[Row | BatchRow] = (
+                batch_rows(context, options.batch, *shape)
+                if options.batch
+                else bench_context(context, *shape)
             )
             rows += [asdict(r) for r in found]
             if not options.json:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from serving.engine.cache import SlotKVCache
     from serving.engine.config import EngineConfig
+    from serving.kernels.config import KernelBackend
 
 ATTENTION_NAME = "mneme"
 
@@ -30,6 +31,8 @@ class ModeContext:
     config: EngineConfig
     inv_freq: torch.Tensor | None = None  # (D/2,) rotary inverse frequencies; None = no RoPE
     rope_type: str = "default"
+    kernels: KernelBackend = "auto"
+    """The decode kernels' backend (``serving.kernels.backend``): Triton on CUDA by default."""
 
 
 @dataclass(slots=True)

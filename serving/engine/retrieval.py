@@ -5,19 +5,20 @@ context one segment at a time from the queries at and after the segment (the pro
 during prefill, then the generated tokens'), so a key is linked to the later queries that look
 for it. Prefill chunks attend to the far context exactly
 (RetrievalAttention runs full attention at prefill); each decode query searches the graph for its
-head's top keys, attends to them, the not-yet-indexed tail and the static set, merged by
-log-sum-exp. The search runs on CPU over a CPU copy of the indexed keys.
+head's top keys, attends to them, the not-yet-indexed tail and the static set. The search runs
+row by row on CPU over a CPU copy of the indexed keys; the attention over what every row found
+is one batched kernel call (``SparseAttention.decode``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from serving.engine.attention import ModeContext
-from serving.engine.sparsity import SparseAttention
-from serving.kernels.merge import Partial
+from serving.engine.sparsity import SparseAttention, stack_rows
 from serving.kernels.retrieval import AttentionGraph
 from serving.kernels.static import Layout
 
@@ -89,33 +90,37 @@ class RetrievalAttention(SparseAttention):
             state.unseen = 0
             state.drop_before(split.far_end)
 
-    def far(
+    def select(
         self,
-        state: _GraphState,
-        query: torch.Tensor,  # (Hq, 1, D): prefill passes attend exactly (exact_prefill)
-        keys: torch.Tensor,  # (Hkv, S, D)
-        values: torch.Tensor,
-        split: Layout,
-        scaling: float,
-    ) -> Partial | None:
-        if split.far_length == 0:
-            return None
-        graph = state.graph
-        heads = query.shape[0]
-        tail = torch.arange(graph.end, split.far_end, device=keys.device)
-        room = self.budget - split.static_length - tail.numel()
-        if graph.count == 0:
-            found = torch.zeros(heads, 0, dtype=torch.long, device=keys.device)
-            valid = torch.zeros(heads, 0, dtype=torch.bool, device=keys.device)
-        elif graph.count <= room:
-            found = torch.arange(graph.start, graph.end, device=keys.device).expand(heads, -1)
-            valid = torch.ones_like(found, dtype=torch.bool)
-        else:
-            result = graph.search(keys, query[:, 0], room)
-            found, valid = result.indices.to(keys.device), result.valid.to(keys.device)
-        positions = torch.cat([found, tail.expand(heads, -1)], 1)  # (Hq, N)
-        everyone = torch.ones(heads, tail.numel(), dtype=torch.bool, device=keys.device)
-        valid = torch.cat([valid, everyone], 1)
-        if positions.shape[1] == 0:
-            return None
-        return self.attend_positions(query, keys, values, positions, valid, split, scaling)
+        states: Sequence[_GraphState],
+        query: torch.Tensor,  # (B, Hq, D): prefill passes attend exactly (exact_prefill)
+        keys: torch.Tensor,  # (B, Hkv, S, D)
+        splits: Sequence[Layout],
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (B, Hq, N)
+        """Per row on CPU: each query head's top keys from the graph (all of them when they
+        fit the room) and the not-yet-indexed tail."""
+        heads = query.shape[1]
+        queries = query.detach().float().cpu()
+        rows = []
+        for row, (state, split) in enumerate(zip(states, splits, strict=True)):
+            if split.far_length == 0:
+                nothing = torch.zeros(heads, 0, dtype=torch.long)
+                rows.append((nothing, nothing.bool()))
+                continue
+            graph = state.graph
+            tail = torch.arange(graph.end, split.far_end)
+            room = self.budget - split.static_length - tail.numel()
+            if graph.count == 0:
+                found = torch.zeros(heads, 0, dtype=torch.long)
+                valid = torch.zeros(heads, 0, dtype=torch.bool)
+            elif graph.count <= room:
+                found = torch.arange(graph.start, graph.end).expand(heads, -1)
+                valid = torch.ones_like(found, dtype=torch.bool)
+            else:
+                result = graph.search(keys[row], queries[row], room)
+                found, valid = result.indices, result.valid
+            everyone = torch.ones(heads, tail.numel(), dtype=torch.bool)
+            rows.append(
+                (torch.cat([found, tail.expand(heads, -1)], 1), torch.cat([valid, everyone], 1))
+            )
+        return stack_rows(rows, keys.device)

@@ -5,24 +5,27 @@ fixed pages as tokens leave the local window and keeps one representative per bl
 of the block's 4 keys most attended by the recent queries (InfLLM), or Quest's min/max bounds.
 Each decode pass scores the representatives per KV-head group, takes the best blocks (and
 neighbours) within the budget, and attends exactly over them, the not-yet-complete last block
-and the static set, merged by log-sum-exp. Prompt passes attend in full (Quest) unless
-``prefill`` is "sparse" (InfLLM): then each run of 16 consecutive queries chooses its own
-blocks. Choosing per run rather than once per prefill chunk matters: a question at the end of a
-prompt shares its chunk with hundreds of filler tokens whose queries would otherwise outvote it
-(issue 16).
+and the static set, for every row of the batch at once: ``blocks.select_rows`` stacks the rows'
+representatives for one scoring call, and ``SparseAttention.decode`` makes one attention call.
+Prompt passes attend in full (Quest) unless ``prefill`` is "sparse" (InfLLM): then each run of
+16 consecutive queries chooses its own blocks, row by row, merged with the static set by
+log-sum-exp. Choosing per run rather than once per prefill chunk matters: a question at the end
+of a prompt shares its chunk with hundreds of filler tokens whose queries would otherwise
+outvote it (issue 16).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from serving.engine.attention import ModeContext
-from serving.engine.sparsity import SparseAttention
-from serving.kernels.blocks import BlockIndex
-from serving.kernels.merge import Partial
-from serving.kernels.static import Layout
+from serving.engine.sparsity import SparseAttention, spans
+from serving.kernels.blocks import BlockIndex, select_rows
+from serving.kernels.merge import Partial, merge
+from serving.kernels.static import Layout, static_attention
 
 _RECENT = 64  # group-mean queries kept per KV head to find each block's most-attended keys
 _QUERY_RUN = 16  # consecutive queries that share one block selection (chunked prefill)
@@ -52,6 +55,68 @@ class BlockAttention(SparseAttention):
             BlockIndex(self.n_init, size=self.block_size, representative=self.representative)
         )
 
+    def observe(
+        self, state: _BlockState, query: torch.Tensor, keys: torch.Tensor, split: Layout
+    ) -> None:
+        """Keep the last queries (group mean per KV head) of every pass, prompt passes too:
+        InfLLM's representatives are the keys they attend to most."""
+        kv_heads = keys.shape[0]
+        heads, new, dim = query.shape
+        grouped = query.detach().float().reshape(kv_heads, heads // kv_heads, new, dim).mean(1)
+        recent = grouped if state.recent is None else torch.cat([state.recent, grouped], 1)
+        state.recent = recent[:, -_RECENT:]
+
+    def select(
+        self,
+        states: Sequence[_BlockState],
+        query: torch.Tensor,  # (B, Hq, D)
+        keys: torch.Tensor,  # (B, Hkv, S, D)
+        splits: Sequence[Layout],
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # (B, Hkv, N)
+        """Every row's best blocks within its room, scored in one call, and its open tail."""
+        kv_heads = keys.shape[1]
+        indexes: list[BlockIndex | None] = []
+        rooms, tails = [], []
+        for row, (state, split) in enumerate(zip(states, splits, strict=True)):
+            if split.far_length == 0:
+                indexes.append(None)
+                rooms.append(0)
+                tails.append((split.far_end, split.far_end))
+                continue
+            state.index.extend(keys[row], split.far_end, state.recent)
+            tails.append((state.index.end, split.far_end))
+            indexes.append(state.index)
+            rooms.append(self.budget - split.static_length - (split.far_end - state.index.end))
+        positions, valid = select_rows(
+            indexes,
+            query,
+            rooms,
+            self.neighbours,
+            kv_heads=kv_heads,
+            score=self.kernels.block_scores,
+        )
+        tail, open_tail = (t[:, None].expand(-1, kv_heads, -1) for t in spans(tails, keys.device))
+        return torch.cat([positions, tail], -1), torch.cat([valid, open_tail], -1)
+
+    def sparse_prefill(
+        self,
+        states: Sequence[_BlockState],
+        query: torch.Tensor,  # (B, Hq, T, D)
+        keys: torch.Tensor,  # (B, Hkv, S, D)
+        values: torch.Tensor,
+        splits: Sequence[Layout],
+        scaling: float,
+    ) -> torch.Tensor:  # (B, Hq, T, D)
+        """InfLLM's prompt passes, row by row: each run of queries chooses its own blocks."""
+        rows = []
+        for row, split in enumerate(splits):
+            q = query[row]  # (Hq, T, D)
+            k, v = keys[row, :, : split.total], values[row, :, : split.total]
+            static = static_attention(q, k, v, split, scaling)
+            far = self.far(states[row], q, k, v, split, scaling)
+            rows.append(merge([static, far]).out if far is not None else static.out)
+        return torch.stack(rows).to(query.dtype)
+
     def far(
         self,
         state: _BlockState,
@@ -61,12 +126,11 @@ class BlockAttention(SparseAttention):
         split: Layout,
         scaling: float,
     ) -> Partial | None:
+        """One row's attention over its chosen far blocks and open tail, per run of queries;
+        None = nothing far. (The row-by-row path of prompt passes; decoding uses
+        :meth:`select`.)"""
         kv_heads = keys.shape[0]
         heads, new, dim = query.shape
-        grouped = query.float().reshape(kv_heads, heads // kv_heads, new, dim).mean(1)
-        state.recent = (grouped if state.recent is None else torch.cat([state.recent, grouped], 1))[
-            :, -_RECENT:
-        ]
         if split.far_length == 0:
             return None
         index = state.index

@@ -10,6 +10,8 @@ log-sum-exp (:mod:`serving.kernels.merge`), and merges them exactly:
 
 Their settings, for the built-in engine and vLLM's page selection alike, are one frozen
 :class:`serving.kernels.config.AttentionConfig` (no torch import: the vLLM plugin reads it). The
-``triton_*`` modules hold GPU kernels, each with a PyTorch twin. Everything else here is pure
-tensor code with no engine state; ``serving.engine`` wires it into its attention interface.
+``triton_*`` modules hold GPU kernels, each with a PyTorch twin; :mod:`serving.kernels.backend`
+runs one or the other (Triton for CUDA tensors) for the engine's batched decode step. Everything
+else here is pure tensor code with no engine state; ``serving.engine`` wires it into its
+attention interface.
 """

@@ -11,6 +11,7 @@ contiguity), then attended exactly (:func:`gathered_attention`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from serving.kernels.config import Representative
 from serving.kernels.merge import Partial, attend, group_queries
 
 _CHUNK = 256  # blocks per step when building representatives (bounds memory)
+_STACKED = 1 << 21  # representative elements stacked per scoring call on a CPU (8 MB float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +153,11 @@ def bound_representatives(keys: torch.Tensor, table: BlockTable) -> torch.Tensor
 
 
 def score_blocks(query: torch.Tensor, representatives: torch.Tensor) -> torch.Tensor:
-    """(Hkv, nb) score of each block for the queries (Hq, T, D) sharing a KV head: the max over
-    the group's heads and the queries of q*r (mean representatives, (Hkv, nb, D)) or of the Quest
-    bound q+*max + q-*min (bounds, (Hkv, nb, 2, D))."""
-    return score_query_groups(query, representatives, query.shape[1])[0]
+    """(..., Hkv, nb) score of each block for the queries (..., Hq, T, D) sharing a KV head: the
+    max over the group's heads and the queries of q*r (mean representatives, (..., Hkv, nb, D))
+    or of the Quest bound q+*max + q-*min (bounds, (..., Hkv, nb, 2, D)). Leading dimensions
+    (the rows of a decode batch) pair queries with their own representatives."""
+    return score_query_groups(query, representatives, query.shape[-2]).squeeze(-3)
 
 
 def score_bounds(
@@ -172,10 +175,10 @@ def score_bounds(
 
 
 def score_query_groups(
-    query: torch.Tensor,  # (Hq, T, D)
-    representatives: torch.Tensor,  # (Hkv, nb, D) or (Hkv, nb, 2, D)
+    query: torch.Tensor,  # (..., Hq, T, D)
+    representatives: torch.Tensor,  # (..., Hkv, nb, D) or (..., Hkv, nb, 2, D)
     group: int,
-) -> torch.Tensor:  # (U, Hkv, nb) float32, U = ceil(T / group)
+) -> torch.Tensor:  # (..., U, Hkv, nb) float32, U = ceil(T / group)
     """Block scores for each run of ``group`` consecutive queries: the max over a run's queries
     and the KV-head group's heads, as :func:`score_blocks` computes for one run.
 
@@ -183,30 +186,42 @@ def score_query_groups(
     many queries of ordinary text outvote the few that ask for something far (a question at
     the end of a prompt), so each run chooses its own blocks (landmark attention chooses per
     token; runs of ``group`` bound the gathers)."""
-    heads, new = query.shape[:2]
-    kv_heads = representatives.shape[0]
-    grouped = group_queries(query.float(), kv_heads)  # (Hkv, G*T, D), head-major
+    *lead, heads, new, _ = query.shape
+    bounds = representatives.dim() == query.dim() + 1
+    kv_heads = representatives.shape[len(lead)]
+    grouped = group_queries(query.float(), kv_heads)  # (..., Hkv, G*T, D), head-major
     representatives = representatives.float()
-    if representatives.dim() == 3:
-        scores = grouped @ representatives.transpose(1, 2)  # (Hkv, G*T, nb)
+    if bounds:
+        scores = score_bounds(grouped, representatives[..., 0, :], representatives[..., 1, :])
     else:
-        scores = score_bounds(grouped, representatives[:, :, 0], representatives[:, :, 1])
+        scores = grouped @ representatives.transpose(-1, -2)  # (..., Hkv, G*T, nb)
     blocks = scores.shape[-1]
-    scores = scores.view(kv_heads, heads // kv_heads, new, blocks).amax(1)  # (Hkv, T, nb)
-    runs = -(-new // group)
+    scores = scores.view(*lead, kv_heads, heads // kv_heads, new, blocks).amax(-3)
+    runs = -(-new // group)  # scores: (..., Hkv, T, nb)
     if runs * group != new:  # pad the last run with a copy of its last query
-        scores = torch.cat([scores, scores[:, -1:].expand(-1, runs * group - new, -1)], 1)
-    return scores.view(kv_heads, runs, group, blocks).amax(2).transpose(0, 1)
+        pad = scores[..., -1:, :].expand(*lead, kv_heads, runs * group - new, blocks)
+        scores = torch.cat([scores, pad], -2)
+    return scores.view(*lead, kv_heads, runs, group, blocks).amax(-2).transpose(-3, -2)
 
 
-def select_blocks(scores: torch.Tensor, count: int, neighbours: int = 1) -> torch.Tensor:
+def select_blocks(
+    scores: torch.Tensor, count: int | torch.Tensor, neighbours: int = 1
+) -> torch.Tensor:
     """(..., nb) bool: each row's ``count`` best blocks of (..., nb) ``scores`` and their
-    +-``neighbours``."""
+    +-``neighbours``. ``count`` is one number for every row, or an int64 tensor broadcastable
+    to (..., 1) with each row's own (rows of a decode batch with different budgets left)."""
     blocks = scores.shape[-1]
-    if count >= blocks:
+    if isinstance(count, int) and count >= blocks:
         return torch.ones_like(scores, dtype=torch.bool)
     chosen = torch.zeros_like(scores, dtype=torch.bool)
-    chosen.scatter_(-1, scores.topk(max(count, 0), dim=-1).indices, True)
+    if isinstance(count, int):
+        chosen.scatter_(-1, scores.topk(max(count, 0), dim=-1).indices, True)
+    else:
+        top = max(0, min(int(count.max()), blocks)) if count.numel() else 0  # CPU count: no sync
+        counts = count.to(scores.device)
+        order = scores.topk(top, dim=-1).indices  # (..., top) best first
+        ranks = torch.arange(top, device=scores.device)
+        chosen.scatter_(-1, order, (ranks < counts).expand_as(order))
     if neighbours > 0:
         spread = torch.nn.functional.max_pool1d(
             chosen.reshape(-1, 1, blocks).float(), 2 * neighbours + 1, stride=1, padding=neighbours
@@ -219,18 +234,30 @@ def block_tokens(chosen: torch.Tensor, table: BlockTable) -> tuple[torch.Tensor,
     """Token positions of each row's chosen blocks of (..., nb) ``chosen``, in order, padded:
     (..., N) int64 positions and (..., N) validity. Costs O(blocks chosen), not O(tokens
     indexed)."""
+    return chosen_tokens(chosen, table.starts, table.lengths)
+
+
+def chosen_tokens(
+    chosen: torch.Tensor,  # (..., nb) bool
+    starts: torch.Tensor,  # broadcastable to (..., nb): each block's first position
+    lengths: torch.Tensor,  # broadcastable to (..., nb): its token count (0 = no block)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`block_tokens` over per-row block tables (the rows of a decode batch, each with
+    its own index, padded with zero-length blocks)."""
     lead = chosen.shape[:-1]
+    starts = starts.to(chosen.device).expand_as(chosen).reshape(-1, chosen.shape[-1])
+    lengths = lengths.to(chosen.device).expand_as(chosen).reshape(-1, chosen.shape[-1])
     chosen = chosen.reshape(-1, chosen.shape[-1])
     counts = chosen.sum(1)  # (rows,)
     width = int(counts.max()) if chosen.numel() else 0
     ids = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :width]  # chosen first
     real = torch.arange(width, device=chosen.device)[None, :] < counts[:, None]  # (rows, W)
-    starts = table.starts.to(chosen.device)[ids]
-    lengths = torch.where(real, table.lengths.to(chosen.device)[ids], 0)
-    span = int(lengths.max()) if lengths.numel() else 0
+    first = torch.gather(starts, 1, ids)
+    length = torch.where(real, torch.gather(lengths, 1, ids), 0)
+    span = int(length.max()) if length.numel() else 0
     offsets = torch.arange(span, device=chosen.device)
-    positions = (starts[..., None] + offsets).flatten(1)  # (rows, W*L)
-    valid = (offsets < lengths[..., None]).flatten(1)
+    positions = (first[..., None] + offsets).flatten(1)  # (rows, W*L)
+    valid = (offsets < length[..., None]).flatten(1)
     positions = torch.where(valid, positions, 0)
     return positions.view(*lead, -1), valid.view(*lead, -1)
 
@@ -336,3 +363,88 @@ class BlockIndex:
         if group is None:
             return indices[0], valid[0], read
         return indices, valid, read
+
+
+def select_rows(
+    indexes: Sequence[BlockIndex | None],  # per row; None = no far context
+    query: torch.Tensor,  # (B, Hq, D) one decode query per row
+    rooms: Sequence[int],  # far tokens each row may select
+    neighbours: int,
+    *,
+    kv_heads: int,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`BlockIndex.select` for every row of a decode batch at once: positions
+    (B, Hkv, N) and validity of the blocks each row chooses within its room.
+
+    The rows' representatives are stacked, padded to the widest index, and scored in one call
+    of ``score`` ((B, Hq, D), (B, Hkv, nb, ...) -> (B, Hkv, nb); default
+    :func:`score_blocks`, the Triton kernel on CUDA); padding scores -inf and is never chosen.
+    On a CPU, rows are stacked in groups of about 8 MB (see :func:`_stacks`).
+    Rows whose blocks all fit their room keep all of them, as :meth:`BlockIndex.select` does."""
+    rows, device = len(indexes), query.device
+    held = [
+        (row, index)
+        for row, index in enumerate(indexes)
+        if index is not None and index.vectors is not None
+    ]
+    width = max((len(index.table) for _, index in held), default=0)
+    starts = torch.zeros(rows, width, dtype=torch.long)
+    lengths = torch.zeros(rows, width, dtype=torch.long)
+    counts = torch.zeros(rows, dtype=torch.long)
+    for row, index in held:
+        blocks = len(index.table)
+        starts[row, :blocks], lengths[row, :blocks] = index.table.starts, index.table.lengths
+        if int(index.table.lengths.sum()) <= rooms[row]:
+            counts[row] = width  # every block fits
+        else:
+            widest = int(index.table.lengths.max())
+            counts[row] = max(1, rooms[row] // ((2 * neighbours + 1) * widest))
+    real = (lengths > 0).to(device)[:, None, :].expand(rows, kv_heads, width)  # (B, Hkv, nb)
+    if any(int(counts[row]) < len(index.table) for row, index in held):
+        scored = torch.full((rows, kv_heads, width), float("-inf"), device=device)
+        for group in _stacks(held):
+            ids = [row for row, _ in group]
+            vectors = _stacked([vectors for _, vectors in group])  # (g, Hkv, nb_g, ...)
+            picked = query if len(ids) == rows else query[ids]
+            scored[ids, :, : vectors.shape[2]] = (score or _score_decode)(picked, vectors)
+        scored = scored.masked_fill(~real, float("-inf"))  # padding is never chosen
+        chosen = select_blocks(scored, counts[:, None, None], neighbours) & real
+    else:
+        chosen = real
+    return chosen_tokens(chosen, starts.to(device)[:, None], lengths.to(device)[:, None])
+
+
+def _stacks(held: list[tuple[int, BlockIndex]]) -> Iterator[list[tuple[int, torch.Tensor]]]:
+    """The rows' representatives in groups to score together: all rows on CUDA; on a CPU,
+    groups of at most ``_STACKED`` elements (a row alone can be larger: it is not copied),
+    since a fresh buffer over 32 MB costs page faults on every step (glibc maps it anew)."""
+    group: list[tuple[int, torch.Tensor]] = []
+    size = 0
+    for row, index in held:
+        vectors = index.vectors
+        assert vectors is not None
+        if group and not vectors.is_cuda and size + vectors.numel() > _STACKED:
+            yield group
+            group, size = [], 0
+        group.append((row, vectors))
+        size += vectors.numel()
+    if group:
+        yield group
+
+
+def _stacked(parts: list[torch.Tensor]) -> torch.Tensor:
+    """(g, Hkv, nb, ...) from per-row (Hkv, nb_i, ...), zero-padded to the widest."""
+    if len(parts) == 1:
+        return parts[0][None]  # a view: no copy
+    width = max(part.shape[1] for part in parts)
+    first = parts[0]
+    stacked = first.new_empty(len(parts), first.shape[0], width, *first.shape[2:])
+    for row, part in enumerate(parts):
+        stacked[row, :, : part.shape[1]] = part
+        stacked[row, :, part.shape[1] :] = 0
+    return stacked
+
+
+def _score_decode(query: torch.Tensor, representatives: torch.Tensor) -> torch.Tensor:
+    return score_blocks(query[..., None, :], representatives)  # (B, Hq, 1, D) -> (B, Hkv, nb)

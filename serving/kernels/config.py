@@ -26,11 +26,16 @@ Prefill = Literal["exact", "sparse"]
 """How prompt passes attend: in full (Quest, RetrievalAttention) or by selection too (InfLLM)."""
 MemoryPositions = Literal["original", "fixed", "packed"]
 """Where selected far tokens are placed: where they were, InfLLM's fixed distance, or packed."""
+KernelBackend = Literal["auto", "torch", "triton"]
+"""Which decode kernels run (``serving.kernels.backend``): "auto" = Triton for CUDA tensors when
+Triton is installed, the PyTorch twins otherwise; "torch" or "triton" force one (Triton on CPU
+tensors needs Triton's interpreter, ``TRITON_INTERPRET=1``)."""
 
 MODES: tuple[AttentionMode, ...] = get_args(AttentionMode)
 REPRESENTATIVES: tuple[Representative, ...] = get_args(Representative)
 POSITIONS: tuple[MemoryPositions, ...] = get_args(MemoryPositions)
 PREFILLS: tuple[Prefill, ...] = get_args(Prefill)
+KERNEL_BACKENDS: tuple[KernelBackend, ...] = get_args(KernelBackend)
 
 _RETRIEVED_MINIMUM = (
     16  # retrieval: far tokens beyond the open segment a budget must leave room for

@@ -8,6 +8,7 @@ window is the ``n_local`` tokens before the chunk plus the chunk itself (causal)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +57,20 @@ def static_positions(split: Layout, device: torch.device | None = None) -> torch
             torch.arange(split.far_end, split.total, device=device),
         ]
     )
+
+
+def static_table(
+    splits: Sequence[Layout], device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) int64 positions of each row's static set (sinks, then window), padded to the
+    widest row, and (B, N) validity: :func:`static_positions` for a batch of rows."""
+    first = torch.tensor([[s.init_end, s.far_end, s.total] for s in splits], device=device)
+    init_end, far_end, total = first[:, :1], first[:, 1:2], first[:, 2:]  # (B, 1) each
+    width = max((s.static_length for s in splits), default=0)
+    index = torch.arange(width, device=device)[None, :]  # (1, N)
+    positions = torch.where(index < init_end, index, far_end + index - init_end)
+    valid = positions < total
+    return torch.where(valid, positions, 0), valid
 
 
 def static_attention(

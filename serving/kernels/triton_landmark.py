@@ -1,9 +1,11 @@
 """Triton kernel: landmark scoring of every block for one decode query per head, then top-k.
 
-Each program scores ``BLOCK_B`` blocks of one KV head for the G query heads of its group and
-keeps the maximum over the group: q*r for mean representatives (Hkv, nb, D), or Quest's bound
-q+ * max + q- * min for (Hkv, nb, 2, D). The PyTorch twin is
-:func:`serving.kernels.blocks.score_blocks`; :func:`top_blocks` adds the top-k and neighbours.
+Each program scores ``BLOCK_B`` blocks of one KV head of one batch row for the G query heads
+of its group and keeps the maximum over the group: q*r for mean representatives
+(..., Hkv, nb, D), or Quest's bound q+ * max + q- * min for (..., Hkv, nb, 2, D). Leading
+dimensions (the rows of a decode batch, each with its own representatives) flatten into the
+grid. The PyTorch twin is :func:`serving.kernels.blocks.score_blocks`; :func:`top_blocks` adds
+the top-k and neighbours.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from serving.kernels.blocks import score_blocks, select_blocks
 
 
 def landmark_scores_reference(query: torch.Tensor, representatives: torch.Tensor) -> torch.Tensor:
-    """The PyTorch twin: (Hkv, nb) float32 scores for queries (Hq, D)."""
-    return score_blocks(query[:, None], representatives)
+    """The PyTorch twin: (..., Hkv, nb) float32 scores for queries (..., Hq, D)."""
+    return score_blocks(query[..., None, :], representatives)
 
 
 def _kernel() -> Any:
@@ -66,16 +68,20 @@ def landmark_scores(
     query: torch.Tensor, representatives: torch.Tensor, *, block_b: int = 64
 ) -> torch.Tensor:
     """Triton twin of :func:`landmark_scores_reference`; D must be a power of two."""
-    heads, dim = query.shape
-    kv_heads, blocks = representatives.shape[:2]
+    *lead, heads, dim = query.shape
+    bounds = representatives.dim() == query.dim() + 2
+    kv_heads, blocks = representatives.shape[len(lead) : len(lead) + 2]
     if dim & (dim - 1):
         raise ValueError(f"head dim {dim} must be a power of two for the Triton kernel")
+    rows = query.numel() // (heads * dim)  # programs' KV heads run over rows * Hkv
+    scores = torch.empty(*lead, kv_heads, blocks, dtype=torch.float32, device=query.device)
+    if scores.numel() == 0:
+        return scores
     if "kernel" not in _COMPILED:
         _COMPILED["kernel"] = _kernel()
-    scores = torch.empty(kv_heads, blocks, dtype=torch.float32, device=query.device)
     import triton
 
-    _COMPILED["kernel"][(kv_heads, triton.cdiv(blocks, block_b))](
+    _COMPILED["kernel"][(rows * kv_heads, triton.cdiv(blocks, block_b))](
         query.contiguous(),
         representatives.contiguous(),
         scores,
@@ -83,7 +89,7 @@ def landmark_scores(
         heads // kv_heads,
         DIM=dim,
         BLOCK_B=block_b,
-        BOUNDS=representatives.dim() == 4,
+        BOUNDS=bounds,
     )
     return scores
 
@@ -91,5 +97,6 @@ def landmark_scores(
 def top_blocks(
     query: torch.Tensor, representatives: torch.Tensor, count: int, neighbours: int = 1
 ) -> torch.Tensor:
-    """(Hkv, nb) bool: the ``count`` best blocks per KV head (Triton scores) and neighbours."""
+    """(..., Hkv, nb) bool: the ``count`` best blocks per KV head (Triton scores) and
+    neighbours."""
     return select_blocks(landmark_scores(query, representatives), count, neighbours)

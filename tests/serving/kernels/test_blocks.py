@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from serving.kernels import blocks
 from serving.kernels.blocks import (
     BlockIndex,
     block_tokens,
@@ -16,6 +17,7 @@ from serving.kernels.blocks import (
     score_blocks,
     score_query_groups,
     select_blocks,
+    select_rows,
 )
 from serving.kernels.merge import attend
 
@@ -172,3 +174,45 @@ def test_block_index_chooses_per_run_of_queries() -> None:
     assert runs.shape[:2] == (2, 1)
     assert runs[0, 0, valid[0, 0]].tolist() == list(range(100, 116))
     assert runs[1, 0, valid[1, 0]].tolist() == list(range(308, 324))
+
+
+def test_select_blocks_takes_each_rows_own_count() -> None:
+    scores = torch.randn(4, 2, 12)
+    counts = torch.tensor([0, 1, 3, 12])[:, None, None]
+    chosen = select_blocks(scores, counts, neighbours=1)
+    for row, count in enumerate([0, 1, 3, 12]):
+        torch.testing.assert_close(chosen[row], select_blocks(scores[row], count, 1))
+
+
+@pytest.mark.parametrize("representative", ["mean", "bounds"])
+@pytest.mark.parametrize("stacked", ["one stack", "row by row"])
+def test_rows_of_a_batch_select_as_each_row_alone(
+    representative: str, stacked: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Indexes of different sizes (one empty, one that fits its room) stacked and scored in
+    one call (or in groups, as on a CPU for large indexes) choose what each chooses alone."""
+    if stacked == "row by row":
+        monkeypatch.setattr(blocks, "_STACKED", 1)
+    torch.manual_seed(2)
+    kv_heads, heads = 2, 6
+    ends = [400, 150, 100, 20]
+    indexes: list[BlockIndex | None] = []
+    for end in ends:
+        index = BlockIndex(4, size=16, representative=representative)  # type: ignore[arg-type]
+        keys = torch.randn(kv_heads, end, 32)
+        index.extend(keys, end, torch.randn(kv_heads, 5, 32))
+        indexes.append(index)
+    indexes.append(None)  # a row without far context
+    query = torch.randn(len(indexes), heads, 32)
+    rooms = [48, 64, 200, 48, 0]
+    positions, valid = select_rows(indexes, query, rooms, 1, kv_heads=kv_heads)
+    assert positions.shape[:2] == (len(indexes), kv_heads)
+    for row, index in enumerate(indexes):
+        if index is None:
+            assert not bool(valid[row].any())
+            continue
+        alone, ok, _ = index.select(query[row, :, None], rooms[row], 1, kv_heads=kv_heads)
+        for head in range(kv_heads):
+            got = positions[row, head, valid[row, head]].tolist()
+            assert got == alone[head, ok[head]].tolist()
+    assert int(valid[2].sum(-1).min()) == 96  # row 2's 6 blocks fit its room: all of them

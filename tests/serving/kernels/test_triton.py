@@ -11,7 +11,13 @@ import torch
 
 from serving.kernels.blocks import bound_representatives, fixed_blocks, mean_representatives
 from serving.kernels.merge import Partial, merge
-from serving.kernels.triton_decode import paged_decode, paged_decode_reference
+from serving.kernels.triton_decode import (
+    gather_positions,
+    paged_decode,
+    paged_decode_reference,
+    selected_decode,
+    selected_decode_reference,
+)
 from serving.kernels.triton_landmark import landmark_scores, landmark_scores_reference, top_blocks
 from serving.kernels.triton_merge import merge_partials
 
@@ -74,6 +80,99 @@ def test_paged_decode_of_no_block_is_empty() -> None:
         )
 
 
+def check_selected(
+    rows: int,
+    heads: int,
+    kv_heads: int,
+    lists: int,
+    dim: int,
+    length: int,
+    dtype: torch.dtype,
+    seed: int,
+    count: int = 40,
+    **options: int,
+) -> None:
+    """Rows of a decode batch over a strided cache slab (as the engine's cache hands them),
+    each with its own padded position lists; one row selects nothing."""
+    generator = torch.Generator().manual_seed(seed)
+    query = torch.randn(rows, heads, dim, generator=generator).to(DEVICE, dtype)
+    slab = torch.randn(2, rows + 1, kv_heads, length + 7, dim, generator=generator)
+    slab = slab.to(DEVICE, dtype)
+    keys, values = slab[0, :rows, :, :length], slab[1, :rows, :, :length]  # strided views
+    count = min(length, count)
+    positions = torch.stack(
+        [torch.randperm(length, generator=generator)[:count] for _ in range(rows * lists)]
+    ).view(rows, lists, count)
+    valid = torch.rand(rows, lists, count, generator=generator) < 0.8
+    valid[-1] = False  # a row with nothing to attend
+    positions, valid = positions.to(DEVICE), valid.to(DEVICE)
+    got = selected_decode(query, keys, values, positions, valid, dim**-0.5, **options)
+    expected = selected_decode_reference(query, keys, values, positions, valid, dim**-0.5)
+    tolerance = TOLERANCE[dtype]
+    torch.testing.assert_close(got.out, expected.out, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(got.lse, expected.lse, atol=tolerance, rtol=tolerance)
+    assert torch.isinf(got.lse[-1]).all() and bool((got.out[-1] == 0).all())
+    pieces = selected_decode_reference(query, keys, values, positions, valid, dim**-0.5, split=7)
+    torch.testing.assert_close(pieces.out, expected.out, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(pieces.lse, expected.lse, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "cache view", "transposed"])
+def test_gather_positions_reads_each_lists_kv_head(layout: str) -> None:
+    """Lists per query head read their group's KV head, from a contiguous tensor, a slice of
+    a cache slab (the index_select path) or a tensor whose rows are not contiguous."""
+    slab = torch.randn(3, 2, 30, 8)
+    tensor = {
+        "contiguous": slab,
+        "cache view": slab[1:, :, 5:25],
+        "transposed": slab.transpose(-1, -2).contiguous().transpose(-1, -2),
+    }[layout]
+    positions = torch.randint(0, tensor.shape[2], (tensor.shape[0], 4, 6))
+    got = gather_positions(tensor, positions)
+    for row in range(tensor.shape[0]):
+        for head in range(4):
+            expected = tensor[row, head // 2, positions[row, head]]
+            torch.testing.assert_close(got[row, head], expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "lists"), [(2, 2, 2), (4, 1, 1), (4, 2, 2), (4, 2, 4), (8, 2, 4)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("split", [8, 256])
+def test_selected_decode_matches_its_twin(
+    heads: int, kv_heads: int, lists: int, dtype: torch.dtype, split: int
+) -> None:
+    """Lists per KV head (block selection) or per query head (retrieval); several splits per
+    list (merged by the merge kernel) or one."""
+    seed = heads * 10 + lists + split
+    check_selected(3, heads, kv_heads, lists, 16, 60, dtype, seed, split=split, block_n=8)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(2, 2), (6, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("bounds", [False, True])
+def test_batched_landmark_scores_match_their_twin(
+    heads: int, kv_heads: int, dtype: torch.dtype, bounds: bool
+) -> None:
+    """Each row of a decode batch scored against its own representatives."""
+    generator = torch.Generator().manual_seed(heads + 2 * int(bounds))
+    keys = torch.randn(3, kv_heads, 75, 16, generator=generator)
+    table = fixed_blocks(0, 75, 8)
+    build = bound_representatives if bounds else mean_representatives
+    vectors = torch.stack([build(k, table) for k in keys]).to(DEVICE, dtype)  # (3, Hkv, nb, ...)
+    query = torch.randn(3, heads, 16, generator=generator).to(DEVICE, dtype)
+    got = landmark_scores(query, vectors, block_b=4)
+    expected = torch.stack(
+        [landmark_scores_reference(q, v) for q, v in zip(query, vectors, strict=True)]
+    )
+    tolerance = TOLERANCE[dtype]
+    torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(
+        landmark_scores_reference(query, vectors), expected, atol=1e-5, rtol=1e-5
+    )
+
+
 @pytest.mark.parametrize(("heads", "kv_heads"), [(2, 2), (6, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("bounds", [False, True])
@@ -116,8 +215,11 @@ def test_merge_kernel_matches_its_twin(parts: int, dtype: torch.dtype) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_compiled_kernels_at_model_shapes(dtype: torch.dtype) -> None:
-    """Llama-3-8B-shaped decode: 32 query heads, 8 KV heads, head dim 128, 64-token pages."""
+    """Llama-3-8B-shaped decode: 32 query heads, 8 KV heads, head dim 128, 64-token pages;
+    a batch of 4 rows over 2048 selected positions each (per KV head and per query head)."""
     check_decode(32, 8, 128, 8192, 64, dtype, seed=7)
+    check_selected(4, 32, 8, 8, 128, 8192, dtype, seed=8, count=2048)
+    check_selected(4, 32, 8, 32, 128, 8192, dtype, seed=9, count=2048, split=512)
     keys = torch.randn(8, 8192, 128, device=DEVICE)
     vectors = mean_representatives(keys, fixed_blocks(0, 8192, 64)).to(dtype)
     query = torch.randn(32, 128, device=DEVICE, dtype=dtype)
