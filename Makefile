@@ -7,7 +7,7 @@ TEST_MODEL := ../shared/eval-data/tinystories-260k/hf
 
 VLLM_VENV := .venv-vllm
 
-.PHONY: run test check lint types imports pytest bench setup clean vllm-venv test-vllm
+.PHONY: run test check lint types imports pytest bench bench-gpu setup clean vllm-venv test-vllm
 
 setup: $(STAMP)
 
@@ -65,6 +65,12 @@ bench: $(STAMP)
 		$(BIN)/python -m benchmarks.rerank
 	$(BIN)/python -m benchmarks.mauve
 	$(BIN)/python -m benchmarks.startup
+
+# On a GPU machine (issue 16): the gpu tests and the 8B-shaped attention benchmark in under 8
+# minutes, to stdout and OUT/gpu-bench.md (OUT: here by default). No install step: a bare CUDA
+# image's python3 with torch, Triton and pytest will do (PYTHON=.venv/bin/python: the venv's).
+bench-gpu:
+	PYTHON=$(PYTHON) bash benchmarks/gpu.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,9 +1,10 @@
 """Long-context attention against full attention (PyTorch SDPA), measured in the same run.
 
 ``python -m benchmarks.attention --context 131072 --seed 0 --json`` prints one JSON list of rows
-``{context, method, keys_touched, recall_top100, rel_error, step_ms, speedup_vs_full,
-memory_mb}`` (fractions as 0-1); without ``--json`` a Markdown table. ``--workload perplexity``
-instead scores the tiny pretrained model on Gutenberg text at a 25% attention budget.
+``{context, layers, method, keys_touched, recall_top100, rel_error, step_ms, ms_per_token,
+speedup_vs_full, memory_mb, peak_mb}`` (fractions as 0-1); without ``--json`` a caption line
+and a Markdown table per context. ``--workload perplexity`` instead scores the tiny pretrained
+model on Gutenberg text at a 25% attention budget.
 
 Synthetic workload (RetrievalAttention's setting, built here): per KV head, keys are
 ``mu_k + topic(passage) + 0.3 noise`` in passages of 16-64 tokens, queries are
@@ -11,9 +12,12 @@ Synthetic workload (RetrievalAttention's setting, built here): per KV head, keys
 keys are out of distribution for each other. Four passages at random far positions share one
 "needle" topic (the planted relevant keys); the prompt's last 64 queries ask about it, and so
 does the decode query (one per query head, GQA group of ``--group``). Other prompt queries each
-look at a random earlier passage. Values are N(0, 1).
+look at a random earlier passage. Values are N(0, 1). ``--device cuda`` builds it on the GPU
+(the two big draws from a CUDA generator: other numbers than a CPU run of the seed) in
+``--dtype``; ``--layers L`` stacks L independent layers (seed + layer each, own indexes), and a
+decoded token is one step through all L layers' attention (issue 16, ``benchmarks/gpu.sh``).
 
-Methods, one decode step for all heads:
+Methods, one decode step for all heads, as PyTorch on the workload's device:
 
 - ``full``: ``scaled_dot_product_attention`` over every key;
 - ``blocks``: 128 sinks + 512 local tokens exact, 64-token pages with InfLLM mean-of-top-4
@@ -21,30 +25,42 @@ Methods, one decode step for all heads:
   budget; ``blocks-quest``: the same with Quest min/max bounds; ``blocks-events``: EM-LLM event
   boundaries (surprise = distance between consecutive keys, standing in for token surprise),
   sizes in [8, 128];
-- ``retrieval``: the same static set plus the top-100 keys per query head from the attention
+- ``retrieval``: the same static set plus the top-256 keys per query head from the attention
   graph, built per 8192-token segment from every ``context/512``-th prompt query of each head
   plus the last 64 (the paper builds it from all prefill queries; sampling bounds build time).
+  The graph lives and is searched in CPU memory, over a float32 copy of the keys that
+  ``AttentionGraph`` makes, as RetrievalAttention keeps it. A graph takes seconds a layer to
+  build (15 s at 128k on one CPU thread): ``--retrieval-layers R`` builds and times it on the
+  first R layers only, scaling its time per token by L/R (its row says ``layers`` R).
 
-``--batch B`` instead decodes B sequences of each context together (seeds seed .. seed+B-1)
-through the built-in engine's attention modes (``serving.engine``: ``full``, ``blocks``,
-``blocks-quest``, ``retrieval`` with the same sinks, window, 2048-token budget and 64-token
-pages; retrieval indexes 1024-token segments and takes what the budget leaves), and reports
-``step_ms`` for one decode step of the whole batch (one layer), ``ms_per_sequence`` and
-``rel_error`` against full attention. Index construction is not timed.
+``--batch B`` instead decodes B sequences of each context together (layer l's rows: seeds
+seed + l * B .. seed + l * B + B - 1) through the built-in engine's attention modes
+(``serving.engine``: ``full``, ``blocks``, ``blocks-quest``, ``retrieval`` with the same
+sinks, window, budget and pages; retrieval indexes 1024-token segments and takes what the
+budget leaves), whose batched decode runs the Triton kernels on CUDA tensors and the PyTorch
+twins on a CPU; rows ``{context, batch, layers, method, step_ms, ms_per_token,
+speedup_vs_full, rel_error, peak_mb}``.
 
 ``keys_touched``: key vectors scored or attended per query head over the context (static set,
 representatives scored — two per block for bounds — selected tokens; for retrieval the keys
 the search scored and the guide queries it compared). ``recall_top100``: share of each query
 head's 100 highest-scoring keys that the method attends to. ``rel_error``:
-``|o - o_full| / |o_full|`` averaged over heads. ``step_ms``: median decode-step time;
-``memory_mb``: key/value/index bytes a step reads. Index construction is not timed.
+``|o - o_exact| / |o_exact|`` averaged over heads, ``o_exact`` being full attention in float32
+over float32 copies (in float32 the ``full`` row itself; in bfloat16 that row shows SDPA's own
+rounding). Those three are averaged over layers. ``layers``: layers the method ran.
+``step_ms``: median time of one decode step through them (the whole batch; CUDA synchronised
+before and after). ``ms_per_token``: one sequence's token through all L layers,
+``step_ms * L / layers / batch``. ``speedup_vs_full``: full's ``ms_per_token`` over the
+method's. ``memory_mb``: key/value/index bytes a token reads through the L layers.
+``peak_mb``: on CUDA ``torch.cuda.max_memory_allocated`` over the method's timed steps (reset
+once its indexes are built: the stack's KV, its device-side indexes, the steps' workspace);
+null on a CPU. Index construction is not timed; stderr says how long it took.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -57,6 +73,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from benchmarks.perplexity import perplexity_rows
 from serving.kernels.blocks import BlockIndex, BlockTable, event_blocks
 from serving.kernels.config import Representative
 from serving.kernels.merge import attend, merge
@@ -67,35 +84,111 @@ if TYPE_CHECKING:
     from serving.engine.attention import AttentionMode
 
 N_INIT, N_LOCAL, BUDGET, TOP_K, BLOCK = 128, 512, 2048, 256, 64
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+BLOCK_METHODS = ("blocks", "blocks-quest", "blocks-events")
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
     context: int
+    layers: int
     method: str
     keys_touched: float
     recall_top100: float
     rel_error: float
     step_ms: float
+    ms_per_token: float
     speedup_vs_full: float
     memory_mb: float
+    peak_mb: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    context: int
+    batch: int
+    layers: int
+    method: str
+    step_ms: float
+    ms_per_token: float
+    speedup_vs_full: float
+    rel_error: float
+    peak_mb: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the workload lives (device, dtype) and how decode steps are timed there."""
+
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    repeats: int = 5
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def timed(
+        self, steps: Sequence[Callable[[], torch.Tensor]]
+    ) -> tuple[list[torch.Tensor], float]:
+        """Run ``steps`` (one per layer, in order: one decoded token through the stack) once to
+        warm up (Triton compiles, caches fill), then ``repeats`` times: the last run's outputs
+        and the median milliseconds of a run. CUDA kernels run asynchronously, so the device
+        is synchronised before and after each timed run."""
+        outs = [step() for step in steps]
+        times = []
+        for _ in range(self.repeats):
+            self.sync()
+            start = time.perf_counter()
+            outs = [step() for step in steps]
+            self.sync()
+            times.append(time.perf_counter() - start)
+        return outs, 1000 * statistics.median(times)
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_mb(self) -> float | None:
+        """Accelerator memory allocated at most since :meth:`reset_peak`, MiB; None on a CPU."""
+        return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.cuda else None
+
+
+CPU = Target(torch.device("cpu"))
 
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    keys: torch.Tensor  # (Hkv, N, D)
+    keys: torch.Tensor  # (Hkv, N, D) on the device, in the dtype
     values: torch.Tensor  # (Hkv, N, D)
     query: torch.Tensor  # (Hq, D) the decode query
     prompt: torch.Tensor  # (Hkv, Q, D) sampled prompt queries (group heads stacked)
-    prompt_positions: torch.Tensor  # (Q,) their positions (same for every head)
-    recent: torch.Tensor  # (Hkv, 64, D) the prompt's last queries, group-mean
+    prompt_positions: torch.Tensor  # (Q,) CPU: their positions (same for every head)
+    recent: torch.Tensor  # (Hkv, 64, D) float32: the prompt's last queries, group-mean
 
 
-def workload(context: int, kv_heads: int, group: int, dim: int, seed: int) -> Workload:
+def workload(
+    context: int,
+    kv_heads: int,
+    group: int,
+    dim: int,
+    seed: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Workload:
+    device = device or torch.device("cpu")
     generator = torch.Generator().manual_seed(seed)
+    # The two big draws (key noise and values, 2 * Hkv * N * D numbers) are made on the device:
+    # a CPU generator takes seconds per layer at 128k. On a CPU they come from the one generator
+    # in the order they always did, so a seed gives the numbers it gave before.
+    bulk = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
 
-    def noise(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator)
+    def noise(*shape: int, source: torch.Generator = generator) -> torch.Tensor:
+        return torch.randn(*shape, generator=source, device=source.device)
 
     lengths = torch.randint(16, 65, (context // 16 + 1,), generator=generator)
     ends = torch.cumsum(lengths, 0)
@@ -108,8 +201,9 @@ def workload(context: int, kv_heads: int, group: int, dim: int, seed: int) -> Wo
     needles = far[torch.randperm(far.numel(), generator=generator)[:4]]
     topics[:, needles] = topics[:, needles[:1]]
     key_mean, query_mean = noise(kv_heads, 1, dim), noise(kv_heads, 1, dim)
-    keys = key_mean + topics[:, passage_of] + 0.3 * noise(kv_heads, context, dim)
-    values = noise(kv_heads, context, dim)
+    spread = topics.to(device)[:, passage_of.to(device)]  # (Hkv, N, D) each key's topic
+    keys = key_mean.to(device) + spread + 0.3 * noise(kv_heads, context, dim, source=bulk)
+    values = noise(kv_heads, context, dim, source=bulk)
     needle = topics[:, int(needles[0])]  # (Hkv, D)
     # prompt queries: every (context/512)-th position, each at a random earlier passage; the
     # last 64 at the needle
@@ -122,23 +216,13 @@ def workload(context: int, kv_heads: int, group: int, dim: int, seed: int) -> Wo
     prompt = torch.cat([sampled, asking], 2)  # (Hkv, G, Q, D)
     query = query_mean + 2 * needle[:, None] + 0.5 * noise(kv_heads, group, dim)  # (Hkv, G, D)
     return Workload(
-        keys,
-        values,
-        query.reshape(kv_heads * group, dim),
-        prompt.reshape(kv_heads, -1, dim),
+        keys.to(dtype),
+        values.to(dtype),
+        query.reshape(kv_heads * group, dim).to(device, dtype),
+        prompt.reshape(kv_heads, -1, dim).to(device, dtype),
         torch.cat([positions, torch.arange(context - 64, context)]).repeat(group),
-        asking.mean(1),
+        asking.mean(1).to(device),
     )
-
-
-def timed(step: Callable[[], torch.Tensor], repeats: int) -> tuple[torch.Tensor, float]:
-    out = step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = step()
-        times.append(time.perf_counter() - start)
-    return out, 1000 * statistics.median(times)
 
 
 def full_step(data: Workload, scaling: float) -> torch.Tensor:
@@ -153,63 +237,95 @@ def full_step(data: Workload, scaling: float) -> torch.Tensor:
 
 
 @dataclass(frozen=True, slots=True)
+class Measure:
+    """What one layer's decode step of one method attended, against the exact answer."""
+
+    keys_touched: float  # share of the context scored or attended, mean over query heads
+    recall_top100: float
+    rel_error: float
+    read_bytes: float  # key/value/index bytes the step read
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One layer's decode step of one method, and what its last call attended."""
+
+    step: Callable[[], torch.Tensor]  # -> (Hq, D) the decode query's output
+    measure: Callable[[torch.Tensor], Measure]  # of the last step's output
+
+
+@dataclass(frozen=True, slots=True)
 class Setting:
-    """One context's workload, exact answer and what every method is compared on."""
+    """One layer's workload, exact answer and what every method is compared on."""
 
     data: Workload
     split: Layout
     scaling: float
     group: int
-    exact: torch.Tensor  # (Hq, D) full attention's output
-    truth: torch.Tensor  # (Hq, 100) each query head's top-100 keys
-    full_ms: float
+    exact: torch.Tensor  # (Hq, D) float32 full attention over float32 copies
+    truth: torch.Tensor  # (Hq, 100) CPU: each query head's top-100 keys
 
     @property
     def static(self) -> set[int]:
         return set(range(self.split.init_end)) | set(range(self.split.far_end, self.split.total))
 
-    def row(
-        self,
-        method: str,
-        out: torch.Tensor,
-        ms: float,
-        attended: list[set[int]],
-        touched: torch.Tensor,
-        read_bytes: float,
-    ) -> Row:
+    def measure(
+        self, out: torch.Tensor, attended: list[set[int]], touched: torch.Tensor, read: float
+    ) -> Measure:
         heads = self.truth.shape[0]
         recall = statistics.mean(
             len(attended[h] & set(self.truth[h].tolist())) / 100 for h in range(heads)
         )
-        error = ((out - self.exact).norm(dim=-1) / self.exact.norm(dim=-1)).mean()
-        context = self.split.total
-        return Row(
-            context,
-            method,
-            float(touched.float().mean()) / context,
-            recall,
-            float(error),
-            ms,
-            self.full_ms / ms,
-            read_bytes / 2**20,
-        )
+        error = ((out.float() - self.exact).norm(dim=-1) / self.exact.norm(dim=-1)).mean()
+        return Measure(float(touched.float().mean()) / self.split.total, recall, float(error), read)
 
 
-def bench_blocks(setting: Setting, method: str, repeats: int) -> Row:
+def setting(
+    context: int, kv_heads: int, group: int, dim: int, seed: int, target: Target = CPU
+) -> Setting:
+    """One layer's workload on the target, its exact answer and its true top keys."""
+    data = workload(context, kv_heads, group, dim, seed, target.device, target.dtype)
+    scaling = dim**-0.5
+    keys = data.keys.float()  # the same tensor in float32
+    exact = full_step(
+        replace(data, keys=keys, values=data.values.float(), query=data.query.float()), scaling
+    )
+    head_of = torch.arange(kv_heads * group, device=keys.device) // group
+    truth = torch.einsum("hd,hnd->hn", data.query.float(), keys[head_of]).topk(100, dim=1).indices
+    split = layout(context - 1, 1, N_INIT, N_LOCAL)  # the decode token is the last key
+    return Setting(data, split, scaling, group, exact, truth.cpu())
+
+
+def full_probe(setting: Setting) -> Probe:
+    data = setting.data
+    kv_heads, context, dim = data.keys.shape
+    read = 2 * context * kv_heads * dim * data.keys.element_size()
+
+    def measure(out: torch.Tensor) -> Measure:
+        error = ((out.float() - setting.exact).norm(dim=-1) / setting.exact.norm(dim=-1)).mean()
+        return Measure(1.0, 1.0, float(error), read)
+
+    return Probe(partial(full_step, data, setting.scaling), measure)
+
+
+def blocks_probe(setting: Setting, method: str) -> Probe:
     data, split, scaling, group = setting.data, setting.split, setting.scaling, setting.group
     kv_heads, _, dim = data.keys.shape
+    device = data.keys.device
     representative: Representative = "bounds" if method == "blocks-quest" else "mean"
     index = BlockIndex(N_INIT, size=BLOCK, representative=representative)
     if method == "blocks-events":
-        # surprise stand-in: how far each key moved from the previous one
-        moved = data.keys[:, N_INIT + 1 : split.far_end] - data.keys[:, N_INIT : split.far_end - 1]
-        surprise = moved.norm(dim=-1).mean(0)
+        # surprise stand-in: how far each key moved from the previous one (boundaries are
+        # found on the CPU)
+        far = data.keys[:, N_INIT : split.far_end].float()
+        surprise = (far[:, 1:] - far[:, :-1]).norm(dim=-1).mean(0).cpu()
         table = event_blocks(torch.cat([surprise[:1], surprise]), N_INIT, min_size=8, max_size=128)
         closed = BlockTable(table.starts[:-1], table.lengths[:-1])  # the open event stays exact
         index.extend(data.keys, split.far_end, data.recent, table=closed)
     else:
         index.extend(data.keys, split.far_end, data.recent)
-    tail = torch.arange(index.end, split.far_end)
+    tail = torch.arange(index.end, split.far_end, device=device)
+    every = torch.ones(kv_heads, tail.numel(), dtype=torch.bool, device=device)
     room = BUDGET - split.static_length - tail.numel()
     query = data.query[:, None]  # (Hq, 1, D)
     selected: dict[str, torch.Tensor] = {}
@@ -218,7 +334,7 @@ def bench_blocks(setting: Setting, method: str, repeats: int) -> Row:
         static = static_attention(query, data.keys, data.values, split, scaling)
         positions, valid, read = index.select(query, room, 1, kv_heads=kv_heads)
         positions = torch.cat([positions, tail.expand(kv_heads, -1)], 1)
-        valid = torch.cat([valid, torch.ones(kv_heads, tail.numel(), dtype=torch.bool)], 1)
+        valid = torch.cat([valid, every], 1)
         selected.update(positions=positions, valid=valid, read=torch.tensor(read))
         picked = positions[..., None].expand(-1, -1, dim)
         far = attend(
@@ -230,84 +346,176 @@ def bench_blocks(setting: Setting, method: str, repeats: int) -> Row:
         )
         return merge([static, far]).out[:, 0]
 
-    out, ms = timed(step, repeats)
-    positions, valid = selected["positions"], selected["valid"]
-    attended = [
-        setting.static | set(positions[h // group, valid[h // group]].tolist())
-        for h in range(data.query.shape[0])
-    ]
-    tokens = valid.sum(1) + split.static_length  # (Hkv,) tokens attended per KV head
-    read = int(selected["read"])  # representative vectors scored per KV head
-    touched = (tokens + read).repeat_interleave(group)
-    read_bytes = float((2 * tokens + read).sum()) * dim * data.keys.element_size()
-    return setting.row(method, out, ms, attended, touched, read_bytes)
+    def measure(out: torch.Tensor) -> Measure:
+        positions, valid = selected["positions"].cpu(), selected["valid"].cpu()
+        attended = [
+            setting.static | set(positions[h // group, valid[h // group]].tolist())
+            for h in range(data.query.shape[0])
+        ]
+        tokens = valid.sum(1) + split.static_length  # (Hkv,) tokens attended per KV head
+        read = int(selected["read"])  # representative vectors scored per KV head
+        touched = (tokens + read).repeat_interleave(group)
+        # keys and values in the workload's dtype, representatives in float32
+        element = data.keys.element_size()
+        read_bytes = float(2 * tokens.sum() * element + read * kv_heads * 4) * dim
+        return setting.measure(out, attended, touched, read_bytes)
+
+    return Probe(step, measure)
 
 
-def bench_retrieval(setting: Setting, repeats: int, segment: int = 8192) -> Row:
+def retrieval_probe(setting: Setting, segment: int = 8192) -> Probe:
     data, split, scaling = setting.data, setting.split, setting.scaling
     heads, dim = data.query.shape
-    head_of = torch.arange(heads) // setting.group
-    graph = AttentionGraph(N_INIT)
+    device = data.keys.device
+    head_of = torch.arange(heads, device=device) // setting.group
+    graph = AttentionGraph(N_INIT)  # CPU memory; a float32 CPU copy of other keys
     final = data.prompt_positions >= split.far_end  # the prompt's last queries
     for end in range(N_INIT + segment, split.far_end + segment, segment):
         end = min(end, split.far_end)
         inside = (data.prompt_positions >= end - segment) & (data.prompt_positions < end)
         last = end == split.far_end
-        graph.extend(data.keys, end, data.prompt[:, inside | (final & last)])
+        graph.extend(data.keys, end, data.prompt[:, (inside | (final & last)).to(device)])
     query = data.query[:, None]
     found: dict[str, torch.Tensor] = {}
 
     def step() -> torch.Tensor:
         static = static_attention(query, data.keys, data.values, split, scaling)
-        result = graph.search(data.keys, data.query, TOP_K)
+        result = graph.search(data.keys, data.query, TOP_K)  # on the CPU
         found.update(indices=result.indices, touched=result.touched)
-        keys = data.keys[head_of[:, None], result.indices]  # (Hq, k, D)
-        values = data.values[head_of[:, None], result.indices]
-        far = attend(query, keys, values, scaling, result.valid[:, None, :])
+        indices = result.indices.to(device)
+        keys = data.keys[head_of[:, None], indices]  # (Hq, k, D)
+        values = data.values[head_of[:, None], indices]
+        far = attend(query, keys, values, scaling, result.valid.to(device)[:, None, :])
         return merge([static, far]).out[:, 0]
 
-    out, ms = timed(step, repeats)
-    attended = [setting.static | set(found["indices"][h].tolist()) for h in range(heads)]
-    touched = found["touched"] + split.static_length
-    element = data.keys.element_size()
-    static_bytes = 2 * split.static_length * data.keys.shape[0] * dim * element
-    read_bytes = static_bytes + float((found["touched"] + TOP_K).sum()) * dim * element
-    return setting.row("retrieval", out, ms, attended, touched, read_bytes)
+    def measure(out: torch.Tensor) -> Measure:
+        attended = [setting.static | set(found["indices"][h].tolist()) for h in range(heads)]
+        touched = found["touched"] + split.static_length
+        element = data.keys.element_size()
+        searched = 4 if graph.mirror is not None else element  # the search's float32 copy
+        static_bytes = 2 * split.static_length * data.keys.shape[0] * dim * element
+        scored = float(found["touched"].sum()) * dim * searched
+        read_bytes = static_bytes + scored + heads * TOP_K * dim * element  # + found values
+        return setting.measure(out, attended, touched, read_bytes)
+
+    return Probe(step, measure)
+
+
+def run_probes(
+    method: str,
+    make: Callable[[Setting], Probe],
+    settings: Sequence[Setting],
+    *,
+    layers: int,
+    full_ms: float | None,
+    target: Target,
+) -> Row:
+    """Build one method's probe for each of ``settings`` (its indexes: not timed), time a
+    decoded token through them and average their measures over the layers; times and bytes
+    scale to a stack of ``layers`` layers."""
+    context = settings[0].split.total
+    start = time.perf_counter()
+    probes = [make(s) for s in settings]
+    _log(f"{context} tokens, {method}: {len(probes)} layer(s) prepared", start)
+    target.reset_peak()
+    outs, ms = target.timed([probe.step for probe in probes])
+    peak = target.peak_mb()
+    measures = [probe.measure(out) for probe, out in zip(probes, outs, strict=True)]
+    ran = len(probes)
+    per_token = ms * layers / ran
+    return Row(
+        context,
+        ran,
+        method,
+        statistics.mean(m.keys_touched for m in measures),
+        statistics.mean(m.recall_top100 for m in measures),
+        statistics.mean(m.rel_error for m in measures),
+        ms,
+        per_token,
+        (full_ms or per_token) / per_token,
+        sum(m.read_bytes for m in measures) * layers / ran / 2**20,
+        peak,
+    )
 
 
 def bench_context(
-    context: int, kv_heads: int, group: int, dim: int, seed: int, repeats: int
+    context: int,
+    kv_heads: int,
+    group: int,
+    dim: int,
+    seed: int,
+    *,
+    layers: int = 1,
+    retrieval_layers: int = 0,
+    target: Target = CPU,
 ) -> list[Row]:
-    data = workload(context, kv_heads, group, dim, seed)
-    scaling = dim**-0.5
-    exact, full_ms = timed(lambda: full_step(data, scaling), repeats)
-    head_of = torch.arange(kv_heads * group) // group
-    truth = torch.einsum("hd,hnd->hn", data.query, data.keys[head_of]).topk(100, dim=1).indices
-    split = layout(context - 1, 1, N_INIT, N_LOCAL)  # the decode token is the last key
-    setting = Setting(data, split, scaling, group, exact, truth, full_ms)
-    full_bytes = 2 * context * kv_heads * dim * data.keys.element_size()
-    rows = [Row(context, "full", 1.0, 1.0, 0.0, full_ms, 1.0, full_bytes / 2**20)]
-    for method in ("blocks", "blocks-quest", "blocks-events"):
-        rows.append(bench_blocks(setting, method, repeats))
-    rows.append(bench_retrieval(setting, repeats))
+    """Every method's row for one context over a ``layers``-layer stack (retrieval on the
+    first ``retrieval_layers`` of them; 0 = all)."""
+    start = time.perf_counter()
+    settings = [
+        setting(context, kv_heads, group, dim, seed + layer, target) for layer in range(layers)
+    ]
+    _log(f"{context} tokens: workload of {layers} layer(s)", start)
+    run = partial(run_probes, layers=layers, target=target)
+    rows = [run("full", full_probe, settings, full_ms=None)]
+    full_ms = rows[0].ms_per_token
+    for method in BLOCK_METHODS:
+        rows.append(run(method, partial(blocks_probe, method=method), settings, full_ms=full_ms))
+    ran = min(retrieval_layers or layers, layers)
+    rows.append(run("retrieval", retrieval_probe, settings[:ran], full_ms=full_ms))
     return rows
 
 
 @dataclass(frozen=True, slots=True)
-class BatchRow:
-    context: int
-    batch: int
-    method: str
-    step_ms: float
-    ms_per_sequence: float
-    speedup_vs_full: float
-    rel_error: float
+class BatchLayer:
+    """One layer of a decode batch: every row's keys, values and query, and the exact answer."""
+
+    keys: torch.Tensor  # (B, Hkv, S, D) on the device, in the dtype
+    values: torch.Tensor  # (B, Hkv, S, D)
+    query: torch.Tensor  # (B, Hq, 1, D)
+    loads: list[Workload]  # per row, its keys and values viewing the batch's
+    exact: torch.Tensor  # (B, Hq, 1, D) float32 full attention over float32 copies
+
+
+def batch_layer(
+    context: int,
+    batch: int,
+    kv_heads: int,
+    group: int,
+    dim: int,
+    seed: int,
+    past: torch.Tensor,
+    target: Target,
+) -> BatchLayer:
+    """Rows with workload seeds ``seed .. seed + batch - 1`` stacked into one layer's cache."""
+    from serving.engine.attention import FullAttention
+
+    keys = torch.empty(batch, kv_heads, context, dim, device=target.device, dtype=target.dtype)
+    values = torch.empty_like(keys)
+    query = torch.empty(batch, kv_heads * group, 1, dim, device=target.device, dtype=target.dtype)
+    loads = []
+    for row in range(batch):
+        data = workload(context, kv_heads, group, dim, seed + row, target.device, target.dtype)
+        keys[row], values[row], query[row, :, 0] = data.keys, data.values, data.query
+        loads.append(replace(data, keys=keys[row], values=values[row]))
+    exact = FullAttention()(query.float(), keys.float(), values.float(), past, dim**-0.5, 0)
+    return BatchLayer(keys, values, query, loads, exact)
 
 
 def batch_rows(
-    context: int, batch: int, kv_heads: int, group: int, dim: int, seed: int, repeats: int
+    context: int,
+    batch: int,
+    kv_heads: int,
+    group: int,
+    dim: int,
+    seed: int,
+    *,
+    layers: int = 1,
+    retrieval_layers: int = 0,
+    target: Target = CPU,
 ) -> list[BatchRow]:
-    """One decode step of ``batch`` sequences through each engine mode (see the docstring)."""
+    """One decode step of ``batch`` sequences through each engine mode over a ``layers``-layer
+    stack (layer l's rows: seeds seed + l * batch + row; see the module docstring)."""
     from serving.engine.attention import CURRENT, ForwardBatch, FullAttention, ModeContext
     from serving.engine.cache import SlotKVCache
     from serving.engine.config import EngineConfig
@@ -315,141 +523,124 @@ def batch_rows(
     from serving.engine.selection import BlockAttention
     from serving.kernels.config import AttentionConfig
 
-    keys = torch.empty(batch, kv_heads, context, dim)
-    values = torch.empty_like(keys)
-    query = torch.empty(batch, kv_heads * group, 1, dim)
-    loads = []
-    for row in range(batch):
-        data = workload(context, kv_heads, group, dim, seed + row)
-        keys[row], values[row], query[row, :, 0] = data.keys, data.values, data.query
-        loads.append(replace(data, keys=keys[row], values=values[row]))
+    start = time.perf_counter()
+    past = torch.full((batch,), context - 1, device=target.device)
+    stack = [
+        batch_layer(context, batch, kv_heads, group, dim, seed + layer * batch, past, target)
+        for layer in range(layers)
+    ]
+    _log(f"{context} tokens: workload of {layers} layer(s) x {batch} rows", start)
     split = layout(context - 1, 1, N_INIT, N_LOCAL)
     base = AttentionConfig(budget=BUDGET, sinks=N_INIT, window=N_LOCAL, block_size=BLOCK)
-    modes: dict[str, AttentionMode] = {"full": FullAttention()}
-    pairs: tuple[tuple[str, Representative], ...] = (("blocks", "mean"), ("blocks-quest", "bounds"))
-    for method, representative in pairs:
+    graphed = min(retrieval_layers or layers, layers)
+
+    def blocks(representative: Representative) -> tuple[AttentionMode, int]:
         config = replace(base, mode="blocks", representative=representative, neighbours=1)
-        blocks = BlockAttention(ModeContext(EngineConfig(attention=config)))
-        for row, data in enumerate(loads):
-            state = blocks.new_state()
-            state.recent = data.recent
-            state.index.extend(data.keys, split.far_end, data.recent)
-            blocks.states[row] = [state]
-        modes[method] = blocks
-    config = replace(base, mode="retrieval", retrieval_segment=1024)
-    retrieval = RetrievalAttention(ModeContext(EngineConfig(attention=config)))
-    for row, data in enumerate(loads):
-        graphed = retrieval.new_state()
-        final = data.prompt_positions >= split.far_end
-        for end in range(N_INIT + 1024, split.far_end + 1024, 1024):
-            end = min(end, split.far_end)
-            inside = (data.prompt_positions >= end - 1024) & (data.prompt_positions < end)
-            last = end == split.far_end
-            graphed.graph.extend(data.keys, end, data.prompt[:, inside | (final & last)])
-        retrieval.states[row] = [graphed]
-    modes["retrieval"] = retrieval
+        mode = BlockAttention(ModeContext(EngineConfig(attention=config)))
+        for row in range(batch):
+            states = []
+            for layer in stack:
+                data = layer.loads[row]
+                state = mode.new_state()
+                state.recent = data.recent
+                state.index.extend(data.keys, split.far_end, data.recent)
+                states.append(state)
+            mode.states[row] = states
+        return mode, layers
+
+    def retrieval() -> tuple[AttentionMode, int]:
+        config = replace(base, mode="retrieval", retrieval_segment=1024)
+        mode = RetrievalAttention(ModeContext(EngineConfig(attention=config)))
+        for row in range(batch):
+            states = []
+            for layer in stack[:graphed]:
+                data = layer.loads[row]
+                state = mode.new_state()
+                final = data.prompt_positions >= split.far_end
+                for end in range(N_INIT + 1024, split.far_end + 1024, 1024):
+                    end = min(end, split.far_end)
+                    inside = (data.prompt_positions >= end - 1024) & (data.prompt_positions < end)
+                    chosen = (inside | (final & (end == split.far_end))).to(target.device)
+                    state.graph.extend(data.keys, end, data.prompt[:, chosen])
+                states.append(state)
+            mode.states[row] = states
+        return mode, graphed
+
+    modes: dict[str, Callable[[], tuple[AttentionMode, int]]] = {
+        "full": lambda: (FullAttention(), layers),
+        "blocks": partial(blocks, "mean"),
+        "blocks-quest": partial(blocks, "bounds"),
+        "retrieval": retrieval,
+    }
     cache = SlotKVCache(1, kv_heads, dim, dtype=torch.float32, device="cpu")  # not read
-    past, scaling = torch.full((batch,), context - 1), dim**-0.5
-    rows, exact, full_ms = [], torch.empty(0), 0.0
-    for method, mode in modes.items():
+    scaling = dim**-0.5
+    rows: list[BatchRow] = []
+    full_ms = 0.0
+    for method, build in modes.items():
+        start = time.perf_counter()
+        mode, ran = build()  # the previous mode's indexes are gone: one method's at a time
+        _log(f"{context} tokens, {method}: {ran} layer(s) x {batch} rows prepared", start)
+        steps = [
+            partial(mode, layer.query, layer.keys, layer.values, past, scaling, index)
+            for index, layer in enumerate(stack[:ran])
+        ]
         token = CURRENT.set(ForwardBatch(cache, torch.arange(batch), past, 1, mode))
         try:
-            out, ms = timed(partial(mode, query, keys, values, past, scaling, 0), repeats)
+            target.reset_peak()
+            outs, ms = target.timed(steps)
+            peak = target.peak_mb()
         finally:
             CURRENT.reset(token)
-        if method == "full":
-            exact, full_ms = out, ms
-        error = ((out - exact).norm(dim=-1) / exact.norm(dim=-1)).mean()
-        rows.append(BatchRow(context, batch, method, ms, ms / batch, full_ms / ms, float(error)))
-    return rows
-
-
-def perplexity_rows(model: Path, texts: Path, windows: int, seed: int) -> list[dict[str, object]]:
-    """Per-token perplexity of the tiny model over ``windows`` 511-token windows of Gutenberg
-    text (one book each, random start), full attention against blocks and retrieval at a
-    128-token (25%) budget: 4 sinks + 32 local + selected, every token fed as its own step."""
-    from serving.engine.config import EngineConfig
-    from serving.kernels.config import AttentionConfig
-
-    books = sorted(texts.glob("*.txt"))
-    if not books:
-        sys.exit(f"no .txt books in {texts}; pass --texts")
-    base = EngineConfig(model=str(model), max_context=512)
-    small = AttentionConfig(budget=128, sinks=4, window=32, block_size=8, retrieval_segment=32)
-    configs = {
-        "full": base,
-        **{
-            mode: replace(base, prefill_chunk=1, attention=replace(small, mode=mode))
-            for mode in ("blocks", "retrieval")
-        },
-    }
-    logprobs = {method: _score(config, books, windows, seed) for method, config in configs.items()}
-    full, full_tail = _perplexity(logprobs["full"]), _perplexity(_tail(logprobs["full"]))
-    rows: list[dict[str, object]] = []
-    for method, scored in logprobs.items():
-        value, tail = _perplexity(scored), _perplexity(_tail(scored))
-        rows.append(
-            {
-                "context": 512,
-                "method": method,
-                "budget": configs[method].attention.budget if method != "full" else 512,
-                "perplexity": value,
-                "ratio_vs_full": value / full,
-                "perplexity_past_128": tail,
-                "ratio_past_128": tail / full_tail,
-                "tokens": len(scored),
-            }
+        per_token = ms * layers / ran / batch
+        full_ms = full_ms or per_token
+        error = statistics.mean(
+            float(((out.float() - layer.exact).norm(dim=-1) / layer.exact.norm(dim=-1)).mean())
+            for out, layer in zip(outs, stack, strict=False)
         )
+        rows.append(
+            BatchRow(context, batch, ran, method, ms, per_token, full_ms / per_token, error, peak)
+        )
+        del mode, steps, outs
     return rows
-
-
-def _score(config: object, books: list[Path], windows: int, seed: int) -> list[float]:
-    """Log-probabilities of every window's tokens (but the first) under one engine config."""
-    import asyncio
-
-    from serving.engine.config import EngineConfig
-    from serving.engine.engine import EngineRequest, PromptResult, TorchEngine
-    from serving.llm import SamplingParams
-
-    assert isinstance(config, EngineConfig)
-    engine = TorchEngine(config)
-    picks = torch.Generator().manual_seed(seed)
-
-    async def scored(spec: EngineRequest) -> list[float]:
-        async for item in engine.generate(spec):
-            if isinstance(item, PromptResult) and item.prompt_logprobs:
-                return [t.logprob for t in item.prompt_logprobs[1:] if t.logprob is not None]
-        return []
-
-    values: list[float] = []
-    try:
-        for window in range(windows):
-            book = books[window % len(books)].read_text(encoding="utf-8", errors="replace")
-            ids = engine.tokenizer(book, add_special_tokens=False)["input_ids"]
-            start = int(torch.randint(0, len(ids) - 512, (1,), generator=picks))
-            spec = EngineRequest(tuple(ids[start : start + 511]), SamplingParams(max_tokens=1), 0)
-            values += asyncio.run(scored(spec))
-    finally:
-        engine.shutdown()
-    return values
-
-
-def _perplexity(logprobs: list[float]) -> float:
-    return math.exp(-statistics.mean(logprobs))
-
-
-def _tail(scored: list[float]) -> list[float]:
-    """Tokens of each 510-token window past position 128 (where the budget starts to bind)."""
-    return [value for index, value in enumerate(scored) if index % 510 >= 128]
 
 
 def markdown(rows: Sequence[dict[str, object]]) -> str:
     names = list(rows[0])
     lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     for row in rows:
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()]
+        cells = [
+            f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v)
+            for v in row.values()
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _log(what: str, since: float) -> None:
+    """Progress on stderr (index construction is not timed, but it is where the time goes)."""
+    print(f"{what} in {time.perf_counter() - since:.1f} s", file=sys.stderr, flush=True)
+
+
+def caption(options: argparse.Namespace, target: Target) -> str:
+    """One line saying what ran where, printed above the Markdown tables."""
+    where = torch.cuda.get_device_name(target.device) if target.cuda else "CPU"
+    shape = (
+        f"{options.layers} layer(s) x {options.kv_heads} KV heads x {options.group} query heads"
+        f" each x dim {options.dim}"
+    )
+    line = (
+        f"{where}, {options.dtype}, {shape}, seed {options.seed}, median of "
+        f"{options.repeats}, {options.threads} CPU thread(s), torch {torch.__version__}"
+    )
+    if options.batch:
+        line += f", batch {options.batch}"
+    graphed = min(options.retrieval_layers or options.layers, options.layers)
+    if graphed < options.layers:
+        line += (
+            f"; retrieval built and timed on {graphed} of {options.layers} layers, its "
+            f"ms_per_token scaled by {options.layers}/{graphed}"
+        )
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -462,6 +653,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads for every method (shared CPU: 1)"
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where the workload lives"
+    )
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), default="float32", help="keys', values', queries' dtype"
+    )
+    parser.add_argument(
+        "--layers", type=int, default=1, help="independent layers a decoded token goes through"
+    )
+    parser.add_argument(
+        "--retrieval-layers",
+        type=int,
+        default=0,
+        help="build and time retrieval on this many layers and scale to --layers (0: all)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON list of rows")
     parser.add_argument("--workload", choices=["synthetic", "perplexity"], default="synthetic")
@@ -478,27 +684,53 @@ def main(argv: Sequence[str] | None = None) -> None:
         "kernels alone)",
     )
     options = parser.parse_args(argv)
+    for name in ("repeats", "layers", "threads"):
+        if getattr(options, name) < 1:
+            sys.exit(f"--{name} {getattr(options, name)} must be at least 1")
+    for name in ("retrieval_layers", "batch"):
+        if getattr(options, name) < 0:
+            sys.exit(f"--{name.replace('_', '-')} {getattr(options, name)} must be at least 0")
+    if options.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda needs a CUDA GPU, and torch sees none here; use --device cpu")
     torch.manual_seed(options.seed)
     torch.set_num_threads(options.threads)
     rows: list[dict[str, object]]
     if options.workload == "perplexity":
+        if (options.device, options.dtype, options.layers) != ("cpu", "float32", 1):
+            sys.exit(
+                "--workload perplexity runs on the CPU in float32, one model: drop "
+                "--device, --dtype and --layers"
+            )
         if not (options.model / "config.json").is_file():
             sys.exit(f"no model at {options.model}; pass --model (the stories260K hf folder)")
         rows = perplexity_rows(options.model, options.texts, options.windows, options.seed)
     else:
+        target = Target(torch.device(options.device), DTYPES[options.dtype], options.repeats)
+        if not options.json:
+            print(caption(options, target) + "\n", flush=True)
         rows = []
         for context in options.context:
             if context < 4 * BUDGET:
                 sys.exit(f"--context {context} is too short; use at least {4 * BUDGET}")
-            shape = (options.kv_heads, options.group, options.dim, options.seed, options.repeats)
+            shape = (options.kv_heads, options.group, options.dim, options.seed)
+            layers, graphed = options.layers, options.retrieval_layers
             found: Sequence[Row | BatchRow] = (
-                batch_rows(context, options.batch, *shape)
+                batch_rows(
+                    context,
+                    options.batch,
+                    *shape,
+                    layers=layers,
+                    retrieval_layers=graphed,
+                    target=target,
+                )
                 if options.batch
-                else bench_context(context, *shape)
+                else bench_context(
+                    context, *shape, layers=layers, retrieval_layers=graphed, target=target
+                )
             )
             rows += [asdict(r) for r in found]
             if not options.json:
-                print(markdown([asdict(r) for r in found]), flush=True)
+                print(markdown([asdict(r) for r in found]) + "\n", flush=True)
     if options.json:
         print(json.dumps(rows))
     elif options.workload == "perplexity":

@@ -11,6 +11,7 @@ contiguity), then attended exactly (:func:`gathered_attention`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -245,9 +246,10 @@ def chosen_tokens(
     """:func:`block_tokens` over per-row block tables (the rows of a decode batch, each with
     its own index, padded with zero-length blocks)."""
     lead = chosen.shape[:-1]
-    starts = starts.to(chosen.device).expand_as(chosen).reshape(-1, chosen.shape[-1])
-    lengths = lengths.to(chosen.device).expand_as(chosen).reshape(-1, chosen.shape[-1])
-    chosen = chosen.reshape(-1, chosen.shape[-1])
+    shape = (math.prod(lead), chosen.shape[-1])  # explicit: -1 is ambiguous with no blocks
+    starts = starts.to(chosen.device).expand_as(chosen).reshape(shape)
+    lengths = lengths.to(chosen.device).expand_as(chosen).reshape(shape)
+    chosen = chosen.reshape(shape)
     counts = chosen.sum(1)  # (rows,)
     width = int(counts.max()) if chosen.numel() else 0
     ids = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :width]  # chosen first
@@ -259,7 +261,7 @@ def chosen_tokens(
     positions = (first[..., None] + offsets).flatten(1)  # (rows, W*L)
     valid = (offsets < length[..., None]).flatten(1)
     positions = torch.where(valid, positions, 0)
-    return positions.view(*lead, -1), valid.view(*lead, -1)
+    return positions.view(*lead, positions.shape[-1]), valid.view(*lead, valid.shape[-1])
 
 
 def gathered_attention(

@@ -216,3 +216,12 @@ def test_rows_of_a_batch_select_as_each_row_alone(
             got = positions[row, head, valid[row, head]].tolist()
             assert got == alone[head, ok[head]].tolist()
     assert int(valid[2].sum(-1).min()) == 96  # row 2's 6 blocks fit its room: all of them
+
+
+def test_rows_without_a_complete_far_block_select_nothing() -> None:
+    """Right after a sequence passes sinks + window its far context holds no complete block:
+    the selection is empty, not an error (a reshape of zero blocks was ambiguous)."""
+    index = BlockIndex(4, size=8)
+    index.extend(torch.randn(2, 40, 16), 9)  # one far token: no complete block
+    positions, valid = select_rows([index], torch.randn(1, 4, 16), [100], 0, kv_heads=2)[:2]
+    assert positions.shape == valid.shape == (1, 2, 0)
