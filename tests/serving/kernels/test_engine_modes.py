@@ -184,3 +184,23 @@ def test_pretrained_model_with_full_budget_equals_dense(name: str, pretrained: P
     prompt, tokens, _ = run(pretrained, text, 16, budget=512, **MODES[name])
     torch.testing.assert_close(torch.tensor(prompt), torch.tensor(dense[0]), atol=1e-4, rtol=0)
     assert tokens == dense[1]
+
+
+@pytest.mark.parametrize("representative", ["bounds", "mean"])
+def test_decoding_past_the_window_before_a_far_block_is_complete(
+    representative: str, tiny_llama: Path
+) -> None:
+    """A sequence that has just passed sinks + window has a far tail but no complete block:
+    decoding goes on (nothing to select yet) and matches full attention, which sees the same
+    tokens."""
+    settings = {"sinks": 2, "window": 8, "block_size": 16, "budget": 64}
+    dense = run(tiny_llama, "Once upon a time", max_tokens=20)
+    blocks = run(
+        tiny_llama,
+        "Once upon a time",
+        max_tokens=20,
+        mode="blocks",
+        representative=representative,
+        **settings,
+    )
+    assert blocks[1] == dense[1]
