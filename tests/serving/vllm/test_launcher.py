@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import venv
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -260,6 +260,18 @@ def test_context_manager_stops_on_an_exception(fake_vllm: Path) -> None:
     assert not process_alive(pid_in(lines))
 
 
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, as in a terminal, even when the test run was started in
+    the background, where the shell hands it SIGINT ignored (and Python installs no handler)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c")
 def test_interrupt_while_starting_stops_the_server(fake_vllm: Path) -> None:
     lines: list[str] = []
 
@@ -292,6 +304,11 @@ sys.exit(serve(VLLMServerConfig(**fields), on_line=lambda line: print(line, flus
 """
 
 
+def _terminal_signals() -> None:
+    """In the child, SIGINT as a terminal gives it (the test run may have it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     ("signum", "status"), [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, 143)]
 )
@@ -307,6 +324,7 @@ def test_serve_stops_the_server_on_ctrl_c_and_sigterm(
     }
     mneme = subprocess.Popen(
         [sys.executable, "-c", _SERVE_MAIN, json.dumps(fields)],
+        preexec_fn=_terminal_signals,
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
